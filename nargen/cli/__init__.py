@@ -1,0 +1,1 @@
+"""The ``nargen`` command-line interface."""

@@ -1,0 +1,146 @@
+"""Recipe files: YAML, dotted command-line overrides, typed sections."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nargen.data import DataConfig
+from nargen.models import DecodeConfig, OptimConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override names an unknown key or holds a bad value."""
+
+
+@dataclass
+class TrainerConfig:
+    """How long and where to train; Lightning Trainer settings."""
+
+    run_dir: str = "runs/default"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    max_time_minutes: float | None = None
+    precision: str = "auto"
+    """``auto``: bf16-mixed on a GPU, 32-bit on CPU."""
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    checkpoint_every_steps: int = 500
+    val_every_steps: int | None = None
+    """Validate every N training steps (default: at the end of each epoch)."""
+    log_every_n_steps: int = 50
+    seed: int = 1
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """The test evaluation ``nargen fit`` prints at the end."""
+
+    beams: list[int] = field(default_factory=lambda: [1, 4])
+    latency_sentences: int = 100
+
+
+@dataclass
+class FitConfig:
+    family: str = "autoregressive"
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--trainer.max_steps", "20", "--data.root=DIR"]`` to a nested dict (YAML values)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected --section.key VALUE, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {arg} has no value")
+            key, raw = arg[2:], args[i + 1]
+            i += 2
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, naming any unknown key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {where}.{key} (known: {', '.join(known)})")
+        sub = known[key].type
+        sub_cls = _dataclass_named(sub)
+        kwargs[key] = build(sub_cls, value, f"{where}.{key}") if sub_cls else value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _dataclass_named(type_name: Any) -> type | None:
+    for candidate in (DataConfig, OptimConfig, DecodeConfig, TrainerConfig, EvalConfig):
+        if type_name in (candidate, candidate.__name__):
+            return candidate
+    return None
+
+
+def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
+    """Read a recipe (if given), apply overrides, and check every key."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such recipe")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    values = merge(values, parse_overrides(overrides))
+    return build(FitConfig, values, "config")
+
+
+def to_dict(config: FitConfig) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    values["optim"]["betas"] = list(values["optim"]["betas"])
+    return values

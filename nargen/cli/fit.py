@@ -1,0 +1,130 @@
+"""``nargen fit``: train a recipe, keep the best checkpoint, report test BLEU."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from nargen.cli.config import FitConfig, to_dict
+from nargen.core import TransformerConfig
+from nargen.data import TranslationDataModule
+from nargen.data.corpora import read_split
+from nargen.evaluation import evaluate
+from nargen.models import FAMILIES, Seq2SeqModule, load_module
+from nargen.models.throughput import ThroughputMonitor
+
+
+def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2SeqModule:
+    """The family's module at the recipe's size, with the corpus's tokenizer."""
+    if config.family not in FAMILIES:
+        raise ValueError(f"unknown family {config.family!r} (known: {', '.join(sorted(FAMILIES))})")
+    model_values = dict(config.model)
+    preset = model_values.pop("preset", "tiny")
+    tokenizer = datamodule.tokenizer
+    model_config = TransformerConfig.from_preset(
+        preset, **{**model_values, "vocab_size": tokenizer.vocab_size}
+    )
+    return FAMILIES[config.family](
+        model_config, tokenizer, config.optim, config.decode, datamodule.signature()
+    )
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
+    t = config.trainer
+    checkpoints = run_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=checkpoints, save_top_k=0, save_last=True,
+        every_n_train_steps=t.checkpoint_every_steps, enable_version_counter=False,
+    )
+    return L.Trainer(
+        default_root_dir=run_dir,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=resolve_precision(t.precision),
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 or t.max_time_minutes else None),
+        max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        callbacks=[best, last, monitor],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.progress_bar,
+        num_sanity_val_steps=0,
+        val_check_interval=t.val_every_steps,
+        check_val_every_n_epoch=None if t.val_every_steps else 1,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+
+
+def run_fit(config: FitConfig) -> dict[str, Any]:
+    """Train (resuming from ``run_dir/checkpoints/last.ckpt`` when it exists), then
+    evaluate the best checkpoint on the test split. Returns the summary printed."""
+    t = config.trainer
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    run_dir = Path(t.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    datamodule = TranslationDataModule(config.data)
+    module = build_module(config, datamodule)
+    datamodule.max_len = min(datamodule.max_len, module.model_config.max_len)
+    monitor = ThroughputMonitor()
+    trainer = make_trainer(config, run_dir, monitor)
+    resume = run_dir / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.is_file() else None)
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        **monitor.summary(module.device),
+    }
+    best = run_dir / "checkpoints" / "best.ckpt"
+    summary["best_checkpoint"] = str(best)
+    if trainer.is_global_zero and best.is_file() and config.eval.beams and config.data.test_split:
+        summary["test"] = evaluate_test(config, best)
+    if trainer.is_global_zero:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_test(config: FitConfig, checkpoint: Path) -> list[dict[str, Any]]:
+    """Score ``checkpoint`` on the recipe's test split for each beam in ``eval.beams``."""
+    d = config.data
+    test = read_split(d.resolved_root(), d.test_split, d.src_lang, d.tgt_lang)
+    module = load_module(checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    records = []
+    for beam in config.eval.beams:
+        record, _ = evaluate(
+            module, test.source, test.target, beam=beam,
+            latency_sentences=config.eval.latency_sentences,
+        )
+        record["split"] = d.test_split
+        records.append(record)
+    return records

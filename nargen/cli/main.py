@@ -1,0 +1,198 @@
+"""The ``nargen`` command: fit, translate, evaluate, download, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nargen.cli.config import ConfigError, load_fit_config
+from nargen.data import CorpusError
+from nargen.data.corpora import NAMED_CORPORA, default_root, download
+from nargen.data.corpus import read_lines
+from nargen.models import CheckpointError, load_module
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _decode_options(args: argparse.Namespace) -> dict:
+    options = {"beam": args.beam}
+    if args.max_tokens:
+        options["max_tokens"] = args.max_tokens
+    if args.length_penalty is not None:
+        options["length_penalty"] = args.length_penalty
+    return options
+
+
+def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
+    from nargen.cli.fit import run_fit
+
+    summary = run_fit(load_fit_config(args.config, extra))
+    print(json.dumps({k: v for k, v in summary.items() if k != "test"}, indent=2))
+    for record in summary.get("test", []):
+        print(format_record(record))
+    return 0
+
+
+def format_record(record: dict) -> str:
+    lines = [
+        f"{record.get('split', 'test')} beam={record['options'].get('beam', 1)}: "
+        f"BLEU {record['bleu']:.2f}  chrF {record['chrf']:.2f}  "
+        f"repetition {record['repetition_rate']:.4f}  hit length cap {record['hit_length_cap']}",
+        f"  {record['bleu_signature']}",
+        f"  {record['chrf_signature']}",
+        f"  {record['sentences_per_s']} sentences/s batched; "
+        f"batch-1 {record.get('batch1_ms_mean')} ms/sentence (p90 {record.get('batch1_ms_p90')}) "
+        f"over {record.get('batch1_sentences')} sentences; "
+        f"{record.get('mean_passes_per_sentence')} decoder passes/sentence; "
+        f"{record['device']}, {record['threads']} threads",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    module = load_module(args.ckpt, map_location=_device())
+    raw = sys.stdin.buffer.read()
+    lines = []
+    for number, chunk in enumerate(raw.split(b"\n")[: raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)], 1):
+        try:
+            lines.append(chunk.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CorpusError(f"<stdin>:{number}: not valid UTF-8") from None
+    result = module.translate(lines, **_decode_options(args))
+    for index in result.truncated:
+        print(f"warning: input line {index + 1} is longer than the model's maximum "
+              f"({module.model_config.max_len - 1} tokens) and was cut", file=sys.stderr)
+    out = sys.stdout
+    for text in result.texts:
+        out.write(text.replace("\n", " ") + "\n")
+    out.flush()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nargen.evaluation import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = load_module(args.ckpt, map_location=_device())
+    sources, refs = read_lines(args.src), read_lines(args.ref)
+    if len(sources) != len(refs):
+        raise CorpusError(f"{args.src} has {len(sources)} lines, {args.ref} has {len(refs)}")
+    record, texts = evaluate(
+        module, sources, refs, latency_sentences=args.latency_sentences, **_decode_options(args)
+    )
+    record.update({"checkpoint": str(args.ckpt), "src": str(args.src), "ref": str(args.ref)})
+    if args.output:
+        Path(args.output).write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    print(json.dumps(record, indent=2) if args.json else format_record(record))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    corpus = NAMED_CORPORA[args.corpus]
+    root = Path(args.root) if args.root else default_root(args.corpus)
+    src, tgt = args.pair.split("-")
+    fetched = download(corpus, root, args.splits, [src, tgt], base_url=args.base_url)
+    print(f"{root}: fetched {len(fetched)} files" + (f" ({', '.join(p.name for p in fetched)})" if fetched else " (all present)"))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nargen.data.batching import pad_sequences, token_budget_batches
+    from nargen.decoding import greedy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = load_module(args.ckpt, map_location=_device())
+    sources = read_lines(args.src)[: args.sentences]
+    ids = [x[: module.model_config.max_len - 1] + [module.ids.eos] for x in module.tokenizer.encode(sources)]
+    batches = token_budget_batches([len(x) for x in ids], args.max_tokens)
+    srcs = [pad_sequences([torch.tensor(ids[i]) for i in b], module.ids.pad).to(module.device) for b in batches]
+    d = module.decode_config
+    outputs, seconds = {}, {}
+    for use_cache in (True, False):
+        greedy(module.model, srcs[0][:4], ids=module.ids, use_cache=use_cache)  # warm-up
+        start = time.perf_counter()
+        outputs[use_cache] = [
+            greedy(module.model, s, ids=module.ids, use_cache=use_cache, max_len_a=d.max_len_a,
+                   max_len_b=d.max_len_b, max_len=module.model_config.max_len).as_lists(module.ids.pad)
+            for s in srcs
+        ]
+        seconds[use_cache] = time.perf_counter() - start
+    same = outputs[True] == outputs[False]
+    n = len(sources)
+    print(f"greedy decoding of {n} sentences from {args.src} ({len(batches)} batches, "
+          f"max_tokens {args.max_tokens}, {module.device}, {torch.get_num_threads()} threads)")
+    print(f"  with KV cache:    {seconds[True]:.2f} s  ({n / seconds[True]:.1f} sentences/s)")
+    print(f"  without KV cache: {seconds[False]:.2f} s  ({n / seconds[False]:.1f} sentences/s)")
+    print(f"  speed-up from the cache: {seconds[False] / seconds[True]:.2f}x; outputs identical: {same}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nargen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a recipe; any key overridable as --section.key VALUE")
+    fit.add_argument("--config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
+
+    def decoding(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
+        p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+        p.add_argument("--length-penalty", type=float, default=None)
+        p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
+
+    tr = sub.add_parser("translate", help="stdin to stdout, one output line per input line")
+    decoding(tr)
+
+    ev = sub.add_parser("evaluate", help="sacreBLEU, chrF and speed on a test set")
+    decoding(ev)
+    ev.add_argument("--src", required=True)
+    ev.add_argument("--ref", required=True)
+    ev.add_argument("--json", action="store_true", help="print one JSON record")
+    ev.add_argument("--output", help="also write the translations here")
+    ev.add_argument("--latency-sentences", type=int, default=None,
+                    help="sentences timed at batch size 1 (default: all)")
+    ev.add_argument("--threads", type=int, default=0)
+
+    dl = sub.add_parser("download", help="fetch a named corpus (needs a network)")
+    dl.add_argument("corpus", choices=sorted(NAMED_CORPORA))
+    dl.add_argument("--root", help="target folder (default $NARGEN_DATA or data/<corpus>)")
+    dl.add_argument("--pair", default="de-en")
+    dl.add_argument("--splits", nargs="+", default=["train", "val", "test_2016_flickr"])
+    dl.add_argument("--base-url", default=None, help="mirror to fetch from")
+
+    be = sub.add_parser("bench", help="speed benchmarks")
+    be.add_argument("what", choices=["kv-cache"], help="kv-cache: greedy with vs without the cache")
+    be.add_argument("--ckpt", required=True)
+    be.add_argument("--src", required=True)
+    be.add_argument("--sentences", type=int, default=200)
+    be.add_argument("--max-tokens", type=int, default=2000)
+    be.add_argument("--threads", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "fit":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "fit":
+            return cmd_fit(args, extra)
+        return {"translate": cmd_translate, "evaluate": cmd_evaluate,
+                "download": cmd_download, "bench": cmd_bench}[args.command](args)
+    except (ConfigError, CorpusError, CheckpointError) as err:
+        print(f"nargen {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

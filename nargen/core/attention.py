@@ -1,0 +1,154 @@
+"""Multi-head attention with grouped-query heads, rotary positions and a KV cache."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nargen.core.cache import KVCache
+from nargen.core.rotary import RotaryEmbedding
+
+AttentionKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", bool, float], torch.Tensor
+]
+
+
+def sdpa_kernel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+) -> torch.Tensor:
+    """PyTorch's fused kernel (flash / memory-efficient on GPU); K/V may have fewer heads."""
+    return nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+
+
+def naive_kernel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Reference attention written out in full: repeat K/V heads, softmax, weighted sum."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p:
+        weights = nn.functional.dropout(weights, dropout_p)
+    return weights @ v
+
+
+KERNELS: dict[str, AttentionKernel] = {"sdpa": sdpa_kernel, "naive": naive_kernel}
+
+
+def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """Boolean ``[queries, keys]`` mask for queries that are the last ``queries`` keys."""
+    offset = keys - queries
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with ``n_heads`` query heads and ``n_kv_heads`` K/V heads.
+
+    Rotary positions are injected for self-attention. With ``owns_kv=False`` the layer
+    has no K/V projection and must be given another layer's K/V (cross-layer sharing).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        *,
+        rotary: RotaryEmbedding | None,
+        owns_kv: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.kv_proj = (
+            nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False) if owns_kv else None
+        )
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.rotary = rotary
+        self.dropout = dropout
+        self.kernel: AttentionKernel = sdpa_kernel
+
+    def _split(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        batch, time, _ = x.shape
+        return x.view(batch, time, heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, source: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of ``source`` as ``[batch, n_kv_heads, time, head_dim]``, keys rotated."""
+        if self.kv_proj is None:
+            raise RuntimeError("this attention layer shares K/V and has no projection")
+        k, v = self.kv_proj(source).chunk(2, dim=-1)
+        k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
+        if self.rotary is not None:
+            k = self.rotary(k, offset)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        slot: int = 0,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attend from ``x`` to itself, or to ``memory`` for cross-attention.
+
+        ``mask`` is boolean, broadcastable to ``[batch, 1, queries, keys]``, True where a
+        query may attend. Returns the output and the K/V used, for a sharing layer.
+        """
+        is_cross = memory is not None
+        offset = cache.length if cache is not None and not is_cross else 0
+        q = self._split(self.q_proj(x), self.n_heads)
+        if self.rotary is not None and not is_cross:
+            q = self.rotary(q, offset)
+
+        if shared_kv is not None:
+            k, v = shared_kv
+        elif is_cross:
+            cached = cache.cross[slot] if cache is not None else None
+            k, v = cached if cached is not None else self.project_kv(memory)
+            if cache is not None:
+                cache.cross[slot] = (k, v)
+        else:
+            k, v = self.project_kv(x, offset)
+            if cache is not None:
+                k, v = cache.append(slot, k, v)
+
+        is_causal = False
+        if causal and q.shape[2] > 1:
+            if k.shape[2] == q.shape[2] and mask is None:
+                is_causal = True
+            else:
+                step_mask = causal_mask(q.shape[2], k.shape[2], x.device)
+                mask = step_mask if mask is None else mask & step_mask
+        dropout = self.dropout if self.training else 0.0
+        out = self.kernel(q, k, v, mask, is_causal, dropout)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.out_proj(out), (k, v)

@@ -1,0 +1,204 @@
+"""Encoder-decoder transformer: pre-norm RMSNorm, SwiGLU, tied embeddings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nargen.core.attention import KERNELS, Attention
+from nargen.core.cache import KVCache
+from nargen.core.config import TransformerConfig
+from nargen.core.dropout import Dropout
+from nargen.core.feedforward import SwiGLU
+from nargen.core.norms import RMSNorm
+from nargen.core.rotary import RotaryEmbedding
+
+
+@dataclass
+class Encoded:
+    """Encoder output: ``memory`` ``[batch, src_len, d_model]`` and ``mask`` (True = real)."""
+
+    memory: torch.Tensor
+    mask: torch.Tensor
+
+    def index_select(self, indices: torch.Tensor) -> "Encoded":
+        """Rows ``indices`` of the batch (for beam expansion and pruning)."""
+        return Encoded(self.memory.index_select(0, indices), self.mask.index_select(0, indices))
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(
+            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rotary=rotary, dropout=cfg.attention_dropout
+        )
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.dropout = Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h, _ = self.attn(self.attn_norm(x), mask=mask)
+        x = x + self.dropout(h)
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding, owns_kv: bool) -> None:
+        super().__init__()
+        heads = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads)
+        self.owns_kv = owns_kv
+        self.self_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(
+            *heads, rotary=rotary, owns_kv=owns_kv, dropout=cfg.attention_dropout
+        )
+        self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.cross_attn = Attention(
+            *heads, rotary=None, owns_kv=owns_kv, dropout=cfg.attention_dropout
+        )
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.dropout = Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        encoded: Encoded,
+        *,
+        self_mask: torch.Tensor | None,
+        causal: bool,
+        cache: KVCache | None,
+        slot: int,
+        shared: tuple | None,
+    ) -> tuple[torch.Tensor, tuple]:
+        self_kv, cross_kv = shared if shared is not None else (None, None)
+        h, self_kv = self.self_attn(
+            self.self_norm(x), mask=self_mask, causal=causal, cache=cache, slot=slot,
+            shared_kv=self_kv,
+        )
+        x = x + self.dropout(h)
+        h, cross_kv = self.cross_attn(
+            self.cross_norm(x), memory=encoded.memory, mask=encoded.mask[:, None, None, :],
+            cache=cache, slot=slot, shared_kv=cross_kv,
+        )
+        x = x + self.dropout(h)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x, (self_kv, cross_kv)
+
+
+class Seq2SeqTransformer(nn.Module):
+    """The shared core: an encoder and a decoder that runs causal or bidirectional.
+
+    Implements the decoding protocol of ``nargen.decoding``: ``encode``, ``decode`` and
+    ``new_cache``.
+    """
+
+    def __init__(self, cfg: TransformerConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=pad_id)
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_base)
+        self.encoder_layers = nn.ModuleList(
+            EncoderLayer(cfg, rotary) for _ in range(cfg.encoder_layers)
+        )
+        self.encoder_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.decoder_layers = nn.ModuleList(
+            DecoderLayer(cfg, rotary, owns_kv=not (cfg.share_decoder_kv and i % 2))
+            for i in range(cfg.decoder_layers)
+        )
+        self.decoder_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.dropout = Dropout(cfg.dropout)
+        self.embed_scale = math.sqrt(cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[pad_id].zero_()
+
+    def set_attention_kernel(self, name: str) -> None:
+        """Switch every attention layer to ``"sdpa"`` or the ``"naive"`` reference."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = KERNELS[name]
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.embed(tokens) * self.embed_scale)
+
+    def encode(self, src: torch.Tensor) -> Encoded:
+        """Encode padded source ids ``[batch, src_len]``."""
+        if src.shape[1] > self.cfg.max_len:
+            raise ValueError(f"source length {src.shape[1]} exceeds max_len={self.cfg.max_len}")
+        mask = src != self.pad_id
+        x = self.embed_tokens(src)
+        attn_mask = mask[:, None, None, :]
+        for layer in self.encoder_layers:
+            x = layer(x, attn_mask)
+        return Encoded(self.encoder_norm(x), mask)
+
+    def decode_hidden(
+        self,
+        x: torch.Tensor,
+        encoded: Encoded,
+        *,
+        causal: bool = True,
+        cache: KVCache | None = None,
+        tgt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the decoder stack on input embeddings ``x``; returns final hidden states.
+
+        Causal decoding needs no target mask (padding sits after real tokens); for
+        bidirectional decoding pass ``tgt_mask`` (True = real position).
+        """
+        self_mask = None if tgt_mask is None else tgt_mask[:, None, None, :]
+        shared = None
+        for i, layer in enumerate(self.decoder_layers):
+            slot = i // 2 if self.cfg.share_decoder_kv else i
+            x, kv = layer(
+                x, encoded, self_mask=self_mask, causal=causal, cache=cache, slot=slot,
+                shared=shared if not layer.owns_kv else None,
+            )
+            shared = kv
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.decoder_norm(x)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project hidden states onto the (tied) vocabulary."""
+        return hidden @ self.embed.weight.t()
+
+    def decode(
+        self,
+        tgt: torch.Tensor,
+        encoded: Encoded,
+        *,
+        causal: bool = True,
+        cache: KVCache | None = None,
+        tgt_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[batch, tgt_len, vocab]`` for target input ids ``tgt``.
+
+        With a ``cache``, ``tgt`` holds only the new positions.
+        """
+        hidden = self.decode_hidden(
+            self.embed_tokens(tgt), encoded, causal=causal, cache=cache, tgt_mask=tgt_mask
+        )
+        return self.output_logits(hidden)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """Teacher-forced logits for source ``src`` and target input ``tgt``."""
+        tgt_mask = None if causal else tgt != self.pad_id
+        return self.decode(tgt, self.encode(src), causal=causal, tgt_mask=tgt_mask)
+
+    def new_cache(self, encoded: Encoded, capacity: int) -> KVCache:
+        """An empty cache for ``encoded``'s batch with room for ``capacity`` steps."""
+        slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
+        return KVCache(
+            slots, encoded.memory.shape[0], self.cfg.n_kv_heads, self.cfg.head_dim,
+            min(capacity, self.cfg.max_len), encoded.memory.device, encoded.memory.dtype,
+        )

@@ -1,0 +1,84 @@
+"""Token-budget bucketed batches, deterministic for a seed and epoch."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, *, seed: int | None = None, max_sentences: int = 0
+) -> list[list[int]]:
+    """Group indices of similar length so each batch's padded size stays within
+    ``max_tokens`` (longest item x batch size).
+
+    With a ``seed``, equal lengths are ordered randomly and the batch order is shuffled;
+    without one the order is by length. A single item longer than the budget gets a
+    batch of its own.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if seed is not None:
+        rng.shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        longest_if_added = max(longest, lengths[index])
+        too_many = max_sentences and len(current) >= max_sentences
+        if current and (longest_if_added * (len(current) + 1) > max_tokens or too_many):
+            batches.append(current)
+            current, longest_if_added = [], lengths[index]
+        current.append(index)
+        longest = longest_if_added
+    if current:
+        batches.append(current)
+    if seed is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batch sampler over ``token_budget_batches``; reshuffled by ``set_epoch``.
+
+    Under ``torch.distributed`` each rank takes every ``world_size``-th batch (the
+    list is cut to a multiple of the world size so ranks step together).
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0
+    ) -> None:
+        self.lengths = list(lengths)
+        self.max_tokens = max_tokens
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        seed = self.seed + self.epoch if self.shuffle else None
+        batches = token_budget_batches(self.lengths, self.max_tokens, seed=seed)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world, rank = dist.get_world_size(), dist.get_rank()
+            if self.shuffle:  # training: ranks must step together
+                batches = batches[: len(batches) - len(batches) % world]
+            batches = batches[rank::world]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def pad_sequences(seqs: Sequence[torch.Tensor], pad: int) -> torch.Tensor:
+    """Right-pad 1-D tensors into one ``[batch, longest]`` tensor."""
+    return torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=pad)

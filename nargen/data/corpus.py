@@ -1,0 +1,68 @@
+"""Reading parallel text (plain or gzip UTF-8) with errors that name file and line."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CorpusError(ValueError):
+    """A corpus file is missing, misaligned or not valid UTF-8."""
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """All lines of a UTF-8 text file (``.gz`` decompressed), without line endings.
+
+    A trailing ``\\r`` (CRLF files) and a leading byte-order mark are removed. A line
+    that is not valid UTF-8 raises ``CorpusError`` naming the file and line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as err:
+        raise CorpusError(f"{path}: cannot read ({err})") from err
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    lines = []
+    for number, chunk in enumerate(chunks, start=1):
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise CorpusError(
+                f"{path}:{number}: not valid UTF-8 (byte {err.start}: {chunk[err.start:err.start + 4]!r})"
+            ) from err
+    return lines
+
+
+@dataclass
+class ParallelText:
+    """Aligned source and target lines, with the files they came from."""
+
+    source: list[str]
+    target: list[str]
+    source_path: Path
+    target_path: Path
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def read_parallel(source_path: str | Path, target_path: str | Path) -> ParallelText:
+    """Read two aligned files; different line counts raise ``CorpusError`` naming both."""
+    source, target = read_lines(source_path), read_lines(target_path)
+    if len(source) != len(target):
+        raise CorpusError(
+            f"parallel files differ in length: {source_path} has {len(source)} lines, "
+            f"{target_path} has {len(target)} lines"
+        )
+    return ParallelText(source, target, Path(source_path), Path(target_path))

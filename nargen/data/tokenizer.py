@@ -1,0 +1,112 @@
+"""SentencePiece tokenizer with the reserved ids every generation family needs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+PAD, BOS, EOS, UNK, MASK, BLANK = 0, 1, 2, 3, 4, 5
+MASK_PIECE, BLANK_PIECE = "<mask>", "<blank>"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Reserved ids: pad, bos, eos, unk, and mask (CMLM) and blank (CTC)."""
+
+    pad: int = PAD
+    bos: int = BOS
+    eos: int = EOS
+    unk: int = UNK
+    mask: int = MASK
+    blank: int = BLANK
+
+
+class Tokenizer:
+    """A SentencePiece model held as bytes, so it can travel inside a checkpoint."""
+
+    def __init__(self, model_bytes: bytes) -> None:
+        self.model_bytes = model_bytes
+        self.processor = spm.SentencePieceProcessor(model_proto=model_bytes)
+        self.special = SpecialTokens()
+        expected = {PAD: "<pad>", BOS: "<s>", EOS: "</s>", UNK: "<unk>", MASK: MASK_PIECE, BLANK: BLANK_PIECE}
+        for token_id, piece in expected.items():
+            if self.processor.id_to_piece(token_id) != piece:
+                raise ValueError(
+                    f"SentencePiece model has {self.processor.id_to_piece(token_id)!r} at id "
+                    f"{token_id}, expected {piece!r}"
+                )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        return cls(Path(path).read_bytes())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids for each text (no BOS/EOS added)."""
+        return self.processor.encode(texts, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Detokenized text for each id list; reserved ids are dropped."""
+        reserved = {PAD, BOS, EOS, MASK, BLANK}
+        return self.processor.decode([[i for i in row if i not in reserved] for row in ids])
+
+
+def training_key(texts_digest: str, vocab_size: int, model_type: str) -> str:
+    """Cache key for a tokenizer trained on text with ``texts_digest``."""
+    raw = f"{texts_digest}|{vocab_size}|{model_type}|spm{spm.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def digest_texts(texts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def train_tokenizer(
+    texts: list[str],
+    vocab_size: int,
+    cache_dir: str | Path,
+    model_type: str = "unigram",
+    seed_sentences: int = 1_000_000,
+) -> Tokenizer:
+    """Train (or load from ``cache_dir``) a joint SentencePiece model on ``texts``.
+
+    The cache file name is keyed by the training text, vocabulary size, model type and
+    SentencePiece version, so a changed corpus never reuses a stale model.
+    """
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"spm-{training_key(digest_texts(texts), vocab_size, model_type)}.model"
+    if path.is_file():
+        return Tokenizer.load(path)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(t for t in texts if t.strip()),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
+        user_defined_symbols=[MASK_PIECE, BLANK_PIECE],
+        input_sentence_size=seed_sentences,
+        shuffle_input_sentence=True,
+        num_threads=min(4, os.cpu_count() or 1),
+        minloglevel=2,
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp:
+        tmp.write(model.getvalue())
+    Path(tmp.name).replace(path)
+    return Tokenizer(model.getvalue())

@@ -1,0 +1,11 @@
+"""Pure decoding algorithms over the protocol in ``nargen.decoding.protocol``.
+
+Every decoder takes plain tensors and returns a ``DecodeResult`` holding the tokens and
+the number of sequential decoder passes it used.
+"""
+
+from nargen.decoding.beam import beam_search
+from nargen.decoding.greedy import greedy
+from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
+
+__all__ = ["DecodeResult", "Seq2SeqModel", "SpecialIds", "beam_search", "greedy", "length_caps"]

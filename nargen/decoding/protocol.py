@@ -1,0 +1,74 @@
+"""What a model must offer the decoders, and what every decoder returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class EncoderState(Protocol):
+    """Whatever ``encode`` returns; decoders only need to select batch rows."""
+
+    def index_select(self, indices: torch.Tensor) -> "EncoderState": ...
+
+
+class Cache(Protocol):
+    def reorder(self, indices: torch.Tensor) -> None: ...
+
+
+class Seq2SeqModel(Protocol):
+    """The small protocol the decoders run on (``nargen.core.Seq2SeqTransformer`` fits it).
+
+    - ``encode(src)``: padded source ids ``[batch, src_len]`` to an encoder state;
+    - ``decode(tgt, encoded, causal=..., cache=...)``: logits ``[batch, len, vocab]``;
+      with a cache, ``tgt`` holds only the new positions and the cache advances;
+    - ``new_cache(encoded, capacity)``: an empty cache with ``reorder(indices)``.
+    """
+
+    def encode(self, src: torch.Tensor) -> Any: ...
+
+    def decode(
+        self, tgt: torch.Tensor, encoded: Any, *, causal: bool = True, cache: Any = None
+    ) -> torch.Tensor: ...
+
+    def new_cache(self, encoded: Any, capacity: int) -> Cache: ...
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int = 0
+    bos: int = 1
+    eos: int = 2
+
+
+@dataclass
+class DecodeResult:
+    """Decoder output.
+
+    ``tokens``: ``[batch, len]`` output ids without BOS, each row ending at its EOS
+    (EOS not included) and padded with ``pad``. ``passes``: sequential decoder passes
+    used for the whole batch. ``hit_cap``: rows that stopped at their length cap.
+    ``scores``: per-row model score where the decoder has one.
+    """
+
+    tokens: torch.Tensor
+    passes: int
+    hit_cap: torch.Tensor
+    scores: torch.Tensor | None = None
+
+    def as_lists(self, pad: int) -> list[list[int]]:
+        """Rows as Python lists with padding removed."""
+        return [[t for t in row if t != pad] for row in self.tokens.tolist()]
+
+
+def length_caps(
+    encoded_lengths: torch.Tensor, max_len_a: float, max_len_b: int, limit: int
+) -> torch.Tensor:
+    """Per-sentence output cap ``a * src_len + b`` (at most ``limit``), EOS excluded.
+
+    Computed per row so a sentence gets the same cap alone or in a batch.
+    """
+    caps = (encoded_lengths.float() * max_len_a).floor().long() + max_len_b
+    return caps.clamp(min=1, max=limit)

@@ -1,0 +1,201 @@
+"""The LightningModule base every family shares: optimizer, schedule, validation BLEU,
+checkpoint metadata and ``translate()``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import lightning as L
+import sacrebleu
+import torch
+import torch.distributed as dist
+
+from nargen.core import Seq2SeqTransformer, TransformerConfig
+from nargen.data.batching import pad_sequences, token_budget_batches
+from nargen.data.tokenizer import EOS, PAD, Tokenizer
+from nargen.decoding import DecodeResult, SpecialIds
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then inverse-square-root decay."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 500
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class DecodeConfig:
+    """Decoding settings used for validation and as ``translate`` defaults."""
+
+    beam: int = 1
+    length_penalty: float = 1.0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    max_tokens: int = 6000
+    """Source-token budget of a translation batch."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Family-specific decoder options."""
+
+
+def inverse_sqrt_schedule(warmup_steps: int):
+    """Multiplier ``step / warmup`` during warm-up, then ``sqrt(warmup / step)``."""
+    warmup = max(1, warmup_steps)
+
+    def multiplier(step: int) -> float:
+        step = step + 1
+        return step / warmup if step < warmup else math.sqrt(warmup / step)
+
+    return multiplier
+
+
+@dataclass
+class Translation:
+    """Output of ``translate``: one text per input line, plus the decoders' accounting."""
+
+    texts: list[str]
+    passes: int
+    hit_cap: int
+    truncated: list[int]
+    """0-based indices of inputs cut to the model's maximum length."""
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Shared training and inference plumbing; a family adds ``loss`` and ``generate``."""
+
+    family: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        model_config: TransformerConfig,
+        tokenizer: Tokenizer,
+        optim: OptimConfig | None = None,
+        decode: DecodeConfig | None = None,
+        data_signature: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if model_config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"model vocab_size={model_config.vocab_size} but tokenizer has {tokenizer.vocab_size}"
+            )
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.optim = optim or OptimConfig()
+        self.decode_config = decode or DecodeConfig()
+        self.data_signature = data_signature or {}
+        special = tokenizer.special
+        self.ids = SpecialIds(pad=special.pad, bos=special.bos, eos=special.eos)
+        self.model = Seq2SeqTransformer(model_config, pad_id=special.pad)
+        self._val_hyps: dict[int, str] = {}
+
+    # ---- to be provided by a family -------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        raise NotImplementedError
+
+    # ---- training ---------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["src"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(o.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- validation -------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_hyps = {}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        size = batch["src"].shape[0]
+        self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
+        result = self.generate(batch["src"], beam=self.decode_config.beam)
+        texts = self.tokenizer.decode(result.as_lists(self.ids.pad))
+        for index, text in zip(batch["index"].tolist(), texts):
+            self._val_hyps[index] = text
+
+    def on_validation_epoch_end(self) -> None:
+        refs = getattr(self.trainer.datamodule, "valid_refs", None) if self._trainer else None
+        if not refs:
+            return
+        hyps = self._val_hyps
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[dict[int, str]] = [{} for _ in range(dist.get_world_size())]
+            dist.all_gather_object(gathered, hyps)
+            hyps = {k: v for part in gathered for k, v in part.items()}
+        ordered = [i for i in range(len(refs)) if i in hyps]
+        bleu = sacrebleu.corpus_bleu([hyps[i] for i in ordered], [[refs[i] for i in ordered]])
+        self.log("val_bleu", bleu.score, prog_bar=True, sync_dist=False, rank_zero_only=False)
+
+    # ---- inference --------------------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, sentences: list[str], **options: Any) -> Translation:
+        """Translate raw sentences in source-token-budget batches; one output each.
+
+        Empty inputs give empty outputs; inputs longer than the model's maximum are cut
+        (their indices are reported in ``truncated``). Options go to ``generate``.
+        """
+        was_training = self.training
+        self.eval()
+        limit = self.model_config.max_len - 1
+        encoded = self.tokenizer.encode(sentences)
+        truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
+        encoded = [ids[:limit] for ids in encoded]
+        texts = [""] * len(sentences)
+        todo = [i for i, ids in enumerate(encoded) if ids]
+        max_tokens = options.pop("max_tokens", self.decode_config.max_tokens)
+        batches = token_budget_batches([len(encoded[i]) + 1 for i in todo], max_tokens)
+        passes = hit_cap = 0
+        for batch in batches:
+            rows = [todo[j] for j in batch]
+            src = pad_sequences(
+                [torch.tensor(encoded[i] + [EOS]) for i in rows], PAD
+            ).to(self.device)
+            result = self.generate(src, **options)
+            passes += result.passes
+            hit_cap += int(result.hit_cap.sum())
+            for i, text in zip(rows, self.tokenizer.decode(result.as_lists(self.ids.pad))):
+                texts[i] = text
+        self.train(was_training)
+        return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated)
+
+    # ---- checkpoint metadata ----------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """Everything needed to rebuild this module from a checkpoint alone."""
+        return {
+            "family": self.family,
+            "model_config": self.model_config.to_dict(),
+            "tokenizer": self.tokenizer.model_bytes,
+            "special_ids": asdict(self.tokenizer.special),
+            "optim": {**asdict(self.optim), "betas": list(self.optim.betas)},
+            "decode": asdict(self.decode_config),
+            "data_signature": self.data_signature,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nargen"] = self.metadata()
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> "Seq2SeqModule":
+        optim = dict(meta["optim"])
+        optim["betas"] = tuple(optim["betas"])
+        return cls(
+            TransformerConfig.from_dict(meta["model_config"]),
+            Tokenizer(meta["tokenizer"]),
+            OptimConfig(**optim),
+            DecodeConfig(**meta["decode"]),
+            meta.get("data_signature"),
+        )

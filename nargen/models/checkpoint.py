@@ -1,0 +1,57 @@
+"""Loading self-contained checkpoints safely (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.base import Seq2SeqModule
+
+FAMILIES: dict[str, type[Seq2SeqModule]] = {
+    AutoregressiveModule.family: AutoregressiveModule,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or not what the caller needs."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary, loaded without executing any pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {first_line}"
+        ) from err
+    if not isinstance(state, dict) or "nargen" not in state or "state_dict" not in state:
+        raise CheckpointError(f"{path}: not a nargen checkpoint (no 'nargen' metadata)")
+    return state
+
+
+def load_module(
+    path: str | Path, family: str | None = None, map_location: str | torch.device = "cpu"
+) -> Seq2SeqModule:
+    """Rebuild the module a checkpoint holds; ``family`` checks what kind it must be."""
+    state = read_checkpoint(path)
+    meta = state["nargen"]
+    found = meta.get("family")
+    if found not in FAMILIES:
+        raise CheckpointError(
+            f"{path}: family {found!r} is not provided by this nargen "
+            f"(known: {', '.join(sorted(FAMILIES))})"
+        )
+    if family is not None and found != family:
+        raise CheckpointError(f"{path}: is a {found!r} checkpoint, expected {family!r}")
+    module = FAMILIES[found].from_metadata(meta)
+    module.load_state_dict(state["state_dict"])
+    return module.to(map_location).eval()

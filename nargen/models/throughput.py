@@ -1,0 +1,75 @@
+"""Training throughput: target tokens per second, peak memory, model FLOPs utilisation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+# Dense bf16 peak FLOP/s by GPU name fragment, for model FLOPs utilisation.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class ThroughputMonitor(L.Callback):
+    """Counts target tokens over training time (validation excluded).
+
+    FLOPs per step are estimated as 6 x parameters x tokens, split between the
+    encoder (source tokens) and the decoder and output layer (target tokens).
+    """
+
+    def __init__(self) -> None:
+        self.target_tokens = 0
+        self.seconds = 0.0
+        self.flops = 0.0
+        self._last: float | None = None
+        self._enc_params = self._dec_params = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        model = module.model
+        self._enc_params = sum(p.numel() for p in model.encoder_layers.parameters())
+        self._dec_params = sum(p.numel() for p in model.decoder_layers.parameters())
+        self._dec_params += model.embed.weight.numel()  # tied output projection
+        if module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(module.device)
+
+    def _restart_clock(self, *_: Any) -> None:
+        self._last = time.perf_counter()
+
+    on_train_epoch_start = _restart_clock
+    on_validation_end = _restart_clock
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds += now - self._last
+        self._last = now
+        pad = module.ids.pad
+        tgt = int((batch["tgt_out"] != pad).sum())
+        src = int((batch["src"] != pad).sum())
+        self.target_tokens += tgt
+        self.flops += 6.0 * (self._enc_params * src + self._dec_params * tgt)
+        if self.seconds > 0:
+            module.log("train_tok_s", self.target_tokens / self.seconds, prog_bar=True)
+
+    def summary(self, device: torch.device) -> dict[str, Any]:
+        rate = self.target_tokens / self.seconds if self.seconds else 0.0
+        out: dict[str, Any] = {
+            "target_tokens": self.target_tokens,
+            "train_seconds": round(self.seconds, 1),
+            "target_tokens_per_s": round(rate, 1),
+        }
+        if device.type == "cuda":
+            out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            peak = peak_flops(device)
+            if peak and self.seconds:
+                out["mfu"] = round(self.flops / self.seconds / peak, 4)
+        return out
