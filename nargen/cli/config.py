@@ -111,11 +111,27 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"unknown key {where}.{key} (known: {', '.join(known)})")
         sub = known[key].type
         sub_cls = _dataclass_named(sub)
-        kwargs[key] = build(sub_cls, value, f"{where}.{key}") if sub_cls else value
+        if sub_cls:
+            kwargs[key] = build(sub_cls, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, str(sub), f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """Numbers YAML reads as strings (``3e-3``) become the float or int the field wants."""
+    if not isinstance(value, str) or "str" in annotation or "Any" in annotation:
+        return value
+    for name, kind in (("float", float), ("int", int)):
+        if name in annotation:
+            try:
+                return kind(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be {name}, got {value!r}") from None
+    return value
 
 
 def _dataclass_named(type_name: Any) -> type | None:

@@ -78,16 +78,20 @@ class Attention(nn.Module):
         n_kv_heads: int,
         *,
         rotary: RotaryEmbedding | None,
+        cross: bool = False,
         owns_kv: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, d_model, bias=False)
-        self.kv_proj = (
-            nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=False) if owns_kv else None
-        )
+        self.cross, self.owns_kv = cross, owns_kv
+        kv_dim = 2 * n_kv_heads * self.head_dim
+        # Self-attention that owns its K/V projects Q, K and V in one matrix product.
+        fused = owns_kv and not cross
+        self.q_proj = None if fused else nn.Linear(d_model, d_model, bias=False)
+        self.kv_proj = nn.Linear(d_model, kv_dim, bias=False) if owns_kv and cross else None
+        self.qkv_proj = nn.Linear(d_model, d_model + kv_dim, bias=False) if fused else None
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         self.rotary = rotary
         self.dropout = dropout
@@ -97,15 +101,15 @@ class Attention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, heads, self.head_dim).transpose(1, 2)
 
-    def project_kv(self, source: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """K/V of ``source`` as ``[batch, n_kv_heads, time, head_dim]``, keys rotated."""
+    def _rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        return self.rotary(x, offset) if self.rotary is not None else x
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention K/V of ``memory`` as ``[batch, n_kv_heads, time, head_dim]``."""
         if self.kv_proj is None:
             raise RuntimeError("this attention layer shares K/V and has no projection")
-        k, v = self.kv_proj(source).chunk(2, dim=-1)
-        k, v = self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
-        if self.rotary is not None:
-            k = self.rotary(k, offset)
-        return k, v
+        k, v = self.kv_proj(memory).chunk(2, dim=-1)
+        return self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
 
     def forward(
         self,
@@ -123,23 +127,31 @@ class Attention(nn.Module):
         ``mask`` is boolean, broadcastable to ``[batch, 1, queries, keys]``, True where a
         query may attend. Returns the output and the K/V used, for a sharing layer.
         """
-        is_cross = memory is not None
-        offset = cache.length if cache is not None and not is_cross else 0
-        q = self._split(self.q_proj(x), self.n_heads)
-        if self.rotary is not None and not is_cross:
-            q = self.rotary(q, offset)
-
-        if shared_kv is not None:
-            k, v = shared_kv
-        elif is_cross:
-            cached = cache.cross[slot] if cache is not None else None
-            k, v = cached if cached is not None else self.project_kv(memory)
-            if cache is not None:
-                cache.cross[slot] = (k, v)
-        else:
-            k, v = self.project_kv(x, offset)
+        if self.cross != (memory is not None):
+            raise ValueError("cross-attention needs memory; self-attention takes none")
+        offset = cache.length if cache is not None and not self.cross else 0
+        if self.qkv_proj is not None:
+            batch, time, _ = x.shape
+            heads = self.n_heads + self.n_kv_heads
+            qkv = self.qkv_proj(x).view(batch, time, heads + self.n_kv_heads, self.head_dim)
+            qk = self._rotate(qkv[:, :, :heads].transpose(1, 2), offset)  # one rotation for both
+            q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+            v = qkv[:, :, heads:].transpose(1, 2)
             if cache is not None:
                 k, v = cache.append(slot, k, v)
+        else:
+            q = self._split(self.q_proj(x), self.n_heads)
+            if not self.cross:
+                q = self._rotate(q, offset)
+            if shared_kv is not None:
+                k, v = shared_kv
+            elif self.cross:
+                cached = cache.cross[slot] if cache is not None else None
+                k, v = cached if cached is not None else self.project_kv(memory)
+                if cache is not None:
+                    cache.cross[slot] = (k, v)
+            else:
+                raise RuntimeError("this attention layer shares K/V: pass shared_kv")
 
         is_causal = False
         if causal and q.shape[2] > 1:

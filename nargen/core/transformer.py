@@ -61,7 +61,7 @@ class DecoderLayer(nn.Module):
         )
         self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.cross_attn = Attention(
-            *heads, rotary=None, owns_kv=owns_kv, dropout=cfg.attention_dropout
+            *heads, rotary=None, cross=True, owns_kv=owns_kv, dropout=cfg.attention_dropout
         )
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)

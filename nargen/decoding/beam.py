@@ -7,7 +7,7 @@ import torch
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(
     model: Seq2SeqModel,
     src: torch.Tensor,

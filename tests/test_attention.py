@@ -1,0 +1,105 @@
+"""Attention kernels, grouped-query heads, rotary positions, cache size."""
+
+import pytest
+import torch
+
+from nargen.core import Attention, RotaryEmbedding, Seq2SeqTransformer, TransformerConfig
+from nargen.core.attention import naive_kernel, sdpa_kernel
+
+
+def random_qkv(batch=2, heads=4, kv_heads=2, tq=5, tk=7, dim=16):
+    return (torch.randn(batch, heads, tq, dim), torch.randn(batch, kv_heads, tk, dim),
+            torch.randn(batch, kv_heads, tk, dim))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_sdpa_equals_naive_reference_with_padding_mask(kv_heads):
+    q, k, v = random_qkv(kv_heads=kv_heads)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    torch.testing.assert_close(sdpa_kernel(q, k, v, mask, False, 0.0),
+                               naive_kernel(q, k, v, mask, False, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_equals_naive_reference_causal():
+    q, k, v = random_qkv(tq=6, tk=6)
+    torch.testing.assert_close(sdpa_kernel(q, k, v, None, True, 0.0),
+                               naive_kernel(q, k, v, None, True, 0.0), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_equals_multi_head_with_repeated_kv():
+    q, k, v = random_qkv(heads=6, kv_heads=2)
+    grouped = sdpa_kernel(q, k, v, None, False, 0.0)
+    repeated = sdpa_kernel(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), None, False, 0.0)
+    torch.testing.assert_close(grouped, repeated, atol=1e-6, rtol=1e-6)
+
+
+def test_model_with_naive_kernel_matches_sdpa():
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro")).eval()
+    src = torch.randint(6, 64, (3, 9))
+    src[0, 6:] = 0
+    tgt = torch.randint(6, 64, (3, 7))
+    fused = model(src, tgt)
+    model.set_attention_kernel("naive")
+    torch.testing.assert_close(model(src, tgt), fused, atol=1e-4, rtol=1e-4)
+
+
+def test_rotary_scores_depend_only_on_relative_offset():
+    rotary = RotaryEmbedding(head_dim=16, max_len=64)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m: int, n: int) -> float:
+        return float((rotary(q, offset=m) * rotary(k, offset=n)).sum())
+
+    for shift in (1, 7, 30):
+        assert score(3, 1) == pytest.approx(score(3 + shift, 1 + shift), abs=1e-4)
+        assert score(10, 20) == pytest.approx(score(10 + shift, 20 + shift), abs=1e-4)
+    assert abs(score(3, 1) - score(3, 2)) > 1e-3  # but it does depend on the offset
+
+
+def test_rotary_leaves_norm_unchanged():
+    rotary = RotaryEmbedding(head_dim=8, max_len=32)
+    x = torch.randn(2, 3, 10, 8)
+    torch.testing.assert_close(rotary(x, 5).norm(dim=-1), x.norm(dim=-1))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_kv_cache_size_scales_with_kv_heads(kv_heads):
+    cfg = TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=kv_heads)
+    model = Seq2SeqTransformer(cfg).eval()
+    src = torch.randint(6, 64, (2, 5))
+    encoded = model.encode(src)
+    cache = model.new_cache(encoded, 8)
+    model.decode(torch.ones(2, 3, dtype=torch.long), encoded, cache=cache)
+    per_head = 2 * cfg.decoder_layers * 2 * 3 * cfg.head_dim  # K+V, layers, batch, steps, dim
+    assert cache.self_attention_elements() == per_head * kv_heads
+    assert cache.keys.shape[2] == kv_heads
+
+
+def test_cross_layer_sharing_halves_the_cache_and_the_kv_projections():
+    plain = TransformerConfig.from_preset("micro", decoder_layers=4)
+    shared = TransformerConfig.from_preset("micro", decoder_layers=4, share_decoder_kv=True)
+    sizes = []
+    for cfg in (plain, shared):
+        model = Seq2SeqTransformer(cfg).eval()
+        encoded = model.encode(torch.randint(6, 64, (2, 5)))
+        cache = model.new_cache(encoded, 8)
+        model.decode(torch.ones(2, 3, dtype=torch.long), encoded, cache=cache)
+        sizes.append(cache.self_attention_elements())
+        owners = sum(layer.self_attn.qkv_proj is not None for layer in model.decoder_layers)
+        assert owners == (2 if cfg.share_decoder_kv else 4)
+    assert sizes[1] * 2 == sizes[0]
+
+
+def test_config_rejects_kv_heads_that_do_not_divide_heads():
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=3)
+
+
+def test_attention_without_projection_requires_shared_kv():
+    layer = Attention(32, 4, 2, rotary=None, owns_kv=False)
+    with pytest.raises(RuntimeError, match="shares K/V"):
+        layer(torch.randn(1, 3, 32))
+    cross = Attention(32, 4, 2, rotary=None, cross=True, owns_kv=False)
+    with pytest.raises(RuntimeError, match="shares K/V"):
+        cross.project_kv(torch.randn(1, 3, 32))

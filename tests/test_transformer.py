@@ -1,0 +1,112 @@
+"""Whole-model properties: cache equals full pass, padding and batch invariance."""
+
+import pytest
+import torch
+
+from nargen.core import Seq2SeqTransformer, TransformerConfig
+from nargen.decoding import SpecialIds, beam_search, greedy
+
+
+def micro_model(**overrides) -> Seq2SeqTransformer:
+    return Seq2SeqTransformer(TransformerConfig.from_preset("micro", **overrides)).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 1}, {"share_decoder_kv": True}])
+def test_cached_step_logits_equal_full_forward(overrides):
+    model = micro_model(**overrides)
+    src = torch.randint(6, 64, (3, 8))
+    src[2, 5:] = 0
+    tgt = torch.randint(6, 64, (3, 10))
+    full = model(src, tgt)
+    encoded = model.encode(src)
+    cache = model.new_cache(encoded, capacity=4)  # smaller than needed: must grow
+    steps = [model.decode(tgt[:, i : i + 1], encoded, cache=cache) for i in range(10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_greedy_equals_uncached_greedy():
+    model = micro_model()
+    src = torch.randint(6, 64, (4, 9))
+    src[1, 4:] = 0
+    with_cache = greedy(model, src, use_cache=True)
+    without = greedy(model, src, use_cache=False)
+    assert torch.equal(with_cache.tokens, without.tokens)
+    assert with_cache.passes == without.passes
+
+
+def test_padding_leaves_real_positions_unchanged():
+    model = micro_model()
+    src = torch.randint(6, 64, (1, 6))
+    tgt = torch.randint(6, 64, (1, 5))
+    padded_src = torch.cat([src, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    enc, enc_padded = model.encode(src), model.encode(padded_src)
+    torch.testing.assert_close(enc_padded.memory[:, :6], enc.memory, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.decode(tgt, enc_padded), model.decode(tgt, enc), atol=1e-5, rtol=1e-5)
+    # bidirectional decoder: target padding does not reach real target positions
+    padded_tgt = torch.cat([tgt, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    bi = model.decode(tgt, enc, causal=False, tgt_mask=tgt != 0)
+    bi_padded = model.decode(padded_tgt, enc, causal=False, tgt_mask=padded_tgt != 0)
+    torch.testing.assert_close(bi_padded[:, :5], bi, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_decoder_sees_the_future_and_causal_does_not():
+    model = micro_model()
+    enc = model.encode(torch.randint(6, 64, (1, 6)))
+    tgt = torch.randint(6, 64, (1, 5))
+    changed = tgt.clone()
+    changed[0, -1] = (tgt[0, -1] + 1 - 6) % 58 + 6
+    causal_a, causal_b = model.decode(tgt, enc), model.decode(changed, enc)
+    torch.testing.assert_close(causal_a[:, :-1], causal_b[:, :-1])
+    bi_a = model.decode(tgt, enc, causal=False)
+    bi_b = model.decode(changed, enc, causal=False)
+    assert not torch.allclose(bi_a[:, 0], bi_b[:, 0])
+
+
+def _batch_and_singles(n=5):
+    lengths = [3, 9, 5, 7, 2][:n]
+    rows = [torch.randint(6, 64, (length,)) for length in lengths]
+    batch = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    return batch, [r[None] for r in rows]
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam"])
+def test_sentence_decodes_the_same_alone_and_in_a_batch(decoder):
+    model = micro_model()
+    batch, singles = _batch_and_singles()
+    run = (lambda s: greedy(model, s)) if decoder == "greedy" else (lambda s: beam_search(model, s, beam=3))
+    together = run(batch).as_lists(0)
+    alone = [run(s).as_lists(0)[0] for s in singles]
+    assert together == alone
+
+
+def test_beam_of_one_equals_greedy():
+    model = micro_model()
+    batch, _ = _batch_and_singles()
+    assert beam_search(model, batch, beam=1).as_lists(0) == greedy(model, batch).as_lists(0)
+
+
+def test_beam_search_score_is_at_least_greedy_score():
+    model = micro_model()
+    batch, _ = _batch_and_singles()
+    ids = SpecialIds()
+
+    def sequence_logprob(src, out):
+        rows = []
+        for i, toks in enumerate(out.as_lists(0)):
+            tgt = torch.tensor([[ids.bos] + toks])
+            lp = torch.log_softmax(model(src[i : i + 1], tgt), -1)[0]
+            gold = torch.tensor(toks + [ids.eos])
+            rows.append(float(lp.gather(1, gold[:, None]).sum()) / len(gold))
+        return rows
+
+    g = sequence_logprob(batch, greedy(model, batch))
+    b = sequence_logprob(batch, beam_search(model, batch, beam=4, length_penalty=1.0))
+    assert all(bs >= gs - 1e-4 for bs, gs in zip(b, g))
+
+
+def test_decoders_respect_per_sentence_length_caps():
+    model = micro_model()
+    src = torch.randint(6, 64, (2, 4))
+    for out in (greedy(model, src, max_len_a=0, max_len_b=3), beam_search(model, src, beam=2, max_len_a=0, max_len_b=3)):
+        assert out.tokens.shape[1] <= 3
+        assert out.passes <= 4
