@@ -61,7 +61,8 @@ def evaluate(
         "truncated_inputs": len(result.truncated),
         "device": str(module.device),
         "threads": torch.get_num_threads(),
-        "options": dict(options),
+        "family": module.family,
+        "options": {k: v if isinstance(v, (int, float, str)) else k for k, v in options.items()},
     }
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
     times, passes = [], 0

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nargen.cli.config import FitConfig, load_fit_config
+from nargen.cli.fit import run_fit
 from nargen.data import Tokenizer, train_tokenizer
 
 WORDS = "ka lo mi nu pe ro su ti ve xo za bu".split()
@@ -45,3 +47,31 @@ def tokenizer(reversal_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _seed() -> None:
     torch.manual_seed(0)
     random.seed(0)
+
+
+def reversal_overrides(root: Path, run_dir: Path, cache: Path, steps: int, *extra: str) -> list[str]:
+    """A micro autoregressive recipe on the reversal corpus, as `nargen fit` arguments."""
+    return [
+        "--family", "autoregressive",
+        "--model", "{preset: micro, dropout: 0.0}",
+        "--data.corpus", "reversal", "--data.root", str(root),
+        "--data.src_lang", "src", "--data.tgt_lang", "tgt", "--data.test_split", "test",
+        "--data.vocab_size", "36", "--data.max_tokens", "1200", "--data.cache_dir", str(cache),
+        "--optim.lr", "3e-3", "--optim.warmup_steps", "50", "--optim.label_smoothing", "0.0",
+        "--trainer.max_steps", str(steps), "--trainer.val_every_steps", str(steps),
+        "--trainer.checkpoint_every_steps", "50", "--trainer.run_dir", str(run_dir),
+        "--trainer.progress_bar", "false", "--eval.decodes", "[]", *extra,
+    ]
+
+
+def reversal_config(root: Path, run_dir: Path, cache: Path, steps: int, *extra: str) -> FitConfig:
+    return load_fit_config(None, reversal_overrides(root, run_dir, cache, steps, *extra))
+
+
+@pytest.fixture(scope="session")
+def trained_run(reversal_root, tmp_path_factory) -> Path:
+    """Train a micro model to reverse word sequences (about 20 s on 2 CPU cores)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = run_fit(reversal_config(reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400))
+    assert summary["steps"] == 400
+    return run_dir

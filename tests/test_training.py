@@ -8,35 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nargen.cli.config import load_fit_config
 from nargen.cli.fit import run_fit
 from nargen.models import AutoregressiveModule, CheckpointError, load_module, read_checkpoint
 from nargen.data import read_split
 
-from conftest import reversal_pairs
-
-
-def reversal_config(root: Path, run_dir: Path, cache: Path, steps: int, *extra: str):
-    return load_fit_config(None, [
-        "--family", "autoregressive",
-        "--model", "{preset: micro, dropout: 0.0}",
-        "--data.corpus", "reversal", "--data.root", str(root),
-        "--data.src_lang", "src", "--data.tgt_lang", "tgt", "--data.test_split", "test",
-        "--data.vocab_size", "36", "--data.max_tokens", "1200", "--data.cache_dir", str(cache),
-        "--optim.lr", "3e-3", "--optim.warmup_steps", "50", "--optim.label_smoothing", "0.0",
-        "--trainer.max_steps", str(steps), "--trainer.val_every_steps", str(steps),
-        "--trainer.checkpoint_every_steps", "50", "--trainer.run_dir", str(run_dir),
-        "--trainer.progress_bar", "false", "--eval.beams", "[]", *extra,
-    ])
-
-
-@pytest.fixture(scope="module")
-def trained_run(reversal_root, tmp_path_factory) -> Path:
-    """Train a micro model to reverse word sequences (about 20 s on 2 CPU cores)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    summary = run_fit(reversal_config(reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400))
-    assert summary["steps"] == 400
-    return run_dir
+from conftest import reversal_config
 
 
 def exact_match(module, sources, references, **options) -> float:

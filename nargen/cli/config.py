@@ -47,13 +47,15 @@ class TrainerConfig:
 class EvalConfig:
     """The test evaluation ``nargen fit`` prints at the end."""
 
-    beams: list[int] = field(default_factory=lambda: [1, 4])
+    decodes: list[dict[str, Any]] = field(default_factory=lambda: [{"beam": 1}, {"beam": 4}])
+    """Decoder options for each test evaluation (e.g. ``{beam: 4}``, ``{iterations: 10}``)."""
     latency_sentences: int = 100
 
 
 @dataclass
 class FitConfig:
     family: str = "autoregressive"
+    family_options: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

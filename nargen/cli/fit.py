@@ -13,12 +13,13 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from nargen.cli.config import FitConfig, to_dict
+from nargen.cli.config import FitConfig, TrainerConfig, to_dict
 from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
-from nargen.models import FAMILIES, Seq2SeqModule, load_module
+from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, load_module
+from nargen.models.resume import ResumeState
 from nargen.models.throughput import ThroughputMonitor
 
 
@@ -33,7 +34,8 @@ def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2Se
         preset, **{**model_values, "vocab_size": tokenizer.vocab_size}
     )
     return FAMILIES[config.family](
-        model_config, tokenizer, config.optim, config.decode, datamodule.signature()
+        model_config, tokenizer, config.optim, config.decode, datamodule.signature(),
+        config.family_options,
     )
 
 
@@ -43,6 +45,13 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def max_epochs(t: TrainerConfig) -> int | None:
+    """No epoch limit when steps or time bound the run (Lightning would stop at 1000)."""
+    if t.max_epochs is not None:
+        return t.max_epochs
+    return -1 if t.max_steps > 0 or t.max_time_minutes else None
 
 
 def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
@@ -63,11 +72,12 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         strategy=t.strategy,
         precision=resolve_precision(t.precision),
         max_steps=t.max_steps,
-        max_epochs=t.max_epochs if t.max_epochs is not None else (-1 if t.max_steps > 0 or t.max_time_minutes else None),
+        max_epochs=max_epochs(t),
         max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        callbacks=[best, last, monitor],
+        callbacks=[best, last, monitor, ResumeState()],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs", version=""),
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
@@ -107,7 +117,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     }
     best = run_dir / "checkpoints" / "best.ckpt"
     summary["best_checkpoint"] = str(best)
-    if trainer.is_global_zero and best.is_file() and config.eval.beams and config.data.test_split:
+    if trainer.is_global_zero and best.is_file() and config.eval.decodes and config.data.test_split:
         summary["test"] = evaluate_test(config, best)
     if trainer.is_global_zero:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -115,15 +125,15 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
 
 
 def evaluate_test(config: FitConfig, checkpoint: Path) -> list[dict[str, Any]]:
-    """Score ``checkpoint`` on the recipe's test split for each beam in ``eval.beams``."""
+    """Score ``checkpoint`` on the recipe's test split for each setting in ``eval.decodes``."""
     d = config.data
     test = read_split(d.resolved_root(), d.test_split, d.src_lang, d.tgt_lang)
     module = load_module(checkpoint, map_location="cuda" if torch.cuda.is_available() else "cpu")
     records = []
-    for beam in config.eval.beams:
+    for options in config.eval.decodes:
         record, _ = evaluate(
-            module, test.source, test.target, beam=beam,
-            latency_sentences=config.eval.latency_sentences,
+            module, test.source, test.target, latency_sentences=config.eval.latency_sentences,
+            **options,
         )
         record["split"] = d.test_split
         records.append(record)

@@ -13,20 +13,44 @@ import torch
 from nargen.cli.config import ConfigError, load_fit_config
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
-from nargen.data.corpus import read_lines
-from nargen.models import CheckpointError, load_module
+from nargen.data.corpus import decode_lines, read_lines
+from nargen.decoding import autoregressive_reranker
+from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
+
+FAMILY_DECODE_OPTIONS = {
+    "autoregressive": {"beam", "length_penalty"},
+    "nat": {"length_beam", "rerank"},
+    "cmlm": {"iterations", "length_beam", "rerank"},
+}
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _decode_options(args: argparse.Namespace) -> dict:
-    options = {"beam": args.beam}
-    if args.max_tokens:
-        options["max_tokens"] = args.max_tokens
+def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
+    """Decoder options given on the command line, checked against the family."""
+    options: dict = {}
+    if args.beam is not None:
+        options["beam"] = args.beam
     if args.length_penalty is not None:
         options["length_penalty"] = args.length_penalty
+    if args.iterations is not None:
+        options["iterations"] = args.iterations
+    if args.length_beam is not None:
+        options["length_beam"] = args.length_beam
+    if args.rerank_ckpt:
+        reranker = load_module(args.rerank_ckpt, family="autoregressive", map_location=module.device)
+        if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
+            raise CheckpointError(f"{args.rerank_ckpt}: its tokenizer differs from {args.ckpt}'s")
+        options["rerank"] = autoregressive_reranker(reranker.model, reranker.ids)
+    allowed = FAMILY_DECODE_OPTIONS[module.family]
+    unknown = [name for name in options if name not in allowed]
+    if unknown:
+        flags = ", ".join("--" + name.replace("_", "-").replace("rerank", "rerank-ckpt") for name in unknown)
+        raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
+    if args.max_tokens:
+        options["max_tokens"] = args.max_tokens
     return options
 
 
@@ -42,7 +66,8 @@ def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
 
 def format_record(record: dict) -> str:
     lines = [
-        f"{record.get('split', 'test')} beam={record['options'].get('beam', 1)}: "
+        f"{record.get('split', 'test')} {record['family']} "
+        f"{' '.join(f'{k}={v}' for k, v in record['options'].items() if k != 'max_tokens') or 'defaults'}: "
         f"BLEU {record['bleu']:.2f}  chrF {record['chrf']:.2f}  "
         f"repetition {record['repetition_rate']:.4f}  hit length cap {record['hit_length_cap']}",
         f"  {record['bleu_signature']}",
@@ -58,14 +83,8 @@ def format_record(record: dict) -> str:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     module = load_module(args.ckpt, map_location=_device())
-    raw = sys.stdin.buffer.read()
-    lines = []
-    for number, chunk in enumerate(raw.split(b"\n")[: raw.count(b"\n") + (0 if raw.endswith(b"\n") or not raw else 1)], 1):
-        try:
-            lines.append(chunk.rstrip(b"\r").decode("utf-8"))
-        except UnicodeDecodeError:
-            raise CorpusError(f"<stdin>:{number}: not valid UTF-8") from None
-    result = module.translate(lines, **_decode_options(args))
+    lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
+    result = module.translate(lines, **_decode_options(args, module))
     for index in result.truncated:
         print(f"warning: input line {index + 1} is longer than the model's maximum "
               f"({module.model_config.max_len - 1} tokens) and was cut", file=sys.stderr)
@@ -86,12 +105,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if len(sources) != len(refs):
         raise CorpusError(f"{args.src} has {len(sources)} lines, {args.ref} has {len(refs)}")
     record, texts = evaluate(
-        module, sources, refs, latency_sentences=args.latency_sentences, **_decode_options(args)
+        module, sources, refs, latency_sentences=args.latency_sentences,
+        **_decode_options(args, module),
     )
     record.update({"checkpoint": str(args.ckpt), "src": str(args.src), "ref": str(args.ref)})
     if args.output:
         Path(args.output).write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     print(json.dumps(record, indent=2) if args.json else format_record(record))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from nargen.distill import distill
+
+    module = load_module(args.ckpt, map_location=_device())
+    src, tgt = args.pair.split("-")
+    root = Path(args.root) if args.root else default_root(args.corpus)
+    target = distill(
+        module, args.ckpt, root, args.out, src_lang=src, tgt_lang=tgt, split=args.split,
+        copy_splits=tuple(args.copy_splits), chunk_lines=args.chunk_lines,
+        log=lambda message: print(message, file=sys.stderr), **_decode_options(args, module),
+    )
+    print(f"wrote {target}; train on it with --data.root {args.out}")
     return 0
 
 
@@ -145,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
-        p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-        p.add_argument("--length-penalty", type=float, default=None)
+        p.add_argument("--beam", type=int, default=None, help="autoregressive: beam size (1 = greedy)")
+        p.add_argument("--length-penalty", type=float, default=None, help="autoregressive beam")
+        p.add_argument("--iterations", type=int, default=None, help="cmlm: mask-predict iterations")
+        p.add_argument("--length-beam", type=int, default=None, help="nat/cmlm: lengths tried")
+        p.add_argument("--rerank-ckpt", default=None,
+                       help="nat/cmlm: autoregressive checkpoint that rescores the length beam")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
 
     tr = sub.add_parser("translate", help="stdin to stdout, one output line per input line")
@@ -161,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: all)")
     ev.add_argument("--threads", type=int, default=0)
+
+    di = sub.add_parser("distill", help="translate a corpus with a teacher (resumable)")
+    decoding(di)
+    di.add_argument("--corpus", default="multi30k")
+    di.add_argument("--root", help="corpus folder (default $NARGEN_DATA or data/<corpus>)")
+    di.add_argument("--pair", default="de-en")
+    di.add_argument("--split", default="train")
+    di.add_argument("--copy-splits", nargs="*", default=["val", "test_2016_flickr"],
+                    help="splits copied unchanged beside the distilled one (first = validation)")
+    di.add_argument("--out", required=True)
+    di.add_argument("--chunk-lines", type=int, default=2000)
 
     dl = sub.add_parser("download", help="fetch a named corpus (needs a network)")
     dl.add_argument("corpus", choices=sorted(NAMED_CORPORA))
@@ -187,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fit":
             return cmd_fit(args, extra)
-        return {"translate": cmd_translate, "evaluate": cmd_evaluate,
+        return {"translate": cmd_translate, "evaluate": cmd_evaluate, "distill": cmd_distill,
                 "download": cmd_download, "bench": cmd_bench}[args.command](args)
-    except (ConfigError, CorpusError, CheckpointError) as err:
+    except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
         print(f"nargen {args.command}: error: {err}", file=sys.stderr)
         return 2
 

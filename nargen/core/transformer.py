@@ -19,14 +19,16 @@ from nargen.core.rotary import RotaryEmbedding
 
 @dataclass
 class Encoded:
-    """Encoder output: ``memory`` ``[batch, src_len, d_model]`` and ``mask`` (True = real)."""
+    """Encoder output: ``memory`` ``[batch, src_len, d_model]``, ``mask`` (True = real)
+    and the scaled source ``embeddings`` the encoder started from."""
 
     memory: torch.Tensor
     mask: torch.Tensor
+    embeddings: torch.Tensor
 
     def index_select(self, indices: torch.Tensor) -> "Encoded":
         """Rows ``indices`` of the batch (for beam expansion and pruning)."""
-        return Encoded(self.memory.index_select(0, indices), self.mask.index_select(0, indices))
+        return Encoded(*(t.index_select(0, indices) for t in (self.memory, self.mask, self.embeddings)))
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -135,11 +137,12 @@ class Seq2SeqTransformer(nn.Module):
         if src.shape[1] > self.cfg.max_len:
             raise ValueError(f"source length {src.shape[1]} exceeds max_len={self.cfg.max_len}")
         mask = src != self.pad_id
-        x = self.embed_tokens(src)
+        embeddings = self.embed(src) * self.embed_scale
+        x = self.dropout(embeddings)
         attn_mask = mask[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, attn_mask)
-        return Encoded(self.encoder_norm(x), mask)
+        return Encoded(self.encoder_norm(x), mask, embeddings)
 
     def decode_hidden(
         self,

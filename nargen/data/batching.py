@@ -58,9 +58,15 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, batches: int) -> None:
+        """Make the next iteration start after its first ``batches`` batches (resuming
+        mid-epoch); later iterations are whole again."""
+        self._skip = batches
 
     def _batches(self) -> list[list[int]]:
         seed = self.seed + self.epoch if self.shuffle else None
@@ -73,7 +79,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        skip, self._skip = self._skip, 0
+        return iter(self._batches()[skip:])
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -12,11 +12,7 @@ class CorpusError(ValueError):
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """All lines of a UTF-8 text file (``.gz`` decompressed), without line endings.
-
-    A trailing ``\\r`` (CRLF files) and a leading byte-order mark are removed. A line
-    that is not valid UTF-8 raises ``CorpusError`` naming the file and line number.
-    """
+    """All lines of a UTF-8 text file (``.gz`` decompressed); see ``decode_lines``."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path}: no such file")
@@ -26,10 +22,17 @@ def read_lines(path: str | Path) -> list[str]:
             raw = handle.read()
     except (OSError, EOFError) as err:
         raise CorpusError(f"{path}: cannot read ({err})") from err
+    return decode_lines(raw, str(path))
+
+
+def decode_lines(raw: bytes, name: str) -> list[str]:
+    r"""Split UTF-8 bytes into lines: ``\n`` ends a line, a trailing ``\r`` is dropped,
+    a leading byte-order mark is dropped. A bad line raises ``CorpusError`` naming
+    ``name`` and the 1-based line number."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     chunks = raw.split(b"\n")
-    if chunks and chunks[-1] == b"":
+    if chunks[-1] == b"":
         chunks.pop()
     lines = []
     for number, chunk in enumerate(chunks, start=1):
@@ -39,7 +42,7 @@ def read_lines(path: str | Path) -> list[str]:
             lines.append(chunk.decode("utf-8"))
         except UnicodeDecodeError as err:
             raise CorpusError(
-                f"{path}:{number}: not valid UTF-8 (byte {err.start}: {chunk[err.start:err.start + 4]!r})"
+                f"{name}:{number}: not valid UTF-8 (byte {err.start}: {chunk[err.start:err.start + 4]!r})"
             ) from err
     return lines
 

@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from nargen.data.batching import TokenBudgetBatchSampler, pad_sequences
 from nargen.data.corpora import NAMED_CORPORA, default_root, read_split
 from nargen.data.corpus import ParallelText
-from nargen.data.tokenizer import BOS, EOS, PAD, Tokenizer, digest_texts, train_tokenizer
+from nargen.data.tokenizer import (
+    BOS, EOS, PAD, Tokenizer, digest_texts, load_tokenizer, train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class DataConfig:
     test_split: str = "test_2016_flickr"
     vocab_size: int = 8000
     tokenizer_type: str = "unigram"
+    tokenizer: str | None = None
+    """Reuse a tokenizer instead of training one: a SentencePiece ``.model`` file or a
+    nargen checkpoint (e.g. the teacher's, so a distilled student shares its vocabulary)."""
     cache_dir: str | None = None
     """Where trained tokenizers are cached; default ``<root>/.nargen`` or ``~/.cache/nargen``."""
     max_tokens: int = 4096
@@ -146,6 +151,8 @@ class TranslationDataModule(L.LightningDataModule):
     @property
     def tokenizer(self) -> Tokenizer:
         """Joint SentencePiece model of the training split (trained once, then cached)."""
+        if self._tokenizer is None and self.config.tokenizer:
+            self._tokenizer = load_tokenizer(self.config.tokenizer)
         if self._tokenizer is None:
             text = self.train_text
             self._tokenizer = train_tokenizer(

@@ -61,6 +61,22 @@ class Tokenizer:
         return self.processor.decode([[i for i in row if i not in reserved] for row in ids])
 
 
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer from a SentencePiece ``.model`` file or from inside a nargen checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such tokenizer or checkpoint")
+    if path.suffix == ".model":
+        return Tokenizer.load(path)
+    import torch  # a checkpoint: read only its metadata, without running pickled code
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return Tokenizer(state["nargen"]["tokenizer"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path}: not a nargen checkpoint with a tokenizer") from None
+
+
 def training_key(texts_digest: str, vocab_size: int, model_type: str) -> str:
     """Cache key for a tokenizer trained on text with ``texts_digest``."""
     raw = f"{texts_digest}|{vocab_size}|{model_type}|spm{spm.__version__}"

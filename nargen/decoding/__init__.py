@@ -6,6 +6,12 @@ the number of sequential decoder passes it used.
 
 from nargen.decoding.beam import beam_search
 from nargen.decoding.greedy import greedy
+from nargen.decoding.mask_predict import (
+    ParallelModel, Reranker, autoregressive_reranker, length_beam, mask_predict,
+)
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
-__all__ = ["DecodeResult", "Seq2SeqModel", "SpecialIds", "beam_search", "greedy", "length_caps"]
+__all__ = [
+    "DecodeResult", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
+    "beam_search", "greedy", "length_beam", "length_caps", "mask_predict",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -50,13 +50,15 @@ class DecodeResult:
     ``tokens``: ``[batch, len]`` output ids without BOS, each row ending at its EOS
     (EOS not included) and padded with ``pad``. ``passes``: sequential decoder passes
     used for the whole batch. ``hit_cap``: rows that stopped at their length cap.
-    ``scores``: per-row model score where the decoder has one.
+    ``scores``: per-row model score where the decoder has one. ``history``: tokens
+    after each refinement pass, for iterative decoders that keep it.
     """
 
     tokens: torch.Tensor
     passes: int
     hit_cap: torch.Tensor
     scores: torch.Tensor | None = None
+    history: list[torch.Tensor] = field(default_factory=list)
 
     def as_lists(self, pad: int) -> list[list[int]]:
         """Rows as Python lists with padding removed."""

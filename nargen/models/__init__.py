@@ -1,10 +1,17 @@
 """One LightningModule per generation family, sharing ``Seq2SeqModule``."""
 
 from nargen.models.autoregressive import AutoregressiveModule
-from nargen.models.base import DecodeConfig, OptimConfig, Seq2SeqModule, Translation
-from nargen.models.checkpoint import FAMILIES, CheckpointError, load_module, read_checkpoint
+from nargen.models.parallel import CMLMModule, NATModule, ParallelModule
+from nargen.models.base import (
+    DecodeConfig, NonFiniteTrainingError, OptimConfig, Seq2SeqModule, Translation,
+)
+from nargen.models.checkpoint import (
+    FAMILIES, AtomicCheckpointIO, CheckpointError, load_module, read_checkpoint,
+)
 
 __all__ = [
-    "FAMILIES", "AutoregressiveModule", "CheckpointError", "DecodeConfig", "OptimConfig",
-    "Seq2SeqModule", "Translation", "load_module", "read_checkpoint",
+    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "NATModule",
+    "ParallelModule", "CheckpointError", "DecodeConfig",
+    "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
+    "read_checkpoint",
 ]

@@ -28,6 +28,8 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
+    max_nonfinite_steps: int = 10
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
 
 
 @dataclass
@@ -56,6 +58,11 @@ def inverse_sqrt_schedule(warmup_steps: int):
 
 
 @dataclass
+class FamilyOptions:
+    """Settings only one family has (none for the autoregressive baseline)."""
+
+
+@dataclass
 class Translation:
     """Output of ``translate``: one text per input line, plus the decoders' accounting."""
 
@@ -66,10 +73,15 @@ class Translation:
     """0-based indices of inputs cut to the model's maximum length."""
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Too many consecutive training steps had a NaN/inf loss or gradient."""
+
+
 class Seq2SeqModule(L.LightningModule):
     """Shared training and inference plumbing; a family adds ``loss`` and ``generate``."""
 
     family: ClassVar[str] = ""
+    options_class: ClassVar[type] = FamilyOptions
 
     def __init__(
         self,
@@ -78,8 +90,13 @@ class Seq2SeqModule(L.LightningModule):
         optim: OptimConfig | None = None,
         decode: DecodeConfig | None = None,
         data_signature: dict[str, Any] | None = None,
+        family_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        try:
+            self.options = self.options_class(**(family_options or {}))
+        except TypeError as err:
+            raise ValueError(f"bad family_options for {self.family}: {err}") from None
         if model_config.vocab_size != tokenizer.vocab_size:
             raise ValueError(
                 f"model vocab_size={model_config.vocab_size} but tokenizer has {tokenizer.vocab_size}"
@@ -93,6 +110,8 @@ class Seq2SeqModule(L.LightningModule):
         self.ids = SpecialIds(pad=special.pad, bos=special.bos, eos=special.eos)
         self.model = Seq2SeqTransformer(model_config, pad_id=special.pad)
         self._val_hyps: dict[int, str] = {}
+        self.skipped_steps = 0
+        self._nonfinite_run = 0
 
     # ---- to be provided by a family -------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -106,6 +125,32 @@ class Seq2SeqModule(L.LightningModule):
         loss = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["src"].shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when any gradient is NaN/inf (a NaN loss gives NaN gradients).
+
+        Gradients are already summed across ranks here, so every rank decides alike.
+        Parameters without a gradient are left alone by the optimizer, so dropping all
+        gradients skips the step.
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if bool(torch.isfinite(total)):
+            self._nonfinite_run = 0
+            return
+        for p in self.parameters():
+            p.grad = None
+        self.skipped_steps += 1
+        self._nonfinite_run += 1
+        self.log("skipped_steps", float(self.skipped_steps), prog_bar=True)
+        limit = self.optim.max_nonfinite_steps
+        if self._nonfinite_run >= limit:
+            raise NonFiniteTrainingError(
+                f"training stopped at step {self.global_step}: {self._nonfinite_run} consecutive "
+                f"steps with a non-finite loss or gradient (optim.max_nonfinite_steps={limit})"
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
@@ -122,7 +167,7 @@ class Seq2SeqModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         size = batch["src"].shape[0]
         self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
-        result = self.generate(batch["src"], beam=self.decode_config.beam)
+        result = self.generate(batch["src"])
         texts = self.tokenizer.decode(result.as_lists(self.ids.pad))
         for index, text in zip(batch["index"].tolist(), texts):
             self._val_hyps[index] = text
@@ -183,6 +228,7 @@ class Seq2SeqModule(L.LightningModule):
             "optim": {**asdict(self.optim), "betas": list(self.optim.betas)},
             "decode": asdict(self.decode_config),
             "data_signature": self.data_signature,
+            "family_options": asdict(self.options),
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -198,4 +244,5 @@ class Seq2SeqModule(L.LightningModule):
             OptimConfig(**optim),
             DecodeConfig(**meta["decode"]),
             meta.get("data_signature"),
+            meta.get("family_options"),
         )

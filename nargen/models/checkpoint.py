@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
+from nargen.models.parallel import CMLMModule, NATModule
 
 FAMILIES: dict[str, type[Seq2SeqModule]] = {
-    AutoregressiveModule.family: AutoregressiveModule,
+    family.family: family for family in (AutoregressiveModule, NATModule, CMLMModule)
 }
 
 
@@ -55,3 +58,23 @@ def load_module(
     module = FAMILIES[found].from_metadata(meta)
     module.load_state_dict(state["state_dict"])
     return module.to(map_location).eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, syncs it to disk and renames
+    it over the target, so a crash mid-write never leaves a truncated checkpoint."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""Parallel decoding: length beam and mask-predict (Ghazvininejad et al. 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+
+from nargen.decoding.protocol import DecodeResult, SpecialIds
+
+
+class ParallelModel(Protocol):
+    """What the parallel decoders need from a model.
+
+    - ``encode(src)``: padded source ids to an encoder state with ``index_select``;
+    - ``predict_lengths(encoded, src_lengths, k)``: ``(lengths, logprobs)`` of the ``k``
+      most likely target lengths per sentence, ``[batch, k]`` each, best first;
+    - ``decode_parallel(tokens, encoded, tgt_mask)``: logits ``[batch, len, vocab]`` for
+      all positions at once (bidirectional); ``tgt_mask`` is True at real positions.
+    """
+
+    def encode(self, src: torch.Tensor) -> Any: ...
+
+    def predict_lengths(
+        self, encoded: Any, src_lengths: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def decode_parallel(
+        self, tokens: torch.Tensor, encoded: Any, tgt_mask: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+Reranker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(source rows [n, src_len], candidates [n, len] padded) -> score per row [n]``."""
+
+
+@torch.inference_mode()
+def mask_predict(
+    model: ParallelModel,
+    src: torch.Tensor,
+    *,
+    iterations: int = 10,
+    length_beam: int = 1,
+    mask_id: int = 4,
+    ids: SpecialIds = SpecialIds(),
+    max_len: int = 256,
+    banned: tuple[int, ...] = (),
+    rerank: Reranker | None = None,
+    keep_history: bool = False,
+) -> DecodeResult:
+    """Predict every position at once, then ``iterations - 1`` times re-mask the least
+    confident tokens (linearly fewer each time) and predict them again.
+
+    Each of ``length_beam`` predicted lengths is decoded as its own candidate; the best
+    by mean token log-probability (or by ``rerank``, e.g. an autoregressive model's
+    score) is returned. A candidate whose re-predicted tokens equal its previous ones
+    is frozen, and decoding stops when all are frozen, so a sentence decodes the same
+    alone or in a batch. ``passes`` counts the model's sequential passes (a reranker
+    adds one). With ``keep_history`` the result's ``history`` holds the chosen
+    candidates' tokens after each iteration.
+    """
+    device = src.device
+    batch = src.shape[0]
+    encoded = model.encode(src)
+    src_lengths = (src != ids.pad).sum(1)
+    lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
+    k = lengths.shape[1]
+    lengths = lengths.flatten().clamp(1, max_len)
+    rows = torch.arange(batch, device=device).repeat_interleave(k)
+    encoded = encoded.index_select(rows)
+    width = int(lengths.max()) if batch else 0
+    real = torch.arange(width, device=device)[None] < lengths[:, None]
+    tokens = torch.full((batch * k, width), mask_id, dtype=torch.long, device=device)
+    tokens = tokens.masked_fill(~real, ids.pad)
+    probs = torch.zeros(batch * k, width, device=device)
+    frozen = torch.zeros(batch * k, dtype=torch.bool, device=device)
+    never = sorted({ids.pad, ids.bos, ids.eos, mask_id, *banned})
+    history: list[torch.Tensor] = []
+    passes = 0
+    previous = tokens
+    for step in range(iterations):
+        masked = (tokens == mask_id) & ~frozen[:, None]
+        logits = model.decode_parallel(tokens, encoded, real)
+        passes += 1
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        logprobs[..., never] = float("-inf")
+        best_lp, best_tok = logprobs.max(dim=-1)
+        updated = torch.where(masked, best_tok, tokens)
+        probs = torch.where(masked, best_lp, probs)
+        if step > 0:
+            frozen |= (updated == previous).all(dim=1)
+        tokens = torch.where(frozen[:, None], previous, updated)
+        if keep_history:
+            history.append(tokens.clone())
+        remaining = iterations - 1 - step
+        if remaining == 0 or bool(frozen.all()):
+            break
+        previous = tokens
+        n_mask = (lengths.float() * remaining / iterations).long()
+        order = probs.masked_fill(~real, float("inf")).argsort(dim=1, stable=True)
+        chosen = torch.arange(width, device=device)[None] < n_mask[:, None]
+        remask = torch.zeros_like(real).scatter(1, order, chosen) & ~frozen[:, None]
+        tokens = tokens.masked_fill(remask, mask_id)
+
+    if rerank is not None:
+        scores = rerank(src.index_select(0, rows), tokens)
+        passes += 1
+    else:
+        scores = (probs * real).sum(1) / lengths
+    choice = scores.view(batch, k).argmax(dim=1)
+    picked = torch.arange(batch, device=device) * k + choice
+    out = tokens.index_select(0, picked)
+    out_len = int(lengths.index_select(0, picked).max()) if batch else 0
+    return DecodeResult(
+        tokens=out[:, :out_len],
+        passes=passes,
+        hit_cap=lengths.index_select(0, picked) >= max_len,
+        scores=scores.index_select(0, picked),
+        history=[h.index_select(0, picked)[:, :out_len] for h in history],
+    )
+
+
+def length_beam(
+    model: ParallelModel,
+    src: torch.Tensor,
+    *,
+    k: int = 5,
+    mask_id: int = 4,
+    ids: SpecialIds = SpecialIds(),
+    max_len: int = 256,
+    banned: tuple[int, ...] = (),
+    rerank: Reranker | None = None,
+) -> DecodeResult:
+    """One parallel pass for each of the ``k`` most likely lengths; keep the best
+    candidate by mean log-probability or by ``rerank`` (vanilla NAT decoding)."""
+    return mask_predict(
+        model, src, iterations=1, length_beam=k, mask_id=mask_id, ids=ids, max_len=max_len,
+        banned=banned, rerank=rerank,
+    )
+
+
+def autoregressive_reranker(model: Any, ids: SpecialIds = SpecialIds()) -> Reranker:
+    """Score candidates by an autoregressive model's mean log-probability per token
+    (EOS included), teacher-forced in one pass."""
+
+    @torch.inference_mode()
+    def score(src: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        lengths = (candidates != ids.pad).sum(1)
+        bos = torch.full_like(candidates[:, :1], ids.bos)
+        tgt_in = torch.cat([bos, candidates], dim=1)
+        tgt_out = torch.cat([candidates, torch.full_like(bos, ids.pad)], dim=1)
+        tgt_out = tgt_out.scatter(1, lengths[:, None], ids.eos)
+        logprobs = torch.log_softmax(model(src, tgt_in).float(), dim=-1)
+        gold = logprobs.gather(2, tgt_out[..., None]).squeeze(-1)
+        real = torch.arange(tgt_out.shape[1], device=src.device)[None] <= lengths[:, None]
+        return (gold * real).sum(1) / (lengths + 1)
+
+    return score

@@ -1,0 +1,137 @@
+"""Parallel families: vanilla NAT (Gu et al. 2018) and CMLM (Ghazvininejad et al. 2019)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nargen.core import Encoded
+from nargen.core.length import LengthPredictor
+from nargen.decoding import DecodeResult, Reranker, mask_predict
+from nargen.models.base import Seq2SeqModule
+
+
+@dataclass
+class ParallelOptions:
+    decoder_input: str = "mask"
+    """``mask``: every decoder input is the mask token; ``copy``: source embeddings
+    copied uniformly onto the target positions (Gu et al. 2018)."""
+    length_loss_weight: float = 0.1
+    max_length_offset: int = 32
+
+    def __post_init__(self) -> None:
+        if self.decoder_input not in ("mask", "copy"):
+            raise ValueError(f"decoder_input must be 'mask' or 'copy', got {self.decoder_input!r}")
+
+
+@dataclass
+class NATOptions(ParallelOptions):
+    decoder_input: str = "copy"
+
+
+def uniform_copy(source: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.Tensor:
+    """Target position ``j`` of ``T`` takes source vector ``round(j (S - 1) / (T - 1))``."""
+    src_len = src_mask.sum(1, keepdim=True).float()
+    tgt_len = tgt_mask.sum(1, keepdim=True).float()
+    positions = torch.arange(tgt_mask.shape[1], device=source.device)[None].float()
+    index = (positions * (src_len - 1) / (tgt_len - 1).clamp(min=1)).round().long()
+    index = index.clamp(max=source.shape[1] - 1)
+    return source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+
+
+class ParallelModule(Seq2SeqModule):
+    """Shared by the parallel families: a length predictor on the encoder and a
+    bidirectional decoder pass (the ``ParallelModel`` protocol of ``nargen.decoding``)."""
+
+    options_class = ParallelOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.length_predictor = LengthPredictor(
+            self.model_config.d_model, self.options.max_length_offset
+        )
+        self.mask_id = self.tokenizer.special.mask
+
+    # ---- the ParallelModel protocol ---------------------------------------------------
+    def encode(self, src: torch.Tensor) -> Encoded:
+        return self.model.encode(src)
+
+    def predict_lengths(
+        self, encoded: Encoded, src_lengths: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.length_predictor(encoded.memory, encoded.mask)
+        return self.length_predictor.top_lengths(logits, src_lengths, k, self.model_config.max_len - 1)
+
+    def decode_parallel(
+        self, tokens: torch.Tensor, encoded: Encoded, tgt_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.options.decoder_input == "copy":
+            inputs = self.model.dropout(uniform_copy(encoded.embeddings, encoded.mask, tgt_mask))
+        else:
+            inputs = self.model.embed_tokens(tokens)
+        hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask)
+        return self.model.output_logits(hidden)
+
+    # ---- training -----------------------------------------------------------------------
+    def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
+        """Positions the decoder must predict (and is scored on); all real ones here."""
+        return real
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        src, target = batch["src"], batch["tgt_in"][:, 1:]
+        real = target != self.ids.pad
+        encoded = self.model.encode(src)
+        length_logits = self.length_predictor(encoded.memory, encoded.mask)
+        length_target = self.length_predictor.offset_targets(encoded.mask.sum(1), real.sum(1))
+        length_loss = F.cross_entropy(length_logits.float(), length_target)
+        predict = self.choose_masked(real)
+        inputs = target.masked_fill(predict, self.mask_id)
+        logits = self.decode_parallel(inputs, encoded, real)
+        token_loss = F.cross_entropy(
+            logits[predict].float(), target[predict], label_smoothing=self.optim.label_smoothing
+        )
+        return token_loss + self.options.length_loss_weight * length_loss
+
+    def _decode(self, src: torch.Tensor, iterations: int, options: dict[str, Any]) -> DecodeResult:
+        length_beam = options.pop("length_beam", self.decode_config.options.get("length_beam", 1))
+        rerank: Reranker | None = options.pop("rerank", None)
+        if options:
+            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        return mask_predict(
+            self, src, iterations=iterations, length_beam=length_beam, mask_id=self.mask_id,
+            ids=self.ids, max_len=self.model_config.max_len - 1,
+            banned=(self.tokenizer.special.blank,), rerank=rerank,
+        )
+
+
+class NATModule(ParallelModule):
+    """Vanilla NAT: one parallel pass over copied source embeddings (or masks), a
+    length beam, optional reranking by an autoregressive model."""
+
+    family = "nat"
+    options_class = NATOptions
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        return self._decode(src, 1, options)
+
+
+class CMLMModule(ParallelModule):
+    """Conditional masked LM: trained to fill a uniformly random share of masked target
+    tokens; decoded by mask-predict."""
+
+    family = "cmlm"
+
+    def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
+        lengths = real.sum(1)
+        ratio = torch.rand(real.shape[0], device=real.device)
+        n_mask = (lengths.float() * ratio).ceil().long().clamp(min=1)
+        noise = torch.rand(real.shape, device=real.device).masked_fill(~real, 2.0)
+        ranks = noise.argsort(dim=1).argsort(dim=1)
+        return (ranks < n_mask[:, None]) & real
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        iterations = options.pop("iterations", self.decode_config.options.get("iterations", 10))
+        return self._decode(src, iterations, options)

@@ -1,0 +1,109 @@
+"""The `nargen` command as users type it."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nargen.cli.main import main
+
+
+def run_cli(args: list[str], stdin: bytes = b"", monkeypatch=None, capsys=None):
+    if monkeypatch is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+    code = main(args)
+    out = capsys.readouterr() if capsys is not None else None
+    return code, out
+
+
+def test_translate_keeps_one_line_per_input_line(trained_run):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    stdin = "ka lo mi\n\nza bu\r\n   \n" + " ".join(["pe"] * 100) + "\nnu ti"  # no final newline
+    proc = subprocess.run(
+        [sys.executable, "-m", "nargen.cli.main", "translate", "--ckpt", str(ckpt), "--beam", "2"],
+        input=stdin.encode(), capture_output=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().split("\n")
+    assert lines[-1] == ""  # output ends with a newline
+    assert lines[:-1][:3] == ["mi lo ka", "", "bu za"]
+    assert len(lines) - 1 == 6
+    assert "input line 5 is longer than the model's maximum" in proc.stderr.decode()
+
+
+def test_translate_reports_bad_utf8_line(trained_run, monkeypatch, capsys):
+    code, out = run_cli(["translate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt")],
+                        b"ka\n\xff\xfe\n", monkeypatch, capsys)
+    assert code == 2
+    assert "<stdin>:2: not valid UTF-8" in out.err
+
+
+def test_evaluate_prints_bleu_chrf_signatures_and_speed(trained_run, reversal_root, capsys):
+    code = main(["evaluate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
+                 "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
+                 "--beam", "2", "--json", "--latency-sentences", "5"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["bleu"] > 80 and record["chrf"] > 80
+    assert "tok:13a" in record["bleu_signature"] and "case:mixed" in record["bleu_signature"]
+    assert record["chrf_signature"].startswith("nrefs:1")
+    assert record["batch1_sentences"] == 5 and record["batch1_ms_mean"] > 0
+    assert record["sentences_per_s"] > 0 and record["hit_length_cap"] == 0
+    assert record["mean_passes_per_sentence"] >= 4  # at least one pass per output token
+
+
+def test_evaluate_with_mismatched_files_names_both(trained_run, reversal_root, tmp_path, capsys):
+    short = tmp_path / "short.tgt"
+    short.write_text("a\n")
+    code = main(["evaluate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
+                 "--src", str(reversal_root / "test.src"), "--ref", str(short)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "test.src has 100 lines" in err and "short.tgt has 1" in err
+
+
+def test_bench_kv_cache_prints_the_ratio(trained_run, reversal_root, capsys):
+    code = main(["bench", "kv-cache", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
+                 "--src", str(reversal_root / "test.src"), "--sentences", "20"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "speed-up from the cache" in out and "outputs identical: True" in out
+
+
+def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
+    code = main(["translate", "--ckpt", str(tmp_path / "none.ckpt")])
+    assert code == 2
+    assert "none.ckpt: no such checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trainer.max_stepz", "3"], "unknown key config.trainer.max_stepz"),
+    (["--optim.lr", "fast"], "config.optim.lr must be float"),
+    (["--config", "does/not/exist.yaml"], "exist.yaml: no such recipe"),
+    (["--model", "{preset: huge}"], "unknown model preset 'huge'"),
+])
+def test_fit_rejects_bad_configuration_by_name(args, message, capsys, tmp_path):
+    code = main(["fit", "--trainer.run_dir", str(tmp_path), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_recipe_parses_and_names_a_known_family():
+    from pathlib import Path
+
+    from nargen.cli.config import load_fit_config
+    from nargen.models import FAMILIES
+
+    recipes = sorted(Path("recipes").glob("*/*.yaml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        config = load_fit_config(path, [])
+        assert config.family in FAMILIES, path
+        options = FAMILIES[config.family].options_class(**config.family_options)
+        assert options is not None
+    tiny = load_fit_config("recipes/multi30k/ar_tiny.yaml", ["--trainer.max_steps", "20"])
+    assert tiny.trainer.max_steps == 20 and tiny.trainer.max_time_minutes == 30
