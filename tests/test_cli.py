@@ -85,6 +85,9 @@ def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
     (["--optim.lr", "fast"], "config.optim.lr must be float"),
     (["--config", "does/not/exist.yaml"], "exist.yaml: no such recipe"),
     (["--model", "{preset: huge}"], "unknown model preset 'huge'"),
+    (["--model", "{preset: tiny, n_kv_heads: 3}"], "n_kv_heads=3 must divide n_heads=4"),
+    (["--family", "diffusion"], "unknown family 'diffusion'"),
+    (["--family", "nat", "--family_options", "{decoder_input: noise}"], "decoder_input must be"),
 ])
 def test_fit_rejects_bad_configuration_by_name(args, message, capsys, tmp_path):
     code = main(["fit", "--trainer.run_dir", str(tmp_path), *args])

@@ -120,7 +120,7 @@ def test_parallel_family_learns_to_reverse(family, steps, threshold, options, re
     from nargen.cli.fit import run_fit
 
     config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", steps,
-                             "--family", family, "--optim.label_smoothing", "0.0")
+                             "--family", family, "--model.absolute_positions", "true")
     run_fit(config)
     module = load_module(tmp_path / "run" / "checkpoints" / "best.ckpt", family=family)
     test = read_split(reversal_root, "test", "src", "tgt")

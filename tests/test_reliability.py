@@ -52,7 +52,7 @@ def test_nonfinite_steps_are_skipped_and_counted(reversal_root, tmp_path):
 
 def test_consecutive_nonfinite_steps_stop_training_naming_the_step(reversal_root, tmp_path):
     module, trainer, data = train(reversal_root, tmp_path, nan_steps=set(range(3, 20)), steps=20, max_bad=4)
-    with pytest.raises(NonFiniteTrainingError, match="training stopped at step 3: 4 consecutive"):
+    with pytest.raises(NonFiniteTrainingError, match=r"training stopped at step 6: 4 consecutive steps \(3 to 6\)"):
         trainer.fit(module, datamodule=data)
 
 

@@ -11,7 +11,9 @@ def micro_model(**overrides) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(TransformerConfig.from_preset("micro", **overrides)).eval()
 
 
-@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 1}, {"share_decoder_kv": True}])
+@pytest.mark.parametrize("overrides", [
+    {}, {"n_kv_heads": 1}, {"share_decoder_kv": True}, {"absolute_positions": True},
+])
 def test_cached_step_logits_equal_full_forward(overrides):
     model = micro_model(**overrides)
     src = torch.randint(6, 64, (3, 8))

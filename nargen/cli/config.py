@@ -155,7 +155,27 @@ def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
     values = merge(values, parse_overrides(overrides))
-    return build(FitConfig, values, "config")
+    config = build(FitConfig, values, "config")
+    check_family_and_model(config)
+    return config
+
+
+def check_family_and_model(config: FitConfig) -> None:
+    """Fail before any data is read when the family, its options or the model are wrong."""
+    from nargen.core import TransformerConfig
+    from nargen.models import FAMILIES
+
+    if config.family not in FAMILIES:
+        raise ConfigError(f"unknown family {config.family!r} (known: {', '.join(sorted(FAMILIES))})")
+    try:
+        FAMILIES[config.family].options_class(**config.family_options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.family_options: {err}") from None
+    model = dict(config.model)
+    try:
+        TransformerConfig.from_preset(model.pop("preset", "tiny"), **model)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.model: {err}") from None
 
 
 def to_dict(config: FitConfig) -> dict[str, Any]:

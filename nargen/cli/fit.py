@@ -25,8 +25,6 @@ from nargen.models.throughput import ThroughputMonitor
 
 def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2SeqModule:
     """The family's module at the recipe's size, with the corpus's tokenizer."""
-    if config.family not in FAMILIES:
-        raise ValueError(f"unknown family {config.family!r} (known: {', '.join(sorted(FAMILIES))})")
     model_values = dict(config.model)
     preset = model_values.pop("preset", "tiny")
     tokenizer = datamodule.tokenizer
@@ -89,9 +87,10 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
     )
 
 
-def run_fit(config: FitConfig) -> dict[str, Any]:
+def run_fit(config: FitConfig) -> dict[str, Any] | None:
     """Train (resuming from ``run_dir/checkpoints/last.ckpt`` when it exists), then
-    evaluate the best checkpoint on the test split. Returns the summary printed."""
+    evaluate the best checkpoint on the test split. Returns the summary (on the main
+    process; other ranks of a multi-process run return None)."""
     t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -115,12 +114,13 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         **monitor.summary(module.device),
     }
+    if not trainer.is_global_zero:
+        return None
     best = run_dir / "checkpoints" / "best.ckpt"
     summary["best_checkpoint"] = str(best)
-    if trainer.is_global_zero and best.is_file() and config.eval.decodes and config.data.test_split:
+    if best.is_file() and config.eval.decodes and config.data.test_split:
         summary["test"] = evaluate_test(config, best)
-    if trainer.is_global_zero:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

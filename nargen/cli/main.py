@@ -58,6 +58,8 @@ def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
     from nargen.cli.fit import run_fit
 
     summary = run_fit(load_fit_config(args.config, extra))
+    if summary is None:  # not the main process of a multi-process run
+        return 0
     print(json.dumps({k: v for k, v in summary.items() if k != "test"}, indent=2))
     for record in summary.get("test", []):
         print(format_record(record))

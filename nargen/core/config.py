@@ -25,6 +25,10 @@ class TransformerConfig:
     max_len: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    absolute_positions: bool = False
+    """Add sinusoidal absolute positions to the encoder and decoder inputs (besides rotary
+    attention); parallel decoders whose inputs are all alike need them to tell
+    positions apart."""
     share_decoder_kv: bool = False
     """Adjacent decoder layers share self- and cross-attention K/V (halves the cache)."""
 

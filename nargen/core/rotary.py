@@ -30,3 +30,10 @@ class RotaryEmbedding(nn.Module):
         first, second = x.chunk(2, dim=-1)
         rotated = torch.cat([-second, first], dim=-1)
         return x * cos + rotated * sin
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    """``[max_len, dim]`` absolute position encodings (Vaswani et al. 2017)."""
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)

@@ -14,7 +14,7 @@ from nargen.core.config import TransformerConfig
 from nargen.core.dropout import Dropout
 from nargen.core.feedforward import SwiGLU
 from nargen.core.norms import RMSNorm
-from nargen.core.rotary import RotaryEmbedding
+from nargen.core.rotary import RotaryEmbedding, sinusoidal_positions
 
 
 @dataclass
@@ -119,6 +119,12 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.dropout = Dropout(cfg.dropout)
         self.embed_scale = math.sqrt(cfg.d_model)
+        if cfg.absolute_positions:
+            self.register_buffer(
+                "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
+            )
+        else:
+            self.positions = None
         nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
         with torch.no_grad():
             self.embed.weight[pad_id].zero_()
@@ -129,8 +135,14 @@ class Seq2SeqTransformer(nn.Module):
             if isinstance(module, Attention):
                 module.kernel = KERNELS[name]
 
-    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.embed(tokens) * self.embed_scale)
+    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Scaled token embeddings (plus absolute positions from ``offset`` if configured)."""
+        return self.dropout(self.add_positions(self.embed(tokens) * self.embed_scale, offset))
+
+    def add_positions(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        if self.positions is None:
+            return x
+        return x + self.positions[offset : offset + x.shape[1]].to(x.dtype)
 
     def encode(self, src: torch.Tensor) -> Encoded:
         """Encode padded source ids ``[batch, src_len]``."""
@@ -138,7 +150,7 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"source length {src.shape[1]} exceeds max_len={self.cfg.max_len}")
         mask = src != self.pad_id
         embeddings = self.embed(src) * self.embed_scale
-        x = self.dropout(embeddings)
+        x = self.dropout(self.add_positions(embeddings))
         attn_mask = mask[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, attn_mask)
@@ -188,8 +200,9 @@ class Seq2SeqTransformer(nn.Module):
 
         With a ``cache``, ``tgt`` holds only the new positions.
         """
+        offset = cache.length if cache is not None else 0
         hidden = self.decode_hidden(
-            self.embed_tokens(tgt), encoded, causal=causal, cache=cache, tgt_mask=tgt_mask
+            self.embed_tokens(tgt, offset), encoded, causal=causal, cache=cache, tgt_mask=tgt_mask
         )
         return self.output_logits(hidden)
 

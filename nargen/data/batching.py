@@ -46,8 +46,11 @@ def token_budget_batches(
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """Batch sampler over ``token_budget_batches``; reshuffled by ``set_epoch``.
 
-    Under ``torch.distributed`` each rank takes every ``world_size``-th batch (the
-    list is cut to a multiple of the world size so ranks step together).
+    Under ``torch.distributed``, training ranks take every ``world_size``-th batch (the
+    list is cut to a multiple of the world size so ranks step together); evaluation
+    ranks take every ``world_size``-th sentence of each batch, so every item is seen and
+    every rank has work (a rank left empty repeats the batch's first item; results
+    keyed by item index make the repeat harmless).
     """
 
     def __init__(
@@ -73,9 +76,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         batches = token_budget_batches(self.lengths, self.max_tokens, seed=seed)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank = dist.get_world_size(), dist.get_rank()
-            if self.shuffle:  # training: ranks must step together
-                batches = batches[: len(batches) - len(batches) % world]
-            batches = batches[rank::world]
+            if self.shuffle:
+                batches = batches[: len(batches) - len(batches) % world][rank::world]
+            else:
+                batches = [batch[rank::world] or batch[:1] for batch in batches]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

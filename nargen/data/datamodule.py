@@ -129,6 +129,11 @@ class TranslationDataModule(L.LightningDataModule):
         self.valid_set: PairDataset | None = None
         self.valid_refs: list[str] = []
         self.valid_sources: list[str] = []
+        self._resume_at: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next training loader start in ``epoch`` after ``batches_done`` batches."""
+        self._resume_at = (epoch, batches_done)
 
     def _read(self, split: str) -> ParallelText:
         c = self.config
@@ -200,11 +205,24 @@ class TranslationDataModule(L.LightningDataModule):
         sampler = TokenBudgetBatchSampler(
             dataset.lengths(), self.config.max_tokens, shuffle=shuffle, seed=self.config.seed
         )
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs)
+        # A private generator: creating an iterator must not draw from the global RNG,
+        # or a resumed run's dropout masks would differ from an uninterrupted run's.
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        if self._resume_at is not None:
+            epoch, batches_done = self._resume_at
+            sampler = loader.batch_sampler
+            sampler.set_epoch(epoch)
+            if batches_done >= len(sampler):  # the checkpoint closed its epoch
+                sampler.set_epoch(epoch + 1)
+            else:
+                sampler.skip_next(batches_done)
+            self._resume_at = None
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         assert self.valid_set is not None, "call setup() first"

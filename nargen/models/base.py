@@ -147,9 +147,11 @@ class Seq2SeqModule(L.LightningModule):
         self.log("skipped_steps", float(self.skipped_steps), prog_bar=True)
         limit = self.optim.max_nonfinite_steps
         if self._nonfinite_run >= limit:
+            first = self.global_step - self._nonfinite_run + 1
             raise NonFiniteTrainingError(
                 f"training stopped at step {self.global_step}: {self._nonfinite_run} consecutive "
-                f"steps with a non-finite loss or gradient (optim.max_nonfinite_steps={limit})"
+                f"steps ({first} to {self.global_step}) with a non-finite loss or gradient "
+                f"(optim.max_nonfinite_steps={limit})"
             )
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -165,6 +167,13 @@ class Seq2SeqModule(L.LightningModule):
         self._val_hyps = {}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Validation leaves the global RNG as it found it (a family's loss may draw
+        # random masks), so resuming after a checkpoint replays training exactly.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._validate(batch)
+
+    def _validate(self, batch: dict[str, torch.Tensor]) -> None:
         size = batch["src"].shape[0]
         self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
         result = self.generate(batch["src"])
@@ -183,7 +192,8 @@ class Seq2SeqModule(L.LightningModule):
             hyps = {k: v for part in gathered for k, v in part.items()}
         ordered = [i for i in range(len(refs)) if i in hyps]
         bleu = sacrebleu.corpus_bleu([hyps[i] for i in ordered], [[refs[i] for i in ordered]])
-        self.log("val_bleu", bleu.score, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        # Every rank computed the same score from all ranks' outputs; averaging keeps it.
+        self.log("val_bleu", bleu.score, prog_bar=True, sync_dist=True)
 
     # ---- inference --------------------------------------------------------------------
     @torch.no_grad()

@@ -69,7 +69,8 @@ class ParallelModule(Seq2SeqModule):
         self, tokens: torch.Tensor, encoded: Encoded, tgt_mask: torch.Tensor
     ) -> torch.Tensor:
         if self.options.decoder_input == "copy":
-            inputs = self.model.dropout(uniform_copy(encoded.embeddings, encoded.mask, tgt_mask))
+            copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)
+            inputs = self.model.dropout(self.model.add_positions(copied))
         else:
             inputs = self.model.embed_tokens(tokens)
         hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask)

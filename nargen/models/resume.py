@@ -9,8 +9,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from nargen.data.batching import TokenBudgetBatchSampler
-
 STATE_KEY = "nargen_resume"
 
 
@@ -30,9 +28,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 class ResumeState(L.Callback):
-    """Saves how many batches of the current epoch are done and the RNG state; on
-    resume, skips those batches and restores the RNG right before the next batch (after
-    the data loader has been set up, which itself draws random numbers)."""
+    """Saves how many batches of the current epoch are done and the RNG state. On
+    resume, the DataModule's next training loader starts at that epoch and batch, and
+    the RNG is restored right before the next training batch."""
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
@@ -46,13 +44,9 @@ class ResumeState(L.Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._pending = checkpoint.get(STATE_KEY)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self._pending is None or self._pending["epoch"] != trainer.current_epoch:
-            return
-        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
-        if isinstance(sampler, TokenBudgetBatchSampler):
-            sampler.skip_next(self._pending["batches_done"])
+        datamodule = getattr(trainer, "datamodule", None)
+        if self._pending is not None and hasattr(datamodule, "resume_at"):
+            datamodule.resume_at(self._pending["epoch"], self._pending["batches_done"])
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:
