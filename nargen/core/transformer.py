@@ -212,9 +212,8 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(tgt, self.encode(src), causal=causal, tgt_mask=tgt_mask)
 
     def new_cache(self, encoded: Encoded, capacity: int) -> KVCache:
-        """An empty cache for ``encoded``'s batch with room for ``capacity`` steps."""
+        """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to)."""
+        if capacity > self.cfg.max_len:
+            raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
         slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
-        return KVCache(
-            slots, encoded.memory.shape[0], self.cfg.n_kv_heads, self.cfg.head_dim,
-            min(capacity, self.cfg.max_len), encoded.memory.device, encoded.memory.dtype,
-        )
+        return KVCache(slots)

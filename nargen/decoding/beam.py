@@ -95,8 +95,10 @@ def beam_search(
         )
         scores = next_scores[kept_groups]
         alive = alive[kept_groups]
-        cache.reorder(source_rows)
-        if kept_groups.shape[0] != n_alive:
+        pruned = kept_groups.shape[0] != n_alive
+        # beams of one sentence share its source: cross-attention K/V move only on pruning
+        cache.reorder(source_rows, cross=pruned)
+        if pruned:
             encoded = encoded.index_select(
                 (kept_groups[:, None] * beam + torch.arange(beam, device=device)).flatten()
             )

@@ -15,7 +15,7 @@ class EncoderState(Protocol):
 
 
 class Cache(Protocol):
-    def reorder(self, indices: torch.Tensor) -> None: ...
+    def reorder(self, indices: torch.Tensor, cross: bool = True) -> None: ...
 
 
 class Seq2SeqModel(Protocol):
@@ -24,7 +24,8 @@ class Seq2SeqModel(Protocol):
     - ``encode(src)``: padded source ids ``[batch, src_len]`` to an encoder state;
     - ``decode(tgt, encoded, causal=..., cache=...)``: logits ``[batch, len, vocab]``;
       with a cache, ``tgt`` holds only the new positions and the cache advances;
-    - ``new_cache(encoded, capacity)``: an empty cache with ``reorder(indices)``.
+    - ``new_cache(encoded, capacity)``: an empty cache with ``reorder(indices, cross)``
+      (``cross=False``: rows moved only among copies of the same source).
     """
 
     def encode(self, src: torch.Tensor) -> Any: ...

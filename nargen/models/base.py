@@ -40,7 +40,7 @@ class DecodeConfig:
     length_penalty: float = 1.0
     max_len_a: float = 1.5
     max_len_b: int = 10
-    max_tokens: int = 6000
+    max_tokens: int = 2500
     """Source-token budget of a translation batch."""
     options: dict[str, Any] = field(default_factory=dict)
     """Family-specific decoder options."""
