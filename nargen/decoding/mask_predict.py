@@ -82,9 +82,11 @@ def mask_predict(
         masked = (tokens == mask_id) & ~frozen[:, None]
         logits = model.decode_parallel(tokens, encoded, real)
         passes += 1
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        logprobs[..., never] = float("-inf")
-        best_lp, best_tok = logprobs.max(dim=-1)
+        logits = logits.float()
+        normalizer = torch.logsumexp(logits, dim=-1)  # no full log-softmax tensor
+        logits[..., never] = float("-inf")
+        best_logit, best_tok = logits.max(dim=-1)
+        best_lp = best_logit - normalizer
         updated = torch.where(masked, best_tok, tokens)
         probs = torch.where(masked, best_lp, probs)
         if step > 0:
