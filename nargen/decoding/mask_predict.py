@@ -15,8 +15,10 @@ class ParallelModel(Protocol):
     - ``encode(src)``: padded source ids to an encoder state with ``index_select``;
     - ``predict_lengths(encoded, src_lengths, k)``: ``(lengths, logprobs)`` of the ``k``
       most likely target lengths per sentence, ``[batch, k]`` each, best first;
-    - ``decode_parallel(tokens, encoded, tgt_mask)``: logits ``[batch, len, vocab]`` for
-      all positions at once (bidirectional); ``tgt_mask`` is True at real positions.
+    - ``decode_parallel(tokens, encoded, tgt_mask, positions)``: logits for all positions
+      at once (bidirectional); ``tgt_mask`` is True at real positions. With ``positions``
+      (bool ``[batch, len]``) only those positions are projected onto the vocabulary,
+      giving ``[positions.sum(), vocab]`` in row-major order; else ``[batch, len, vocab]``.
     """
 
     def encode(self, src: torch.Tensor) -> Any: ...
@@ -26,7 +28,11 @@ class ParallelModel(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def decode_parallel(
-        self, tokens: torch.Tensor, encoded: Any, tgt_mask: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        encoded: Any,
+        tgt_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -79,19 +85,26 @@ def mask_predict(
     passes = 0
     previous = tokens
     for step in range(iterations):
-        masked = (tokens == mask_id) & ~frozen[:, None]
-        logits = model.decode_parallel(tokens, encoded, real)
+        # Only unfrozen candidates are decoded, and only masked positions scored.
+        active = (~frozen).nonzero(as_tuple=True)[0]
+        everyone = active.numel() == frozen.numel()
+        tok_a = tokens if everyone else tokens.index_select(0, active)
+        real_a = real if everyone else real.index_select(0, active)
+        enc_a = encoded if everyone else encoded.index_select(active)
+        masked = tok_a == mask_id
+        logits = model.decode_parallel(tok_a, enc_a, real_a, positions=masked)
         passes += 1
         logits = logits.float()
         normalizer = torch.logsumexp(logits, dim=-1)  # no full log-softmax tensor
-        logits[..., never] = float("-inf")
+        logits[:, never] = float("-inf")
         best_logit, best_tok = logits.max(dim=-1)
-        best_lp = best_logit - normalizer
-        updated = torch.where(masked, best_tok, tokens)
-        probs = torch.where(masked, best_lp, probs)
+        updated = tok_a.masked_scatter(masked, best_tok)
+        probs_a = probs.index_select(0, active).masked_scatter(masked, best_logit - normalizer)
+        probs = probs.index_copy(0, active, probs_a)
         if step > 0:
-            frozen |= (updated == previous).all(dim=1)
-        tokens = torch.where(frozen[:, None], previous, updated)
+            # Unchanged by this iteration: frozen, so it decodes alone as in a batch.
+            frozen = frozen.index_copy(0, active, (updated == previous.index_select(0, active)).all(1))
+        tokens = tokens.index_copy(0, active, updated)
         if keep_history:
             history.append(tokens.clone())
         remaining = iterations - 1 - step

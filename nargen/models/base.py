@@ -44,6 +44,9 @@ class DecodeConfig:
     """Source-token budget of a translation batch."""
     options: dict[str, Any] = field(default_factory=dict)
     """Family-specific decoder options."""
+    validation: dict[str, Any] = field(default_factory=dict)
+    """Options overriding the above while validating during training (e.g. fewer
+    iterations or a smaller length beam, so validation does not eat the training time)."""
 
 
 def inverse_sqrt_schedule(warmup_steps: int):
@@ -176,7 +179,7 @@ class Seq2SeqModule(L.LightningModule):
     def _validate(self, batch: dict[str, torch.Tensor]) -> None:
         size = batch["src"].shape[0]
         self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
-        result = self.generate(batch["src"])
+        result = self.generate(batch["src"], **self.decode_config.validation)
         texts = self.tokenizer.decode(result.as_lists(self.ids.pad))
         for index, text in zip(batch["index"].tolist(), texts):
             self._val_hyps[index] = text

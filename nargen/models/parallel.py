@@ -66,7 +66,11 @@ class ParallelModule(Seq2SeqModule):
         return self.length_predictor.top_lengths(logits, src_lengths, k, self.model_config.max_len - 1)
 
     def decode_parallel(
-        self, tokens: torch.Tensor, encoded: Encoded, tgt_mask: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        encoded: Encoded,
+        tgt_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.options.decoder_input == "copy":
             copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)
@@ -74,6 +78,8 @@ class ParallelModule(Seq2SeqModule):
         else:
             inputs = self.model.embed_tokens(tokens)
         hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask)
+        if positions is not None:
+            hidden = hidden[positions]
         return self.model.output_logits(hidden)
 
     # ---- training -----------------------------------------------------------------------
@@ -90,9 +96,9 @@ class ParallelModule(Seq2SeqModule):
         length_loss = F.cross_entropy(length_logits.float(), length_target)
         predict = self.choose_masked(real)
         inputs = target.masked_fill(predict, self.mask_id)
-        logits = self.decode_parallel(inputs, encoded, real)
+        logits = self.decode_parallel(inputs, encoded, real, positions=predict)
         token_loss = F.cross_entropy(
-            logits[predict].float(), target[predict], label_smoothing=self.optim.label_smoothing
+            logits.float(), target[predict], label_smoothing=self.optim.label_smoothing
         )
         return token_loss + self.options.length_loss_weight * length_loss
 
