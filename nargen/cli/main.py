@@ -14,14 +14,8 @@ from nargen.cli.config import ConfigError, load_fit_config
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import decode_lines, read_lines
-from nargen.decoding import autoregressive_reranker
+from nargen.cli.options import load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
-
-FAMILY_DECODE_OPTIONS = {
-    "autoregressive": {"beam", "length_penalty"},
-    "nat": {"length_beam", "rerank"},
-    "cmlm": {"iterations", "length_beam", "rerank"},
-}
 
 
 def _device() -> str:
@@ -40,12 +34,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
     if args.length_beam is not None:
         options["length_beam"] = args.length_beam
     if args.rerank_ckpt:
-        reranker = load_module(args.rerank_ckpt, family="autoregressive", map_location=module.device)
-        if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
-            raise CheckpointError(f"{args.rerank_ckpt}: its tokenizer differs from {args.ckpt}'s")
-        options["rerank"] = autoregressive_reranker(reranker.model, reranker.ids)
-    allowed = FAMILY_DECODE_OPTIONS[module.family]
-    unknown = [name for name in options if name not in allowed]
+        options["rerank"] = load_reranker(args.rerank_ckpt, module, args.ckpt)
+    unknown = unknown_options(module, list(options))
     if unknown:
         flags = ", ".join("--" + name.replace("_", "-").replace("rerank", "rerank-ckpt") for name in unknown)
         raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
@@ -142,6 +132,28 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "systems":
+        return bench_systems(args)
+    return bench_kv_cache(args)
+
+
+def bench_systems(args: argparse.Namespace) -> int:
+    from nargen.cli.bench import load_bench_spec, run_bench
+    from nargen.cli.report import markdown_table, write_report
+
+    spec, systems = load_bench_spec(args.spec)
+    if args.latency_sentences is not None:
+        spec.latency_sentences = args.latency_sentences
+    if args.threads:
+        spec.threads = args.threads
+    result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
+    files = write_report(result, args.out)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def bench_kv_cache(args: argparse.Namespace) -> int:
     from nargen.data.batching import pad_sequences, token_budget_batches
     from nargen.decoding import greedy
 
@@ -221,13 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--splits", nargs="+", default=["train", "val", "test_2016_flickr"])
     dl.add_argument("--base-url", default=None, help="mirror to fetch from")
 
-    be = sub.add_parser("bench", help="speed benchmarks")
-    be.add_argument("what", choices=["kv-cache"], help="kv-cache: greedy with vs without the cache")
-    be.add_argument("--ckpt", required=True)
-    be.add_argument("--src", required=True)
-    be.add_argument("--sentences", type=int, default=200)
-    be.add_argument("--max-tokens", type=int, default=2000)
-    be.add_argument("--threads", type=int, default=0)
+    be = sub.add_parser("bench", help="quality and speed benchmarks")
+    what = be.add_subparsers(dest="what", required=True)
+    sy = what.add_parser("systems", help="every system of a spec in one process: JSON, Markdown, plot")
+    sy.add_argument("--spec", required=True, help="YAML bench spec, e.g. recipes/multi30k/bench_tiny.yaml")
+    sy.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.svg")
+    sy.add_argument("--latency-sentences", type=int, default=None,
+                    help="sentences timed at batch size 1 (default: the spec's, else all)")
+    sy.add_argument("--threads", type=int, default=0)
+    kv = what.add_parser("kv-cache", help="greedy decoding with vs without the KV cache")
+    kv.add_argument("--ckpt", required=True)
+    kv.add_argument("--src", required=True)
+    kv.add_argument("--sentences", type=int, default=200)
+    kv.add_argument("--max-tokens", type=int, default=2000)
+    kv.add_argument("--threads", type=int, default=0)
     return parser
 
 

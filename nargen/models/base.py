@@ -207,7 +207,8 @@ class Seq2SeqModule(L.LightningModule):
         (their indices are reported in ``truncated``). Options go to ``generate``.
         """
         was_training = self.training
-        self.eval()
+        if was_training:  # eval()/train() walk every submodule: not on each call
+            self.eval()
         limit = self.model_config.max_len - 1
         encoded = self.tokenizer.encode(sentences)
         truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
@@ -227,7 +228,8 @@ class Seq2SeqModule(L.LightningModule):
             hit_cap += int(result.hit_cap.sum())
             for i, text in zip(rows, self.tokenizer.decode(result.as_lists(self.ids.pad))):
                 texts[i] = text
-        self.train(was_training)
+        if was_training:
+            self.train()
         return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated)
 
     # ---- checkpoint metadata ----------------------------------------------------------

@@ -1,0 +1,176 @@
+"""``nargen bench systems``: every system of a spec measured in one process, one table.
+
+Follows docs/EVALUATION.md by construction: one machine, one thread setting, a warm-up
+before each timing, batch-1 latency (mean, p90) and large-batch throughput, mean
+sequential passes, a reranker's time inside the system that uses it, and speed-ups
+against both the autoregressive greedy and beam baselines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from nargen.cli.config import ConfigError, build
+from nargen.cli.options import load_reranker, unknown_options
+from nargen.data.corpora import default_root, read_split
+from nargen.evaluation import evaluate
+from nargen.models import Seq2SeqModule, load_module
+
+
+@dataclass
+class SystemSpec:
+    """One row of the table: a checkpoint and its decoder settings."""
+
+    name: str
+    ckpt: str
+    options: dict[str, Any] = field(default_factory=dict)
+    """Decoder options of the checkpoint's family (beam, iterations, length_beam, ...)."""
+    rerank_ckpt: str | None = None
+    """Autoregressive checkpoint that rescores a parallel model's length beam."""
+    training_data: str = ""
+    """What the model was trained on, as the table should say it (raw, distilled, ...)."""
+
+
+@dataclass
+class BenchSpec:
+    """Test data, timing settings and the systems to compare."""
+
+    corpus: str = "multi30k"
+    root: str | None = None
+    """Folder with the split's files; default ``$NARGEN_DATA`` or ``data/<corpus>``."""
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    split: str = "test_2016_flickr"
+    threads: int = 0
+    """torch threads for every system (0 = torch's default)."""
+    latency_sentences: int | None = None
+    """Sentences timed at batch size 1 (default: the whole split)."""
+    max_tokens: int = 2500
+    """Source-token budget of a batch in the throughput run."""
+    greedy_baseline: str | None = None
+    """Name of the AR greedy system (default: the first autoregressive one with beam 1)."""
+    beam_baseline: str | None = None
+    """Name of the AR beam system (default: the first autoregressive one with beam > 1)."""
+    systems: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_bench_spec(path: str | Path) -> tuple[BenchSpec, list[SystemSpec]]:
+    """Read a bench spec (YAML), naming the file and key of anything wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such bench spec")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    spec = build(BenchSpec, values, str(path))
+    if not spec.systems:
+        raise ConfigError(f"{path}: no systems listed")
+    systems = [build(SystemSpec, s, f"{path}: systems[{i}]") for i, s in enumerate(spec.systems)]
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: system names repeat: {', '.join(sorted(set(n for n in names if names.count(n) > 1)))}")
+    for key in ("greedy_baseline", "beam_baseline"):
+        if getattr(spec, key) not in (None, *names):
+            raise ConfigError(f"{path}: {key} {getattr(spec, key)!r} is not a system name")
+    return spec, systems
+
+
+def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> dict[str, Any] | None:
+    for record in records:
+        if name is not None:
+            if record["system"] == name:
+                return record
+            continue
+        width = record["options"].get("beam", 1)
+        if record["family"] == "autoregressive" and (width > 1) == beam:
+            return record
+    return None
+
+
+def add_speedups(records: list[dict[str, Any]], spec: BenchSpec) -> None:
+    """Speed-up of every system over AR greedy and AR beam, at batch 1 and batched."""
+    for label, base in (("greedy", _baseline(records, spec.greedy_baseline, False)),
+                        ("beam", _baseline(records, spec.beam_baseline, True))):
+        if base is None:
+            continue
+        for record in records:
+            record[f"speedup_batch1_vs_{label}"] = round(base["batch1_ms_mean"] / record["batch1_ms_mean"], 2)
+            record[f"speedup_batched_vs_{label}"] = round(record["sentences_per_s"] / base["sentences_per_s"], 2)
+            record[f"{label}_baseline"] = base["system"]
+
+
+def cpu_name() -> str:
+    """The processor's model name where the system says it, else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_bench(
+    spec: BenchSpec, systems: list[SystemSpec], log: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Load every system (checking its options first), then score and time each in turn."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    root = Path(spec.root) if spec.root else default_root(spec.corpus)
+    test = read_split(root, spec.split, spec.src_lang, spec.tgt_lang)
+    modules: dict[str, Seq2SeqModule] = {}
+    prepared = []
+    for i, system in enumerate(systems):
+        if system.ckpt not in modules:
+            modules[system.ckpt] = load_module(system.ckpt, map_location=device)
+        module = modules[system.ckpt]
+        options = dict(system.options)
+        unknown = unknown_options(module, list(options) + (["rerank"] if system.rerank_ckpt else []))
+        if unknown:
+            raise ConfigError(f"systems[{i}] ({system.name}): {', '.join(unknown)} does not "
+                              f"apply to {system.ckpt}, a {module.family!r} checkpoint")
+        if system.rerank_ckpt:
+            options["rerank"] = load_reranker(system.rerank_ckpt, module, system.ckpt)
+        prepared.append((system, module, options))
+
+    records = []
+    for system, module, options in prepared:
+        log(f"{system.name}: {len(test.source)} sentences batched, "
+            f"{spec.latency_sentences or len(test.source)} at batch 1")
+        record, _ = evaluate(
+            module, test.source, test.target, latency_sentences=spec.latency_sentences,
+            max_tokens=spec.max_tokens, **options,
+        )
+        record.update({
+            "system": system.name,
+            "training_data": system.training_data,
+            "checkpoint": system.ckpt,
+            "options": dict(system.options),
+            "rerank_ckpt": system.rerank_ckpt,
+            "data_signature": module.data_signature,
+            "parameters": sum(p.numel() for p in module.parameters()),
+        })
+        records.append(record)
+        log(f"  BLEU {record['bleu']:.2f}, {record['batch1_ms_mean']} ms at batch 1, "
+            f"{record['sentences_per_s']} sentences/s")
+    add_speedups(records, spec)
+    return {
+        "split": f"{spec.corpus} {spec.split} {spec.src_lang}-{spec.tgt_lang}",
+        "sentences": len(test.source),
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({cpu_name()})",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "spec": dataclasses.asdict(spec),
+        "records": records,
+    }

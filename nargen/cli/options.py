@@ -1,0 +1,30 @@
+"""Decoder options a user names (flags or a bench spec), checked against a family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nargen.decoding import autoregressive_reranker
+from nargen.models import CheckpointError, Seq2SeqModule, load_module
+
+FAMILY_DECODE_OPTIONS = {
+    "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b"},
+    "nat": {"length_beam", "rerank"},
+    "cmlm": {"iterations", "length_beam", "rerank"},
+}
+
+
+def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
+    """The names in ``names`` that ``module``'s family does not take."""
+    allowed = FAMILY_DECODE_OPTIONS[module.family]
+    return [name for name in names if name not in allowed]
+
+
+def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
+    """An autoregressive checkpoint as a length-beam reranker for ``module`` (loaded
+    from ``owner``); both must share one tokenizer."""
+    reranker = load_module(path, family="autoregressive", map_location=module.device)
+    if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
+        raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
+    reranker.eval()
+    return autoregressive_reranker(reranker.model, reranker.ids)

@@ -1,0 +1,96 @@
+"""`nargen bench systems`: one record per system, speed-ups, table and plot."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import sacrebleu
+import torch
+import yaml
+
+from nargen.cli.main import main
+from nargen.cli.report import pareto_front
+from nargen.core import TransformerConfig
+from nargen.data import read_split
+from nargen.models import NATModule, load_module
+
+
+def write_spec(path, root, systems, **extra):
+    spec = {"corpus": "reversal", "root": str(root), "src_lang": "src", "tgt_lang": "tgt",
+            "split": "test", "latency_sentences": 6, "systems": systems, **extra}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def untrained_nat_checkpoint(path, tokenizer):
+    torch.manual_seed(0)
+    cfg = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size)
+    module = NATModule(cfg, tokenizer)
+    torch.save({"nargen": module.metadata(), "state_dict": module.state_dict()}, path)
+    return path
+
+
+def test_bench_measures_every_system_and_writes_table_and_plot(trained_run, reversal_root, tmp_path, capsys):
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    nat = str(untrained_nat_checkpoint(tmp_path / "nat.ckpt", load_module(ar).tokenizer))
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "AR greedy", "ckpt": ar, "options": {"beam": 1}, "training_data": "raw"},
+        {"name": "AR beam 2", "ckpt": ar, "options": {"beam": 2}},
+        {"name": "NAT k=2 + rerank", "ckpt": nat, "options": {"length_beam": 2}, "rerank_ckpt": ar},
+    ])
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    records = {r["system"]: r for r in result["records"]}
+    assert list(records) == ["AR greedy", "AR beam 2", "NAT k=2 + rerank"]
+
+    greedy = records["AR greedy"]
+    test = read_split(reversal_root, "test", "src", "tgt")
+    hyps = load_module(ar).translate(test.source, beam=1).texts
+    assert greedy["bleu"] == round(sacrebleu.corpus_bleu(hyps, [test.target]).score, 2)
+    assert greedy["batch1_sentences"] == 6 and greedy["sentences"] == 100
+    assert greedy["speedup_batch1_vs_greedy"] == 1.0 and records["AR beam 2"]["speedup_batched_vs_beam"] == 1.0
+    # The reranker is one more sequential pass inside the NAT system.
+    assert records["NAT k=2 + rerank"]["mean_passes_per_sentence"] == 2.0
+    assert records["NAT k=2 + rerank"]["rerank_ckpt"] == ar
+
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert all(f"| {name} |" in table for name in records)
+    assert greedy["bleu_signature"] in table and greedy["bleu_signature"] in capsys.readouterr().out
+    svg = ET.fromstring((tmp_path / "out" / "bench.svg").read_text())
+    circles = [e for e in svg.iter() if e.tag.endswith("circle")]
+    assert len(circles) == 3
+
+
+def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversal_root, tmp_path, capsys):
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "ok", "ckpt": ar},
+        {"name": "wrong", "ckpt": ar, "options": {"iterations": 4}},
+    ])
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "systems[1] (wrong): iterations does not apply" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_spec_errors_name_the_key(reversal_root, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [{"name": "a", "ckpt": "x", "beam": 4}])
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "spec.yaml: systems[0].beam" in capsys.readouterr().err
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(10.0, 20.0), (5.0, 15.0), (20.0, 25.0), (15.0, 18.0), (30.0, 24.0)]
+    assert pareto_front(points) == [1, 0, 2]
+
+
+def test_every_bench_spec_in_the_recipes_parses():
+    from pathlib import Path
+
+    from nargen.cli.bench import load_bench_spec
+
+    specs = sorted(Path("recipes").glob("*/bench/*.yaml"))
+    assert specs
+    for path in specs:
+        spec, systems = load_bench_spec(path)
+        assert systems and all(s.ckpt for s in systems), path
