@@ -88,6 +88,10 @@ def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
     (["--model", "{preset: tiny, n_kv_heads: 3}"], "n_kv_heads=3 must divide n_heads=4"),
     (["--family", "diffusion"], "unknown family 'diffusion'"),
     (["--family", "nat", "--family_options", "{decoder_input: noise}"], "decoder_input must be"),
+    (["--family", "cmlm", "--decode.validation", "{iteratons: 4}"],
+     "config.decode.validation: iteratons does not apply to the 'cmlm' family"),
+    (["--family", "nat", "--eval.decodes", "[{iterations: 4}]"],
+     "config.eval.decodes[0]: iterations does not apply to the 'nat' family"),
 ])
 def test_fit_rejects_bad_configuration_by_name(args, message, capsys, tmp_path):
     code = main(["fit", "--trainer.run_dir", str(tmp_path), *args])

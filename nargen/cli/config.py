@@ -171,6 +171,19 @@ def check_family_and_model(config: FitConfig) -> None:
         FAMILIES[config.family].options_class(**config.family_options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config.family_options: {err}") from None
+    from nargen.cli.options import FAMILY_DECODE_OPTIONS
+
+    allowed = FAMILY_DECODE_OPTIONS[config.family] - {"rerank"}
+    named = [("config.decode.options", config.decode.options),
+             ("config.decode.validation", config.decode.validation)]
+    named += [(f"config.eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]
+    for where, options in named:
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where} must be a mapping, got {options!r}")
+        unknown = sorted(set(options) - allowed - ({"max_tokens"} if "eval" in where else set()))
+        if unknown:
+            raise ConfigError(f"{where}: {', '.join(unknown)} does not apply to the "
+                              f"{config.family!r} family (known: {', '.join(sorted(allowed))})")
     model = dict(config.model)
     try:
         TransformerConfig.from_preset(model.pop("preset", "tiny"), **model)
