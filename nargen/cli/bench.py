@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
-
-from nargen.cli.config import ConfigError, build
+from nargen.cli.config import ConfigError, build, read_yaml
 from nargen.cli.options import load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
@@ -64,13 +62,7 @@ class BenchSpec:
 
 def load_bench_spec(path: str | Path) -> tuple[BenchSpec, list[SystemSpec]]:
     """Read a bench spec (YAML), naming the file and key of anything wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such bench spec")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    values = read_yaml(path, "bench spec")
     spec = build(BenchSpec, values, str(path))
     if not spec.systems:
         raise ConfigError(f"{path}: no systems listed")

@@ -143,17 +143,23 @@ def _dataclass_named(type_name: Any) -> type | None:
     return None
 
 
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; errors name the file (``what``: recipe, spec...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
+    return values
+
+
 def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
     """Read a recipe (if given), apply overrides, and check every key."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such recipe")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    values = read_yaml(path, "recipe") if path is not None else {}
     values = merge(values, parse_overrides(overrides))
     config = build(FitConfig, values, "config")
     check_family_and_model(config)
