@@ -53,12 +53,13 @@ def test_one_iteration_equals_the_single_parallel_pass(family, tokenizer):
     assert torch.equal(result.tokens, expected)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_mask_predict_is_batch_invariant(tokenizer, k):
+@pytest.mark.parametrize("k, early_stop", [(1, False), (3, False), (3, True)])
+def test_mask_predict_is_batch_invariant(tokenizer, k, early_stop):
     module = untrained(CMLMModule, tokenizer)
     batch, rows = sources()
-    together = module.generate(batch, iterations=4, length_beam=k).as_lists(0)
-    alone = [module.generate(r[None], iterations=4, length_beam=k).as_lists(0)[0] for r in rows]
+    options = {"iterations": 4, "length_beam": k, "early_stop": early_stop}
+    together = module.generate(batch, **options).as_lists(0)
+    alone = [module.generate(r[None], **options).as_lists(0)[0] for r in rows]
     assert together == alone
 
 
@@ -73,11 +74,16 @@ def test_length_beam_of_one_is_no_length_beam(tokenizer):
 def test_mask_predict_history_and_early_stop(tokenizer):
     module = untrained(CMLMModule, tokenizer)
     src, _ = sources()
+    full = mask_predict(module, src, iterations=10, mask_id=module.mask_id, max_len=63,
+                        keep_history=True)
+    assert len(full.history) == full.passes == 10
     result = mask_predict(module, src, iterations=10, mask_id=module.mask_id, max_len=63,
-                          keep_history=True)
+                          keep_history=True, early_stop=True)
     assert len(result.history) == result.passes <= 10
     assert torch.equal(result.history[-1], result.tokens)
     assert all(h.shape == result.tokens.shape for h in result.history)
+    # Until the first candidate freezes, stopping early changes nothing.
+    assert torch.equal(result.history[1], full.history[1])
 
 
 def test_length_beam_picks_the_rerankers_favourite(tokenizer):

@@ -33,6 +33,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["iterations"] = args.iterations
     if args.length_beam is not None:
         options["length_beam"] = args.length_beam
+    if args.early_stop:
+        options["early_stop"] = True
     if args.rerank_ckpt:
         options["rerank"] = load_reranker(args.rerank_ckpt, module, args.ckpt)
     unknown = unknown_options(module, list(options))
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--length-penalty", type=float, default=None, help="autoregressive beam")
         p.add_argument("--iterations", type=int, default=None, help="cmlm: mask-predict iterations")
         p.add_argument("--length-beam", type=int, default=None, help="nat/cmlm: lengths tried")
+        p.add_argument("--early-stop", action="store_true",
+                       help="cmlm: freeze a candidate once an iteration changes none of its tokens")
         p.add_argument("--rerank-ckpt", default=None,
                        help="nat/cmlm: autoregressive checkpoint that rescores the length beam")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")

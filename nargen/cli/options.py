@@ -10,7 +10,7 @@ from nargen.models import CheckpointError, Seq2SeqModule, load_module
 FAMILY_DECODE_OPTIONS = {
     "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b"},
     "nat": {"length_beam", "rerank"},
-    "cmlm": {"iterations", "length_beam", "rerank"},
+    "cmlm": {"iterations", "length_beam", "rerank", "early_stop"},
 }
 
 

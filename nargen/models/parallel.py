@@ -105,12 +105,13 @@ class ParallelModule(Seq2SeqModule):
     def _decode(self, src: torch.Tensor, iterations: int, options: dict[str, Any]) -> DecodeResult:
         length_beam = options.pop("length_beam", self.decode_config.options.get("length_beam", 1))
         rerank: Reranker | None = options.pop("rerank", None)
+        early_stop = options.pop("early_stop", self.decode_config.options.get("early_stop", False))
         if options:
             raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
         return mask_predict(
             self, src, iterations=iterations, length_beam=length_beam, mask_id=self.mask_id,
             ids=self.ids, max_len=self.model_config.max_len - 1,
-            banned=(self.tokenizer.special.blank,), rerank=rerank,
+            banned=(self.tokenizer.special.blank,), rerank=rerank, early_stop=early_stop,
         )
 
 
