@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help="quality and speed benchmarks")
     what = be.add_subparsers(dest="what", required=True)
     sy = what.add_parser("systems", help="every system of a spec in one process: JSON, Markdown, plot")
-    sy.add_argument("--spec", required=True, help="YAML bench spec, e.g. recipes/multi30k/bench_tiny.yaml")
+    sy.add_argument("--spec", required=True, help="YAML bench spec, e.g. recipes/multi30k/bench/parallel_tiny.yaml")
     sy.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.svg")
     sy.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: the spec's, else all)")

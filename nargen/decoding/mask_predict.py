@@ -63,8 +63,8 @@ def mask_predict(
     score) is returned. A candidate whose re-predicted tokens equal its previous ones
     is frozen (with ``early_stop``), and decoding stops when all are frozen, so a
     sentence decodes the same alone or in a batch; on Multi30K validation this cost 3
-    BLEU at T=10, so it is off unless asked for. ``passes`` counts the model's sequential passes (a reranker
-    adds one). With ``keep_history`` the result's ``history`` holds the chosen
+    BLEU at T=10, so it is off unless asked for. ``passes`` counts the model's
+    sequential passes (a reranker adds one). With ``keep_history`` the result's ``history`` holds the chosen
     candidates' tokens after each iteration.
     """
     device = src.device
