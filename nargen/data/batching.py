@@ -11,7 +11,7 @@ from torch.utils.data import Sampler
 
 
 def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, *, seed: int | None = None, max_sentences: int = 0
+    lengths: Sequence[int], max_tokens: int, *, seed: int | str | None = None, max_sentences: int = 0
 ) -> list[list[int]]:
     """Group indices of similar length so each batch's padded size stays within
     ``max_tokens`` (longest item x batch size).
@@ -43,14 +43,46 @@ def token_budget_batches(
     return batches
 
 
-class TokenBudgetBatchSampler(Sampler[list[int]]):
-    """Batch sampler over ``token_budget_batches``; reshuffled by ``set_epoch``.
+class EpochPermutation(Sampler[int]):
+    """A random permutation of ``range(n)``, fixed by the seed and the epoch.
 
-    Under ``torch.distributed``, training ranks take every ``world_size``-th batch (the
-    list is cut to a multiple of the world size so ranks step together); evaluation
-    ranks take every ``world_size``-th sentence of each batch, so every item is seen and
-    every rank has work (a rank left empty repeats the batch's first item; results
-    keyed by item index make the repeat harmless).
+    Lightning calls ``set_epoch`` at the start of every epoch on the loader's
+    ``batch_sampler.sampler``; ``TokenBudgetBatchSampler`` exposes one of these there,
+    so every epoch gets its own order without a callback of ours.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_seed(self) -> str:
+        """The seed of this epoch's shuffles (distinct for every (seed, epoch) pair)."""
+        return f"{self.seed}/{self.epoch}"
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(range(self.n))
+        random.Random(self.epoch_seed()).shuffle(order)
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batch sampler over ``token_budget_batches``.
+
+    With ``shuffle``, its ``sampler`` is an ``EpochPermutation``: each epoch (Lightning
+    calls ``set_epoch`` on it) regroups sentences of equal length into other batches and
+    visits the batches in another order. Under ``torch.distributed``, every rank computes
+    the same list and training ranks take every ``world_size``-th batch (the list is cut
+    to a multiple of the world size so ranks step together); evaluation ranks take every
+    ``world_size``-th sentence of each batch, so every item is seen and every rank has
+    work (a rank left empty repeats the batch's first item; results keyed by item index
+    make the repeat harmless).
     """
 
     def __init__(
@@ -58,13 +90,12 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     ) -> None:
         self.lengths = list(lengths)
         self.max_tokens = max_tokens
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
+        self.sampler = EpochPermutation(len(self.lengths), seed) if shuffle else None
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def skip_next(self, batches: int) -> None:
         """Make the next iteration start after its first ``batches`` batches (resuming
@@ -72,11 +103,11 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self._skip = batches
 
     def _batches(self) -> list[list[int]]:
-        seed = self.seed + self.epoch if self.shuffle else None
+        seed = self.sampler.epoch_seed() if self.sampler is not None else None
         batches = token_budget_batches(self.lengths, self.max_tokens, seed=seed)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank = dist.get_world_size(), dist.get_rank()
-            if self.shuffle:
+            if self.sampler is not None:
                 batches = batches[: len(batches) - len(batches) % world][rank::world]
             else:
                 batches = [batch[rank::world] or batch[:1] for batch in batches]
