@@ -27,11 +27,69 @@ def test_sdpa_equals_naive_reference_causal():
                                naive_kernel(q, k, v, None, True, 0.0), atol=1e-5, rtol=1e-5)
 
 
-def test_grouped_query_equals_multi_head_with_repeated_kv():
-    q, k, v = random_qkv(heads=6, kv_heads=2)
-    grouped = sdpa_kernel(q, k, v, None, False, 0.0)
-    repeated = sdpa_kernel(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), None, False, 0.0)
-    torch.testing.assert_close(grouped, repeated, atol=1e-6, rtol=1e-6)
+def repeat_kv_heads(weight: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
+    """Rows of a K (or V) projection for ``kv_heads`` heads, each head repeated
+    ``groups`` times: the multi-head projection that grouped-query attention stands for."""
+    rows, cols = weight.shape
+    return weight.view(kv_heads, rows // kv_heads, cols).repeat_interleave(groups, 0).reshape(-1, cols)
+
+
+def test_grouped_query_model_equals_multi_head_model_with_repeated_kv_weights():
+    grouped_cfg = TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=2)
+    grouped = Seq2SeqTransformer(grouped_cfg).eval()
+    full = Seq2SeqTransformer(TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=4)).eval()
+    d, kv = grouped_cfg.d_model, grouped_cfg.n_kv_heads * grouped_cfg.head_dim
+    state = {}
+    for name, weight in grouped.state_dict().items():
+        if name.endswith("qkv_proj.weight"):  # rows: Q, then K, then V
+            q, k, v = weight.split([d, kv, kv])
+            weight = torch.cat([q, repeat_kv_heads(k, 2, 2), repeat_kv_heads(v, 2, 2)])
+        elif name.endswith("kv_proj.weight"):  # rows: K, then V
+            k, v = weight.chunk(2)
+            weight = torch.cat([repeat_kv_heads(k, 2, 2), repeat_kv_heads(v, 2, 2)])
+        state[name] = weight
+    full.load_state_dict(state)
+    src = torch.randint(6, 64, (3, 9))
+    src[1, 5:] = 0
+    tgt = torch.randint(6, 64, (3, 7))
+    for causal in (True, False):
+        torch.testing.assert_close(grouped(src, tgt, causal=causal), full(src, tgt, causal=causal),
+                                   atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in grouped.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_sharing_layers_attend_with_their_owners_kv():
+    cfg = TransformerConfig.from_preset("micro", decoder_layers=4, share_decoder_kv=True)
+    model = Seq2SeqTransformer(cfg).eval()
+    owner, sharer = model.decoder_layers[0], model.decoder_layers[1]
+    assert not any("kv" in name for name, _ in sharer.named_parameters())
+    used: dict[str, tuple] = {}
+
+    def record(name):
+        return lambda module, args, output: used.__setitem__(name, output[1])
+
+    for layer, name in ((owner, "owner"), (sharer, "sharer")):
+        layer.self_attn.register_forward_hook(record(name + ".self"))
+        layer.cross_attn.register_forward_hook(record(name + ".cross"))
+    src, tgt = torch.randint(6, 64, (2, 6)), torch.randint(6, 64, (2, 5))
+
+    def run():
+        with torch.no_grad():
+            model(src, tgt)
+        return {k: tuple(t.clone() for t in v) for k, v in used.items()}
+
+    before = run()
+    for part in ("self", "cross"):
+        for a, b in zip(before[f"owner.{part}"], before[f"sharer.{part}"]):
+            assert torch.equal(a, b)
+    with torch.no_grad():  # perturb only the owner's K/V projections
+        owner.self_attn.qkv_proj.weight[cfg.d_model :] += 0.5
+        owner.cross_attn.kv_proj.weight.add_(0.5)
+    after = run()
+    for part in ("self", "cross"):
+        assert not torch.equal(before[f"sharer.{part}"][0], after[f"sharer.{part}"][0])
+        for a, b in zip(after[f"owner.{part}"], after[f"sharer.{part}"]):
+            assert torch.equal(a, b)
 
 
 def test_model_with_naive_kernel_matches_sdpa():

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nargen.cli.main import main
-from nargen.core import Seq2SeqTransformer, TransformerConfig
 from nargen.data import CorpusError, read_lines, read_parallel
 from nargen.decoding import beam_search, greedy
 from nargen.models import load_module
 
 from conftest import WORDS
+from table_model import VOCAB, TableModel
 
 # One line of arbitrary Unicode: no newline; a final "\r" is a CRLF ending and is dropped.
 line_text = st.text(st.characters(exclude_characters="\n"), max_size=300).filter(
@@ -77,22 +77,19 @@ def test_tokenizer_accepts_any_unicode(tokenizer, text):
     assert "\n" not in out
 
 
-@pytest.fixture(scope="module")
-def micro():
-    torch.manual_seed(0)
-    return Seq2SeqTransformer(TransformerConfig.from_preset("micro")).eval()
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None)
 @given(lengths=st.lists(st.integers(0, 63), min_size=1, max_size=6), beam=st.integers(1, 3))
-def test_decoders_handle_any_length_mix(micro, lengths, beam):
+def test_decoders_handle_any_length_mix(lengths, beam):
     """Sources of 0..max_len-1 tokens (+EOS), mixed in one batch: each row decodes as it
-    would alone, stays within its cap, and holds no padding before its end."""
+    would alone, stays within its cap, and holds no padding before its end. (The table
+    model's scores are exact per row, so this checks the decoders' own bookkeeping; the
+    real models' batch invariance is checked on trained models.)"""
+    model = TableModel(seed=sum(lengths), eos_bias=-1.0)
     gen = torch.Generator().manual_seed(sum(lengths))
-    rows = [torch.cat([torch.randint(6, 64, (n,), generator=gen), torch.tensor([2])]) for n in lengths]
+    rows = [torch.cat([torch.randint(3, VOCAB, (n,), generator=gen), torch.tensor([2])]) for n in lengths]
     src = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-    run = (lambda s: greedy(micro, s, max_len=64)) if beam == 1 else (
-        lambda s: beam_search(micro, s, beam=beam, max_len=64))
+    run = (lambda s: greedy(model, s, max_len=64)) if beam == 1 else (
+        lambda s: beam_search(model, s, beam=beam, max_len=64))
     together = run(src)
     alone = [run(r[None]).as_lists(0)[0] for r in rows]
     assert together.as_lists(0) == alone

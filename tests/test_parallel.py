@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from nargen.core import TransformerConfig
+from nargen.core.length import LengthPredictor
 from nargen.decoding import autoregressive_reranker, length_beam, mask_predict
 from nargen.models import CMLMModule, NATModule, load_module
 from nargen.models.parallel import uniform_copy
 from nargen.data import read_split
 
-from conftest import reversal_config
 
 
 def untrained(family, tokenizer, **options):
@@ -53,14 +53,62 @@ def test_one_iteration_equals_the_single_parallel_pass(family, tokenizer):
     assert torch.equal(result.tokens, expected)
 
 
-@pytest.mark.parametrize("k, early_stop", [(1, False), (3, False), (3, True)])
-def test_mask_predict_is_batch_invariant(tokenizer, k, early_stop):
-    module = untrained(CMLMModule, tokenizer)
-    batch, rows = sources()
-    options = {"iterations": 4, "length_beam": k, "early_stop": early_stop}
-    together = module.generate(batch, **options).as_lists(0)
-    alone = [module.generate(r[None], **options).as_lists(0)[0] for r in rows]
-    assert together == alone
+def test_top_lengths_are_distinct_best_first_and_clamped():
+    predictor = LengthPredictor(d_model=4, max_offset=3)  # offsets -3..3
+    logits = torch.tensor([
+        [0.0, 5.0, 1.0, 3.0, 2.0, 4.0, 0.5],   # source length 2: offsets -3..-1 clamp to 1
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],   # source length 9 near max_len 10: ties
+    ])
+    src_lengths = torch.tensor([2, 9])
+    lengths, scores = predictor.top_lengths(logits, src_lengths, k=4, max_len=10)
+    logprobs = torch.log_softmax(logits, -1)
+    # row 0: length 1 gathers offsets -3, -2, -1 (best logit 5.0 at offset -2)
+    assert lengths[0].tolist() == [1, 4, 2, 3]
+    torch.testing.assert_close(scores[0], logprobs[0, [1, 5, 3, 4]])
+    # row 1: 9 + (-3..3) clamps 10, 11, 12 to 10; equal scores: shortest first
+    assert lengths[1].tolist() == [6, 7, 8, 9]
+    for row_lengths, row_scores in zip(lengths, scores):
+        assert len(set(row_lengths.tolist())) == 4
+        assert (row_lengths >= 1).all() and (row_lengths <= 10).all()
+        assert (row_scores[:-1] >= row_scores[1:]).all()
+
+
+class MaskCounter:
+    """Wraps a parallel model and records how many positions are masked at each pass."""
+
+    def __init__(self, module):
+        self.module, self.masked = module, []
+
+    def encode(self, src):
+        return self.module.encode(src)
+
+    def predict_lengths(self, encoded, src_lengths, k):
+        return self.module.predict_lengths(encoded, src_lengths, k)
+
+    def decode_parallel(self, tokens, encoded, tgt_mask, positions=None):
+        self.masked.append((tokens == self.module.mask_id).sum(1).tolist())
+        return self.module.decode_parallel(tokens, encoded, tgt_mask, positions)
+
+
+@pytest.mark.parametrize("iterations", [4, 10])
+def test_mask_predict_masks_the_scheduled_number_each_iteration(tokenizer, iterations):
+    """Pass t (0-based) of T predicts L * (T - t) / T positions, rounded down: all L
+    first, then linearly fewer (Ghazvininejad et al. 2019)."""
+    counter = MaskCounter(untrained(CMLMModule, tokenizer))
+    src, _ = sources()
+    result = mask_predict(counter, src, iterations=iterations, length_beam=2,
+                          mask_id=counter.module.mask_id, max_len=63, keep_history=True)
+    assert result.passes == len(counter.masked) == iterations
+    with torch.inference_mode():
+        lengths, _ = counter.module.predict_lengths(counter.module.encode(src), (src != 0).sum(1), 2)
+    lengths = lengths.flatten().tolist()
+    for t, masked in enumerate(counter.masked):
+        assert masked == [n * (iterations - t) // iterations for n in lengths], t
+
+
+def test_cmlm_refuses_copied_decoder_inputs(tokenizer):
+    with pytest.raises(ValueError, match="decoder_input 'mask'"):
+        untrained(CMLMModule, tokenizer, decoder_input="copy")
 
 
 def test_length_beam_of_one_is_no_length_beam(tokenizer):
@@ -86,17 +134,33 @@ def test_mask_predict_history_and_early_stop(tokenizer):
     assert torch.equal(result.history[1], full.history[1])
 
 
-def test_length_beam_picks_the_rerankers_favourite(tokenizer):
+def test_length_beam_returns_the_candidate_the_reranker_prefers(tokenizer):
+    """Every candidate the AR reranker scores is recorded; the output must be the one it
+    scored best, and that choice must differ from the model's own somewhere."""
+    from nargen.core import Seq2SeqTransformer
+
     module = untrained(NATModule, tokenizer)
+    torch.manual_seed(3)
+    ar = Seq2SeqTransformer(TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size)).eval()
+    score = autoregressive_reranker(ar)
+    seen = {}
+
+    def recording(src_rows, candidates):
+        scores = score(src_rows, candidates)
+        seen["candidates"], seen["scores"] = candidates, scores
+        return scores
+
     src, _ = sources()
-
-    def prefer_short(src_rows, candidates):
-        return -(candidates != 0).sum(1).float()
-
-    plain = length_beam(module, src, k=4, mask_id=module.mask_id, max_len=63)
-    reranked = length_beam(module, src, k=4, mask_id=module.mask_id, max_len=63, rerank=prefer_short)
+    k = 4
+    plain = length_beam(module, src, k=k, mask_id=module.mask_id, max_len=63)
+    reranked = length_beam(module, src, k=k, mask_id=module.mask_id, max_len=63, rerank=recording)
     assert reranked.passes == plain.passes + 1
-    assert ((reranked.tokens != 0).sum(1) <= (plain.tokens != 0).sum(1)).all()
+    candidates = seen["candidates"].view(src.shape[0], k, -1)
+    favourite = seen["scores"].view(src.shape[0], k).argmax(1)
+    for i in range(src.shape[0]):
+        expected = [t for t in candidates[i, favourite[i]].tolist() if t != 0]
+        assert reranked.as_lists(0)[i] == expected
+    assert reranked.as_lists(0) != plain.as_lists(0)
 
 
 def test_autoregressive_reranker_scores_match_teacher_forcing(tokenizer):
@@ -118,16 +182,12 @@ def exact_match(module, pair, **options) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, steps, threshold, options", [
-    ("cmlm", 600, 0.8, {"iterations": 4}),
-    ("nat", 600, 0.5, {}),
+@pytest.mark.parametrize("family, threshold, options", [
+    ("cmlm", 0.8, {"iterations": 4}),
+    ("nat", 0.5, {}),
 ])
-def test_parallel_family_learns_to_reverse(family, steps, threshold, options, reversal_root, tmp_path):
-    from nargen.cli.fit import run_fit
-
-    config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", steps,
-                             "--family", family, "--model.absolute_positions", "true")
-    run_fit(config)
-    module = load_module(tmp_path / "run" / "checkpoints" / "best.ckpt", family=family)
+def test_parallel_family_learns_to_reverse(family, threshold, options, request, reversal_root):
+    checkpoint = request.getfixturevalue(f"trained_{family}")
+    module = load_module(checkpoint, family=family)
     test = read_split(reversal_root, "test", "src", "tgt")
     assert exact_match(module, test, **options) >= threshold

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 from nargen.cli.fit import run_fit
-from nargen.models import AutoregressiveModule, CheckpointError, load_module, read_checkpoint
+from nargen.core import TransformerConfig
+from nargen.models import (
+    FAMILIES, AutoregressiveModule, CheckpointError, DecodeConfig, load_module, read_checkpoint,
+)
 from nargen.data import read_split
 
 from conftest import reversal_config
@@ -98,3 +100,38 @@ def test_training_resumes_from_last_checkpoint(reversal_root, tmp_path):
     summary = run_fit(reversal_config(reversal_root, run_dir, cache, 60))
     assert summary["steps"] == 60
     assert summary["target_tokens"] < 20 * 1200  # only the 10 new steps were trained
+
+
+@pytest.mark.parametrize("family, options, model, decode", [
+    ("autoregressive", {}, {"n_kv_heads": 1}, {"beam": 3, "length_penalty": 0.8}),
+    ("nat", {"decoder_input": "copy", "length_loss_weight": 0.3, "max_length_offset": 16},
+     {"absolute_positions": True}, {"options": {"length_beam": 3}}),
+    ("nat", {"decoder_input": "mask"}, {"share_decoder_kv": True}, {}),
+    ("cmlm", {"max_length_offset": 8}, {"absolute_positions": True, "n_kv_heads": 1},
+     {"options": {"iterations": 6}, "validation": {"iterations": 2}}),
+])
+def test_checkpoint_round_trip_keeps_options_and_logits(family, options, model, decode, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    cfg = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, **model)
+    module = FAMILIES[family](cfg, tokenizer, decode=DecodeConfig(**decode), family_options=options).eval()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # the hook Lightning calls when it saves
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    loaded = load_module(tmp_path / "m.ckpt", family=family)  # built afresh: other random weights
+    assert loaded.options == module.options
+    assert loaded.model_config == cfg and loaded.decode_config == module.decode_config
+    src = torch.randint(6, tokenizer.vocab_size, (3, 7))
+    src[1, 4:] = 0
+    tgt = torch.randint(6, tokenizer.vocab_size, (3, 5))
+    with torch.inference_mode():
+        if family == "autoregressive":
+            assert torch.equal(module.model(src, tgt), loaded.model(src, tgt))
+        else:
+            real = torch.ones_like(tgt, dtype=torch.bool)
+            enc_a, enc_b = module.encode(src), loaded.encode(src)
+            assert torch.equal(module.decode_parallel(tgt, enc_a, real), loaded.decode_parallel(tgt, enc_b, real))
+            assert torch.equal(module.predict_lengths(enc_a, (src != 0).sum(1), 3)[0],
+                               loaded.predict_lengths(enc_b, (src != 0).sum(1), 3)[0])
+            assert torch.equal(module.length_predictor(enc_a.memory, enc_a.mask),
+                               loaded.length_predictor(enc_b.memory, enc_b.mask))
+    assert module.generate(src).as_lists(0) == loaded.generate(src).as_lists(0)

@@ -35,11 +35,14 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["length_beam"] = args.length_beam
     if args.early_stop:
         options["early_stop"] = True
+    if args.sequential:
+        options["parallel"] = False
     if args.rerank_ckpt:
         options["rerank"] = load_reranker(args.rerank_ckpt, module, args.ckpt)
     unknown = unknown_options(module, list(options))
     if unknown:
-        flags = ", ".join("--" + name.replace("_", "-").replace("rerank", "rerank-ckpt") for name in unknown)
+        flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential"}
+        flags = ", ".join("--" + flag_of.get(name, name).replace("_", "-") for name in unknown)
         raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
     if args.max_tokens:
         options["max_tokens"] = args.max_tokens
@@ -167,13 +170,14 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
     batches = token_budget_batches([len(x) for x in ids], args.max_tokens)
     srcs = [pad_sequences([torch.tensor(ids[i]) for i in b], module.ids.pad).to(module.device) for b in batches]
     d = module.decode_config
+    settings = {"ids": module.ids, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b,
+                "max_len": module.model_config.max_len}
     outputs, seconds = {}, {}
     for use_cache in (True, False):
-        greedy(module.model, srcs[0][:4], ids=module.ids, use_cache=use_cache)  # warm-up
+        greedy(module.model, srcs[0][:4], use_cache=use_cache, **settings)  # warm-up, same settings
         start = time.perf_counter()
         outputs[use_cache] = [
-            greedy(module.model, s, ids=module.ids, use_cache=use_cache, max_len_a=d.max_len_a,
-                   max_len_b=d.max_len_b, max_len=module.model_config.max_len).as_lists(module.ids.pad)
+            greedy(module.model, s, use_cache=use_cache, **settings).as_lists(module.ids.pad)
             for s in srcs
         ]
         seconds[use_cache] = time.perf_counter() - start
@@ -202,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--length-beam", type=int, default=None, help="nat/cmlm: lengths tried")
         p.add_argument("--early-stop", action="store_true",
                        help="cmlm: freeze a candidate once an iteration changes none of its tokens")
+        p.add_argument("--sequential", action="store_true",
+                       help="insertion: one insertion a pass instead of one in every open slot")
         p.add_argument("--rerank-ckpt", default=None,
                        help="nat/cmlm: autoregressive checkpoint that rescores the length beam")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")

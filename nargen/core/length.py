@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nargen.core.ties import stable_topk
+
 
 class LengthPredictor(nn.Module):
     """Classifies ``target_len - source_len`` into ``2 * max_offset + 1`` offsets from the
@@ -30,8 +32,9 @@ class LengthPredictor(nn.Module):
         self, logits: torch.Tensor, src_lengths: torch.Tensor, k: int, max_len: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` most likely target lengths (each in ``[1, max_len]``) per sentence
-        and their log-probabilities, best first. Offsets that clamp to the same length
-        are merged, so the ``k`` lengths of a row are distinct when possible."""
+        and their log-probabilities, best first (equal ones shortest first). Offsets
+        that clamp to the same length are merged, so the ``k`` lengths of a row are
+        distinct when possible."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         offsets = torch.arange(logits.shape[-1], device=logits.device) - self.max_offset
         lengths = (src_lengths[:, None] + offsets[None]).clamp(1, max_len)
@@ -39,5 +42,5 @@ class LengthPredictor(nn.Module):
             (logits.shape[0], max_len + 1), float("-inf"), device=logits.device
         ).scatter_reduce(1, lengths, logprobs, reduce="amax")
         k = min(k, max_len)
-        scores, best = by_length.topk(k, dim=-1)
+        scores, best = stable_topk(by_length, k)
         return best, scores

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nargen.data.batching import TokenBudgetBatchSampler, pad_sequences
-from nargen.data.corpora import NAMED_CORPORA, default_root, read_split
+from nargen.data.corpora import default_root, read_split
 from nargen.data.corpus import ParallelText
 from nargen.data.tokenizer import (
     BOS, EOS, PAD, Tokenizer, digest_texts, load_tokenizer, train_tokenizer,

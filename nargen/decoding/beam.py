@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from nargen.core.ties import stable_topk
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 
@@ -60,7 +61,7 @@ def beam_search(
         else:
             capped_rows = torch.empty(0, dtype=torch.long, device=device)
         total = (lprobs.view(n_alive, beam, vocab) + scores[:, :, None]).view(n_alive, -1)
-        cand_scores, cand_idx = total.topk(2 * beam, dim=1)
+        cand_scores, cand_idx = stable_topk(total, 2 * beam)
         cand_beam = torch.div(cand_idx, vocab, rounding_mode="floor")
         cand_tok = cand_idx % vocab
         is_eos = cand_tok == ids.eos

@@ -32,6 +32,17 @@ class NATOptions(ParallelOptions):
     decoder_input: str = "copy"
 
 
+@dataclass
+class CMLMOptions(ParallelOptions):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decoder_input != "mask":
+            raise ValueError(
+                "cmlm needs decoder_input 'mask': with 'copy' its decoder never sees the "
+                "tokens it refines, so mask-predict would be a vanilla NAT (use family 'nat')"
+            )
+
+
 def uniform_copy(source: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.Tensor) -> torch.Tensor:
     """Target position ``j`` of ``T`` takes source vector ``round(j (S - 1) / (T - 1))``."""
     src_len = src_mask.sum(1, keepdim=True).float()
@@ -131,6 +142,7 @@ class CMLMModule(ParallelModule):
     tokens; decoded by mask-predict."""
 
     family = "cmlm"
+    options_class = CMLMOptions
 
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
         lengths = real.sum(1)

@@ -1,0 +1,27 @@
+"""Decisions that break ties by index, never by kernel internals."""
+
+from __future__ import annotations
+
+import torch
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest values along the last dimension and their indices, best first;
+    equal values are ordered by index, lowest first (``torch.topk`` leaves their order,
+    and which of them make the cut, to the kernel).
+
+    Costs one ``topk`` plus one comparison pass; rows that hold ties at or inside the
+    cut are re-ranked by a stable sort.
+    """
+    values, indices = scores.topk(k, dim=-1)
+    if k == 0 or scores.numel() == 0:
+        return values, indices
+    cut = values[..., -1:]
+    ties_at_cut = (scores == cut).sum(-1) != (values == cut).sum(-1)
+    ties_inside = (values[..., 1:] == values[..., :-1]).any(-1)
+    redo = ties_at_cut | ties_inside
+    if bool(redo.any()):
+        ordered, order = scores[redo].sort(dim=-1, descending=True, stable=True)
+        values[redo] = ordered[..., :k]
+        indices[redo] = order[..., :k]
+    return values, indices

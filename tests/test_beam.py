@@ -1,0 +1,86 @@
+"""Beam search against brute force over every output, and the length-cap flag."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from nargen.decoding import beam_search, greedy
+
+from table_model import IDS, TableModel
+
+WORDS = [3, 4, 5, 6]  # every id that is neither special nor EOS
+CAP = 3  # max_len_a=0, max_len_b=3: at most three tokens before the forced EOS
+
+
+def sources(seed: int, n: int = 8) -> torch.Tensor:
+    return torch.randint(3, 7, (n, 4), generator=torch.Generator().manual_seed(seed))
+
+
+def every_output(model: TableModel, src: list[int], length_penalty: float):
+    """(normalized score, tokens, stopped by the cap) for every output of at most CAP
+    tokens, best first: sum of log p (EOS included) over (tokens + 1) ** length_penalty,
+    as beam search scores finished hypotheses."""
+    found = []
+    for n in range(CAP + 1):
+        for tokens in itertools.product(WORDS, repeat=n):
+            prefix = [IDS.bos, *tokens]
+            total = sum(model.logprob(src, prefix[: j + 1], t) for j, t in enumerate([*tokens, IDS.eos]))
+            capped = n == CAP and model.argmax_after(src, prefix) != IDS.eos
+            found.append((total / (n + 1) ** length_penalty, list(tokens), capped))
+    return sorted(found, key=lambda h: -h[0])
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.5, 2.0])
+def test_exhaustive_beam_equals_brute_force_search(length_penalty):
+    """A beam as wide as the whole search space (4^3 prefixes) returns the best of all
+    85 outputs, with its score, and flags it exactly when the cap stopped it."""
+    checked = capped_seen = 0
+    for seed in range(3):
+        model, src = TableModel(seed), sources(seed)
+        result = beam_search(model, src, beam=len(WORDS) ** CAP, length_penalty=length_penalty,
+                             ids=IDS, max_len_a=0, max_len_b=CAP)
+        for i, tokens in enumerate(result.as_lists(IDS.pad)):
+            ranked = every_output(model, src[i].tolist(), length_penalty)
+            (best_score, best, capped), runner_up = ranked[0], ranked[1][0]
+            if best_score - runner_up < 1e-4:
+                continue  # a near tie: either answer is right
+            checked += 1
+            capped_seen += capped
+            assert tokens == best, (seed, i)
+            assert float(result.scores[i]) == pytest.approx(best_score, abs=1e-4)
+            assert bool(result.hit_cap[i]) == capped, (seed, i)
+    assert checked >= 20 and capped_seen < checked
+    assert capped_seen > 0 or length_penalty < 1  # a low penalty favours short outputs
+
+
+def test_length_penalty_changes_the_winner_somewhere():
+    """Guards the brute-force test: its length penalties lead to different outputs."""
+    model, src = TableModel(0), sources(0, 16)
+    outputs = {lp: beam_search(model, src, beam=64, length_penalty=lp, ids=IDS, max_len_a=0,
+                               max_len_b=CAP).as_lists(IDS.pad) for lp in (0.5, 2.0)}
+    assert outputs[0.5] != outputs[2.0]
+
+
+def test_beam_of_one_is_greedy():
+    model, src = TableModel(3), sources(3, 16)
+    common = dict(ids=IDS, max_len_a=0, max_len_b=CAP)
+    assert greedy(model, src, **common).as_lists(0) == beam_search(model, src, beam=1, **common).as_lists(0)
+
+
+def test_greedy_flags_exactly_the_rows_the_cap_stopped():
+    model, src = TableModel(1), sources(1, 32)
+    result = greedy(model, src, ids=IDS, max_len_a=0, max_len_b=CAP)
+    flags = []
+    for i, tokens in enumerate(result.as_lists(IDS.pad)):
+        row = src[i].tolist()
+        # greedy took the argmax at every step
+        prefix = [IDS.bos]
+        for t in tokens:
+            assert model.argmax_after(row, prefix) == t
+            prefix.append(t)
+        flags.append(len(tokens) == CAP and model.argmax_after(row, prefix) != IDS.eos)
+    assert result.hit_cap.tolist() == flags
+    assert any(flags) and not all(flags)
