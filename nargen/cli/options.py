@@ -11,6 +11,7 @@ FAMILY_DECODE_OPTIONS = {
     "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b"},
     "nat": {"length_beam", "rerank"},
     "cmlm": {"iterations", "length_beam", "rerank", "early_stop"},
+    "insertion": {"parallel", "max_len_a", "max_len_b"},
 }
 
 

@@ -6,12 +6,13 @@ the number of sequential decoder passes it used.
 
 from nargen.decoding.beam import beam_search
 from nargen.decoding.greedy import greedy
+from nargen.decoding.insertion import InsertionModel, insertion_decode
 from nargen.decoding.mask_predict import (
     ParallelModel, Reranker, autoregressive_reranker, length_beam, mask_predict,
 )
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 __all__ = [
-    "DecodeResult", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
-    "beam_search", "greedy", "length_beam", "length_caps", "mask_predict",
+    "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
+    "beam_search", "greedy", "insertion_decode", "length_beam", "length_caps", "mask_predict",
 ]

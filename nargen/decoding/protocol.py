@@ -52,7 +52,9 @@ class DecodeResult:
     (EOS not included) and padded with ``pad``. ``passes``: sequential decoder passes
     used for the whole batch. ``hit_cap``: rows that stopped at their length cap.
     ``scores``: per-row model score where the decoder has one. ``history``: tokens
-    after each refinement pass, for iterative decoders that keep it.
+    after each refinement pass, for iterative decoders that keep it. ``schedule``: for
+    decoders that commit positions in an order of their own, the pass (0-based) at
+    which each output position was committed, ``-1`` on padding.
     """
 
     tokens: torch.Tensor
@@ -60,6 +62,7 @@ class DecodeResult:
     hit_cap: torch.Tensor
     scores: torch.Tensor | None = None
     history: list[torch.Tensor] = field(default_factory=list)
+    schedule: torch.Tensor | None = None
 
     def as_lists(self, pad: int) -> list[list[int]]:
         """Rows as Python lists with padding removed."""

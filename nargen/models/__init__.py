@@ -1,6 +1,7 @@
 """One LightningModule per generation family, sharing ``Seq2SeqModule``."""
 
 from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule, ParallelModule
 from nargen.models.base import (
     DecodeConfig, NonFiniteTrainingError, OptimConfig, Seq2SeqModule, Translation,
@@ -10,7 +11,7 @@ from nargen.models.checkpoint import (
 )
 
 __all__ = [
-    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "NATModule",
+    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
     "read_checkpoint",

@@ -13,10 +13,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
+from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule
 
 FAMILIES: dict[str, type[Seq2SeqModule]] = {
-    family.family: family for family in (AutoregressiveModule, NATModule, CMLMModule)
+    family.family: family for family in (AutoregressiveModule, NATModule, CMLMModule, InsertionModule)
 }
 
 
