@@ -77,12 +77,12 @@ def trained_run(reversal_root, tmp_path_factory) -> Path:
     return run_dir
 
 
-def train_parallel(root: Path, tmp_path_factory: pytest.TempPathFactory, family: str) -> Path:
+def train_parallel(root: Path, tmp_path_factory: pytest.TempPathFactory, family: str, *extra: str) -> Path:
     """Train a micro parallel model on the reversal task (600 steps, about 40 s on 2
     CPU cores); returns its best checkpoint."""
     run_dir = tmp_path_factory.mktemp(family)
     run_fit(reversal_config(root, run_dir, tmp_path_factory.mktemp("c"), 600,
-                            "--family", family, "--model.absolute_positions", "true"))
+                            "--family", family, "--model.absolute_positions", "true", *extra))
     return run_dir / "checkpoints" / "best.ckpt"
 
 
@@ -94,3 +94,10 @@ def trained_cmlm(reversal_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_nat(reversal_root, tmp_path_factory) -> Path:
     return train_parallel(reversal_root, tmp_path_factory, "nat")
+
+
+@pytest.fixture(scope="session")
+def trained_insertion(reversal_root, tmp_path_factory) -> Path:
+    """Balanced-tree insertion model on the reversal task."""
+    return train_parallel(reversal_root, tmp_path_factory, "insertion",
+                          "--family_options", "{order: balanced_tree}")

@@ -49,9 +49,10 @@ def test_span_weights_follow_the_order():
         assert torch.allclose(tree, expected)
     prefix = targets_of(tokens, [True, True, False, False, False], order="left_to_right")
     assert prefix.weight[0].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
-    assert prefix.slot[0].tolist() == [-1, -1, 2, -1, -1] and not prefix.end_slots.any()
+    assert prefix.slot[0].tolist() == [-1, -1, 2, -1, -1]
+    assert prefix.end_slots.tolist() == [[True, True, False]]  # inside the prefix: nothing missing
     done = targets_of(tokens, [True] * 5, order="left_to_right")
-    assert done.end_slots.tolist() == [[False] * 5 + [True]]  # only the last slot: stop
+    assert done.end_slots.tolist() == [[True] * 6]
 
 
 def module(tokenizer, order):
@@ -96,7 +97,10 @@ def test_left_to_right_loss_on_a_prefix_is_one_next_token_term(tokenizer):
     logits_b = m.slot_logits(torch.tensor([[1, D, E, 2]]), m.encode(batch["src"][1:]), torch.ones(1, 4, dtype=torch.bool))
     joint_a = torch.log_softmax(logits_a.float().flatten(), 0).view_as(logits_a)
     joint_b = torch.log_softmax(logits_b.float().flatten(), 0).view_as(logits_b)
-    expected = -(joint_a[0, 1, B] + joint_b[0, 2, 2]) / 2  # next token B; row 2 complete: end
+    # row 1: slot 0 (before A) ends, slot 1 learns B; row 2 is complete: its 3 slots end
+    row_a = (joint_a[0, 0, 2] + joint_a[0, 1, B]) / 2
+    row_b = joint_b[0, :, 2].sum() / 3
+    expected = -(row_a + row_b) / 2
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -77,7 +77,7 @@ class MaskCounter:
     """Wraps a parallel model and records how many positions are masked at each pass."""
 
     def __init__(self, module):
-        self.module, self.masked = module, []
+        self.module, self.masked, self.masks = module, [], []
 
     def encode(self, src):
         return self.module.encode(src)
@@ -86,7 +86,8 @@ class MaskCounter:
         return self.module.predict_lengths(encoded, src_lengths, k)
 
     def decode_parallel(self, tokens, encoded, tgt_mask, positions=None):
-        self.masked.append((tokens == self.module.mask_id).sum(1).tolist())
+        self.masks.append(tokens == self.module.mask_id)
+        self.masked.append(self.masks[-1].sum(1).tolist())
         return self.module.decode_parallel(tokens, encoded, tgt_mask, positions)
 
 
@@ -191,3 +192,16 @@ def test_parallel_family_learns_to_reverse(family, threshold, options, request, 
     module = load_module(checkpoint, family=family)
     test = read_split(reversal_root, "test", "src", "tgt")
     assert exact_match(module, test, **options) >= threshold
+
+
+def test_mask_predict_schedule_is_the_pass_that_last_predicted_each_position(tokenizer):
+    counter = MaskCounter(untrained(CMLMModule, tokenizer))
+    src, _ = sources()
+    result = mask_predict(counter, src, iterations=5, length_beam=1, mask_id=counter.module.mask_id,
+                          max_len=63)
+    width = result.tokens.shape[1]
+    expected = torch.full(result.tokens.shape, -1)
+    for t, masked in enumerate(counter.masks):
+        expected[masked[:, :width]] = t
+    assert torch.equal(result.schedule, expected)
+    assert ((result.schedule >= 0) == (result.tokens != 0)).all()

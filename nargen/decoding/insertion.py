@@ -52,15 +52,15 @@ def insertion_decode(
 ) -> DecodeResult:
     """Start from the empty canvas and insert until the model ends every slot.
 
-    Sequential: each pass inserts the single most likely (slot, token) pair under the
-    joint distribution over all slots and tokens, and decoding of a sentence ends when
-    that pair's token is end-of-slot (EOS). Parallel: each pass inserts the most likely
-    token of every open slot at once; a slot whose best token is end-of-slot closes for
-    good, and a sentence ends when all its slots are closed. A sentence stops at its
-    length cap ``a * src_len + b``: the pass that finds it full sets ``hit_cap`` when the
-    model still wanted to insert. The result's ``schedule`` holds, for each output
-    position, the pass (0-based) that inserted it. Ties go to the lowest slot, then the
-    lowest token id, so a sentence decodes the same alone or in a batch.
+    Each pass scores every slot; a slot whose best token is end-of-slot (EOS) closes
+    for good, and a sentence ends when all its slots are closed. Parallel: every open
+    slot inserts its best token at once. Sequential: only the open slot whose best
+    token is most likely under the joint (slot, token) distribution inserts it. A
+    sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
+    sets ``hit_cap`` when the model still wanted to insert. The result's ``schedule``
+    holds, for each output position, the pass (0-based) that inserted it. Ties go to the
+    lowest slot, then the lowest token id, so a sentence decodes the same alone or in a
+    batch.
     """
     device = src.device
     batch = src.shape[0]
@@ -69,7 +69,7 @@ def insertion_decode(
     never = sorted({ids.pad, ids.bos, *banned} - {ids.eos})
     rows: list[list[int]] = [[] for _ in range(batch)]
     born: list[list[int]] = [[] for _ in range(batch)]
-    closed: list[list[bool]] = [[False] for _ in range(batch)]
+    closed: list[list[bool]] = [[False] for _ in range(batch)]  # per slot
     done, hit_cap = [False] * batch, [False] * batch
     history: list[list[list[int]]] = []
     passes = 0
@@ -79,37 +79,25 @@ def insertion_decode(
         enc = encoded if len(active) == batch else encoded.index_select(torch.tensor(active, device=device))
         logits = model.slot_logits(canvas, enc, canvas != ids.pad).float()
         logits[..., never] = float("-inf")
-        if not parallel:
-            slots = torch.arange(logits.shape[1], device=device)[None]
-            n_slots = torch.tensor([len(rows[i]) + 1 for i in active], device=device)
-            joint = logits.masked_fill((slots >= n_slots[:, None])[..., None], float("-inf"))
-            choice = joint.flatten(1).argmax(dim=1).tolist()
-        else:  # per slot: the best token under p(token | slot)
-            best_logprob, best_token = (t.tolist() for t in torch.log_softmax(logits, -1).max(dim=-1))
+        best_logit, best_token = (t.tolist() for t in logits.max(dim=-1))
         for a, i in enumerate(active):
-            if not parallel:
-                slot, token = divmod(choice[a], logits.shape[2])
-                inserts = [] if token == ids.eos else [(slot, token)]
-            else:
-                n = len(rows[i]) + 1
-                wanted = [(s, best_token[a][s]) for s in range(n) if not closed[i][s]]
-                for s, token in wanted:
-                    if token == ids.eos:
-                        closed[i][s] = True
-                inserts = [(s, t) for s, t in wanted if t != ids.eos]
+            # a slot whose best token is end-of-slot closes for good
+            for s in range(len(rows[i]) + 1):
+                closed[i][s] = closed[i][s] or best_token[a][s] == ids.eos
+            open_slots = [s for s in range(len(rows[i]) + 1) if not closed[i][s]]
+            if not parallel and open_slots:  # the best (slot, token) of the joint distribution
+                open_slots = [max(open_slots, key=lambda s: (best_logit[a][s], -s))]
             room = caps[i] - len(rows[i])
-            if not inserts or room == 0:
+            if not open_slots or room == 0:
                 done[i] = True
-                hit_cap[i] = bool(inserts)
+                hit_cap[i] = bool(open_slots)
                 continue
-            if len(inserts) > room:  # (parallel only) keep the most confident that fit
-                by_confidence = sorted(inserts, key=lambda st: (-best_logprob[a][st[0]], st[0]))
-                inserts = sorted(by_confidence[:room])
-            for slot, token in reversed(inserts):  # right to left: earlier slots keep their index
-                rows[i].insert(slot, token)
-                born[i].insert(slot, passes)
-                if parallel:
-                    closed[i][slot : slot + 1] = [False, False]
+            if len(open_slots) > room:  # keep the most confident insertions that fit
+                open_slots = sorted(sorted(open_slots, key=lambda s: (-best_logit[a][s], s))[:room])
+            for s in reversed(open_slots):  # right to left: earlier slots keep their index
+                rows[i].insert(s, best_token[a][s])
+                born[i].insert(s, passes)
+                closed[i][s : s + 1] = [False, False]
         passes += 1
         history.append([list(r) for r in rows])
 

@@ -65,7 +65,9 @@ def mask_predict(
     sentence decodes the same alone or in a batch; on Multi30K validation this cost 3
     BLEU at T=10, so it is off unless asked for. ``passes`` counts the model's
     sequential passes (a reranker adds one). With ``keep_history`` the result's ``history`` holds the chosen
-    candidates' tokens after each iteration.
+    candidates' tokens after each iteration. The result's ``schedule`` holds the pass at
+    which each output position was last predicted, i.e. committed: the order the model
+    chose for itself.
     """
     device = src.device
     batch = src.shape[0]
@@ -81,6 +83,7 @@ def mask_predict(
     tokens = torch.full((batch * k, width), mask_id, dtype=torch.long, device=device)
     tokens = tokens.masked_fill(~real, ids.pad)
     probs = torch.zeros(batch * k, width, device=device)
+    last_pass = torch.zeros(batch * k, width, dtype=torch.long, device=device)
     frozen = torch.zeros(batch * k, dtype=torch.bool, device=device)
     never = sorted({ids.pad, ids.bos, ids.eos, mask_id, *banned})
     history: list[torch.Tensor] = []
@@ -103,6 +106,8 @@ def mask_predict(
         updated = tok_a.masked_scatter(masked, best_tok)
         probs_a = probs.index_select(0, active).masked_scatter(masked, best_logit - normalizer)
         probs = probs.index_copy(0, active, probs_a)
+        last_a = last_pass.index_select(0, active).masked_fill(masked, step)
+        last_pass = last_pass.index_copy(0, active, last_a)
         if step > 0 and early_stop:
             # Unchanged by this iteration: frozen, so it decodes alone as in a batch.
             frozen = frozen.index_copy(0, active, (updated == previous.index_select(0, active)).all(1))
@@ -134,6 +139,7 @@ def mask_predict(
         hit_cap=lengths.index_select(0, picked) >= max_len,
         scores=scores.index_select(0, picked),
         history=[h.index_select(0, picked)[:, :out_len] for h in history],
+        schedule=last_pass.masked_fill(~real, -1).index_select(0, picked)[:, :out_len],
     )
 
 

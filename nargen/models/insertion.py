@@ -20,7 +20,7 @@ ORDERS = ("left_to_right", "balanced_tree", "uniform")
 @dataclass
 class InsertionOptions:
     order: str = "balanced_tree"
-    """Training order: ``left_to_right`` (only the next token of the prefix),
+    """Training order: ``left_to_right`` (a prefix canvas; only its next token),
     ``balanced_tree`` (each slot's missing tokens weighted by closeness to the span's
     middle, softened by ``tree_temperature``) or ``uniform`` (equal weights)."""
     tree_temperature: float = 1.0
@@ -50,9 +50,10 @@ def slot_targets(
 ) -> SlotTargets:
     """Training targets for canvases holding the ``keep`` positions of ``target``.
 
-    Missing tokens fall in the slot after the kept tokens before them. Weights within a
-    slot's span of missing tokens: ``left_to_right`` puts 1 on the first missing token
-    of the last slot only (the canvas is a prefix); ``balanced_tree`` uses
+    Missing tokens fall in the slot after the kept tokens before them; every slot with
+    nothing missing must predict end-of-slot. Weights within a slot's span of missing
+    tokens: ``left_to_right`` puts 1 on the first missing token (the canvas is a
+    prefix, so only the last slot has any); ``balanced_tree`` uses
     ``softmax(-|offset - middle| / temperature)`` over the span; ``uniform`` 1/span.
     """
     batch, length = target.shape
@@ -79,9 +80,6 @@ def slot_targets(
 
     if options.order == "left_to_right":
         weight = (missing & (index == kept[:, None])).float()
-        slot_ok = torch.arange(width - 1, device=target.device)[None] == kept[:, None]
-        end_slots = slot_ok & (kept == real.sum(1))[:, None]
-        slots = torch.ones(batch, device=target.device)
     else:
         if options.order == "uniform":
             score = torch.zeros(batch, length, device=target.device)
@@ -96,11 +94,10 @@ def slot_targets(
         exp = (score - span_max.gather(1, key)).exp().masked_fill(~missing, 0.0)
         total = torch.zeros(batch, width - 1, device=target.device).scatter_add(1, key, exp)
         weight = exp / total.gather(1, key).clamp(min=1e-30)
-        n_slots = kept + 1
-        end_slots = (span == 0) & (torch.arange(width - 1, device=target.device)[None] < n_slots[:, None])
-        slots = n_slots.float()
+    n_slots = kept + 1
+    end_slots = (span == 0) & (torch.arange(width - 1, device=target.device)[None] < n_slots[:, None])
     slot = slot.masked_fill(weight == 0, -1)
-    return SlotTargets(canvas, slot, weight, end_slots, slots)
+    return SlotTargets(canvas, slot, weight, end_slots, n_slots.float())
 
 
 class InsertionModule(Seq2SeqModule):
