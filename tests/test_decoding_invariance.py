@@ -27,12 +27,15 @@ SYSTEMS = [
     ("nat", {"length_beam": 1}),
     ("nat", {"length_beam": 3}),
     ("nat", {"length_beam": 3, "rerank": "ar"}),
+    ("insertion", {"parallel": True}),
+    ("insertion", {"parallel": False}),
 ]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(trained_run, trained_cmlm, trained_nat):
-    return {"ar": trained_run / "checkpoints" / "best.ckpt", "cmlm": trained_cmlm, "nat": trained_nat}
+def checkpoints(trained_run, trained_cmlm, trained_nat, trained_insertion):
+    return {"ar": trained_run / "checkpoints" / "best.ckpt", "cmlm": trained_cmlm, "nat": trained_nat,
+            "insertion": trained_insertion}
 
 
 def source_rows(module, root, n=24) -> list[torch.Tensor]:

@@ -177,3 +177,18 @@ def test_insertion_stops_at_the_length_cap_and_says_so():
         assert len(out) == min(4, len(reference))
         assert [t for t in reference if t in out] == out  # a subsequence of the reference
         assert bool(result.hit_cap[i]) == (len(reference) > 4)
+
+
+@pytest.mark.slow
+def test_insertion_model_learns_to_reverse_and_decodes_in_about_log_passes(trained_insertion, reversal_root):
+    from nargen.data import read_split
+    from nargen.models import load_module
+
+    m = load_module(trained_insertion, family="insertion")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    result = m.translate(test.source, parallel=True)
+    exact = sum(o == r for o, r in zip(result.texts, test.target)) / len(test.target)
+    assert exact >= 0.3
+    # one batch of 100 sentences: parallel decoding needs fewer passes than inserting
+    # one token a pass
+    assert result.passes < m.translate(test.source, parallel=False).passes

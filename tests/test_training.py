@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 
 import pytest
@@ -135,3 +136,21 @@ def test_checkpoint_round_trip_keeps_options_and_logits(family, options, model, 
             assert torch.equal(module.length_predictor(enc_a.memory, enc_a.mask),
                                loaded.length_predictor(enc_b.memory, enc_b.mask))
     assert module.generate(src).as_lists(0) == loaded.generate(src).as_lists(0)
+
+
+def test_the_final_step_is_validated_when_max_steps_ends_inside_an_epoch(reversal_root, tmp_path):
+    """Validation once an epoch (val_every_steps unset); 30 steps end inside the second
+    epoch, and those final weights must still be validated and saved as best."""
+    from conftest import reversal_overrides
+    from nargen.cli.config import load_fit_config
+
+    args = reversal_overrides(reversal_root, tmp_path / "run", tmp_path / "c", 30)
+    i = args.index("--trainer.val_every_steps")
+    del args[i : i + 2]
+    config = load_fit_config(None, args)
+    assert config.trainer.val_every_steps is None
+    summary = run_fit(config)
+    assert summary["steps"] == 30 and summary["epochs"] >= 1  # ended inside a later epoch
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    validated = sorted({int(r["step"]) + 1 for r in rows if r.get("val_bleu")})
+    assert validated[-1] == 30 and len(validated) == 2  # the epoch end (17) and the last step

@@ -19,6 +19,7 @@ from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
 from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, load_module
+from nargen.models.final_validation import ValidateAtMaxSteps
 from nargen.models.resume import ResumeState
 from nargen.models.throughput import ThroughputMonitor
 
@@ -74,7 +75,7 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        callbacks=[best, last, monitor, ResumeState()],
+        callbacks=[best, last, monitor, ResumeState(), ValidateAtMaxSteps()],
         plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(run_dir, name="logs", version=""),
         log_every_n_steps=t.log_every_n_steps,

@@ -108,4 +108,3 @@ def insertion_decode(
         history=[_pad_rows(step, ids.pad).to(device) for step in history],
         schedule=_pad_rows(born, -1).to(device),
     )
-
