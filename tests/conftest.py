@@ -101,3 +101,13 @@ def trained_insertion(reversal_root, tmp_path_factory) -> Path:
     """Balanced-tree insertion model on the reversal task."""
     return train_parallel(reversal_root, tmp_path_factory, "insertion",
                           "--family_options", "{order: balanced_tree}")
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two checkpoints hold bitwise-equal weights."""
+    from nargen.models import read_checkpoint
+
+    first, second = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name

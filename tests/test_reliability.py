@@ -79,7 +79,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
     import sys
     import time
 
-    from conftest import reversal_config, reversal_overrides
+    from conftest import assert_same_weights, reversal_config, reversal_overrides
     from nargen.cli.fit import run_fit
     from nargen.models import read_checkpoint
 
@@ -103,8 +103,4 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
 
     summary = run_fit(reversal_config(reversal_root, killed, cache, steps, *extra))
     assert summary["steps"] == steps
-    whole = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")["state_dict"]
-    resumed = read_checkpoint(last)["state_dict"]
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        assert torch.equal(whole[name], resumed[name]), name
+    assert_same_weights(tmp_path / "whole" / "checkpoints" / "last.ckpt", last)

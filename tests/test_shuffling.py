@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import reversal_config, reversal_overrides
+from conftest import assert_same_weights, reversal_config, reversal_overrides
 from nargen.cli.fit import run_fit
 from nargen.data import DataConfig, TokenBudgetBatchSampler, TranslationDataModule
 from nargen.models import read_checkpoint
@@ -128,9 +128,5 @@ def test_shuffled_run_killed_in_a_later_epoch_resumes_to_the_uninterrupted_weigh
 
     summary = run_fit(reversal_config(reversal_root, killed, cache, steps, *extra))
     assert summary["steps"] == steps
-    whole = read_checkpoint(tmp_path / "whole" / "checkpoints" / "last.ckpt")["state_dict"]
-    resumed = read_checkpoint(last)["state_dict"]
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        assert torch.equal(whole[name], resumed[name]), name
+    assert_same_weights(tmp_path / "whole" / "checkpoints" / "last.ckpt", last)
 
