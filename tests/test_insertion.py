@@ -147,8 +147,10 @@ def references():
 
 def test_parallel_oracle_decoding_rebuilds_the_reference_along_the_balanced_tree():
     rows, src = references()
-    result = insertion_decode(OracleInserter(), src, parallel=True, ids=IDS, max_len=64)
+    result = insertion_decode(OracleInserter(), src, parallel=True, ids=IDS, max_len=64,
+                              keep_history=True)
     assert result.as_lists(0) == rows
+    assert len(result.history) == result.passes and torch.equal(result.history[-1], result.tokens)
     for i, reference in enumerate(rows):
         # the pass that inserted each position is the balanced tree's step for it
         assert result.schedule[i, : len(reference)].tolist() == balanced_tree(reference).tolist()

@@ -49,6 +49,7 @@ def insertion_decode(
     max_len_b: int = 10,
     max_len: int = 256,
     banned: tuple[int, ...] = (),
+    keep_history: bool = False,
 ) -> DecodeResult:
     """Start from the empty canvas and insert until the model ends every slot.
 
@@ -58,7 +59,8 @@ def insertion_decode(
     token is most likely under the joint (slot, token) distribution inserts it. A
     sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
     sets ``hit_cap`` when the model still wanted to insert. The result's ``schedule``
-    holds, for each output position, the pass (0-based) that inserted it. Ties go to the
+    holds, for each output position, the pass (0-based) that inserted it; with
+    ``keep_history`` its ``history`` holds the tokens after each pass. Ties go to the
     lowest slot, then the lowest token id, so a sentence decodes the same alone or in a
     batch.
     """
@@ -99,7 +101,8 @@ def insertion_decode(
                 born[i].insert(s, passes)
                 closed[i][s : s + 1] = [False, False]
         passes += 1
-        history.append([list(r) for r in rows])
+        if keep_history:
+            history.append([list(r) for r in rows])
 
     return DecodeResult(
         tokens=_pad_rows(rows, ids.pad).to(device),
