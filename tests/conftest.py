@@ -77,11 +77,13 @@ def trained_run(reversal_root, tmp_path_factory) -> Path:
     return run_dir
 
 
-def train_parallel(root: Path, tmp_path_factory: pytest.TempPathFactory, family: str, *extra: str) -> Path:
+def train_parallel(
+    root: Path, tmp_path_factory: pytest.TempPathFactory, family: str, *extra: str, steps: int = 600
+) -> Path:
     """Train a micro parallel model on the reversal task (600 steps, about 40 s on 2
     CPU cores); returns its best checkpoint."""
     run_dir = tmp_path_factory.mktemp(family)
-    run_fit(reversal_config(root, run_dir, tmp_path_factory.mktemp("c"), 600,
+    run_fit(reversal_config(root, run_dir, tmp_path_factory.mktemp("c"), steps,
                             "--family", family, "--model.absolute_positions", "true", *extra))
     return run_dir / "checkpoints" / "best.ckpt"
 

@@ -1,4 +1,4 @@
-"""The ``nargen`` command: fit, translate, evaluate, download, bench."""
+"""The ``nargen`` command: fit, translate, evaluate, diagnose, distill, download, bench."""
 
 from __future__ import annotations
 
@@ -109,6 +109,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     print(json.dumps(record, indent=2) if args.json else format_record(record))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from nargen.diagnose import diagnose, markdown, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = load_module(args.ckpt, map_location=_device())
+    teacher = load_module(args.teacher_ckpt, "autoregressive", _device()) if args.teacher_ckpt else None
+    sources, refs = read_lines(args.src), read_lines(args.ref)
+    if len(sources) != len(refs):
+        raise CorpusError(f"{args.src} has {len(sources)} lines, {args.ref} has {len(refs)}")
+    if args.limit:
+        sources, refs = sources[: args.limit], refs[: args.limit]
+    try:
+        report = diagnose(
+            module, sources, refs, teacher=teacher, iterations=tuple(args.iterations),
+            length_beams=tuple(args.length_beams), seed=args.seed, max_tokens=args.max_tokens,
+            log=lambda message: print(message, file=sys.stderr),
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    report.update({"checkpoint": str(args.ckpt), "source": str(args.src), "reference": str(args.ref),
+                   "teacher": str(args.teacher_ckpt) if args.teacher_ckpt else None})
+    files, missing = write_report(report, args.out)
+    print(markdown(report))
+    if missing:
+        print(f"no plots: {missing}", file=sys.stderr)
+    print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
 
@@ -236,6 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--out", required=True)
     di.add_argument("--chunk-lines", type=int, default=2000)
 
+    dg = sub.add_parser("diagnose", help="oracle length, oracle order and the learned order of a parallel checkpoint")
+    dg.add_argument("--ckpt", required=True, help="nat, cmlm or insertion checkpoint")
+    dg.add_argument("--src", required=True)
+    dg.add_argument("--ref", required=True)
+    dg.add_argument("--out", required=True, help="folder for diagnose.json, diagnose.md and the plots")
+    dg.add_argument("--teacher-ckpt", default=None,
+                    help="autoregressive checkpoint (same tokenizer) for the easiest-first order")
+    dg.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 4, 10],
+                    help="mask-predict iterations to try")
+    dg.add_argument("--length-beams", type=int, nargs="+", default=[1, 5],
+                    help="predicted-length beams to set against the reference length")
+    dg.add_argument("--seed", type=int, default=1, help="for the random order")
+    dg.add_argument("--limit", type=int, default=0, help="only the first N sentences")
+    dg.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
+    dg.add_argument("--threads", type=int, default=0)
+
     dl = sub.add_parser("download", help="fetch a named corpus (needs a network)")
     dl.add_argument("corpus", choices=sorted(NAMED_CORPORA))
     dl.add_argument("--root", help="target folder (default $NARGEN_DATA or data/<corpus>)")
@@ -269,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fit":
             return cmd_fit(args, extra)
         return {"translate": cmd_translate, "evaluate": cmd_evaluate, "distill": cmd_distill,
+                "diagnose": cmd_diagnose,
                 "download": cmd_download, "bench": cmd_bench}[args.command](args)
     except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
         print(f"nargen {args.command}: error: {err}", file=sys.stderr)

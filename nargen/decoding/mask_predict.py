@@ -7,6 +7,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from nargen.decoding.protocol import DecodeResult, SpecialIds
+from nargen.decoding.remask import RemaskPolicy, RemaskState, confidence
 
 
 class ParallelModel(Protocol):
@@ -54,6 +55,8 @@ def mask_predict(
     rerank: Reranker | None = None,
     keep_history: bool = False,
     early_stop: bool = False,
+    lengths: torch.Tensor | None = None,
+    remask: RemaskPolicy = confidence,
 ) -> DecodeResult:
     """Predict every position at once, then ``iterations - 1`` times re-mask the least
     confident tokens (linearly fewer each time) and predict them again.
@@ -68,12 +71,20 @@ def mask_predict(
     candidates' tokens after each iteration. The result's ``schedule`` holds the pass at
     which each output position was last predicted, i.e. committed: the order the model
     chose for itself.
+
+    Diagnostics: ``lengths`` (``[batch]``) gives each target length instead of
+    predicting it (one candidate each, e.g. the reference's: the oracle length);
+    ``remask`` chooses which positions are masked again after each iteration
+    (``nargen.decoding.remask``; default: the least confident).
     """
     device = src.device
     batch = src.shape[0]
     encoded = model.encode(src)
     src_lengths = (src != ids.pad).sum(1)
-    lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
+    if lengths is None:
+        lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
+    else:
+        lengths = lengths.to(device).view(batch, 1)
     k = lengths.shape[1]
     lengths = lengths.flatten().clamp(1, max_len)
     rows = torch.arange(batch, device=device).repeat_interleave(k)
@@ -119,10 +130,8 @@ def mask_predict(
             break
         previous = tokens
         n_mask = (lengths.float() * remaining / iterations).long()
-        order = probs.masked_fill(~real, float("inf")).argsort(dim=1, stable=True)
-        chosen = torch.arange(width, device=device)[None] < n_mask[:, None]
-        remask = torch.zeros_like(real).scatter(1, order, chosen) & ~frozen[:, None]
-        tokens = tokens.masked_fill(remask, mask_id)
+        again = remask(RemaskState(tokens, probs, real, n_mask, rows)) & ~frozen[:, None]
+        tokens = tokens.masked_fill(again, mask_id)
 
     if rerank is not None:
         scores = rerank(src.index_select(0, rows), tokens)

@@ -120,10 +120,17 @@ class ParallelModule(Seq2SeqModule):
         if options:
             raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
         return mask_predict(
-            self, src, iterations=iterations, length_beam=length_beam, mask_id=self.mask_id,
-            ids=self.ids, max_len=self.model_config.max_len - 1,
-            banned=(self.tokenizer.special.blank,), rerank=rerank, early_stop=early_stop,
+            self, src, iterations=iterations, length_beam=length_beam, rerank=rerank,
+            early_stop=early_stop, **self.mask_predict_settings(),
         )
+
+    def mask_predict_settings(self) -> dict[str, Any]:
+        """This checkpoint's own settings for ``nargen.decoding.mask_predict`` (mask id,
+        special ids, length limit, banned ids), for research code calling it directly."""
+        return {
+            "mask_id": self.mask_id, "ids": self.ids, "max_len": self.model_config.max_len - 1,
+            "banned": (self.tokenizer.special.blank,),
+        }
 
 
 class NATModule(ParallelModule):

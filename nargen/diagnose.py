@@ -1,0 +1,380 @@
+"""Diagnostics for parallel decoders (``nargen diagnose``): what an oracle length and an
+oracle order would buy, and which order a model chooses for itself.
+
+- Oracle length (NAT, CMLM): BLEU with the reference's length given, against the
+  predicted length with length beams 1 and 5, at each number of iterations.
+- Order policies (CMLM): mask-predict with the reference length given (so positions
+  line up with the reference), where after each iteration a policy chooses which of
+  the model's own tokens are kept: confidence (mask-predict's own), random,
+  left-to-right, easiest-first (an AR teacher's token loss on the reference), oracle
+  (tokens equal to the reference first, then confidence) and oracle-all (keep every
+  right token, mask every wrong one, ignoring the schedule).
+- Learned order (CMLM, insertion): the pass at which each output position was
+  committed, against left-to-right and the balanced tree (Kendall's tau-b, mean over
+  sentences of two or more tokens).
+- Insertion: BLEU and passes of parallel and sequential decoding against
+  ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nargen.data.batching import pad_sequences, token_budget_batches
+from nargen.data.tokenizer import EOS
+from nargen.decoding import DecodeResult, mask_predict
+from nargen.decoding.remask import (
+    RemaskPolicy, by_priority, confidence, left_to_right, oracle, oracle_all, random_order,
+)
+from nargen.evaluation import score
+from nargen.models.base import Seq2SeqModule
+from nargen.orderings import balanced_tree, kendall_tau
+from nargen.orderings import left_to_right as left_to_right_order
+from nargen.plotting import Chart, Line, PlottingUnavailable, save_chart
+
+POLICIES = ("confidence", "random", "left_to_right", "easiest_first", "oracle", "oracle_all")
+LENGTH_FAMILIES = ("nat", "cmlm")
+ORDER_FAMILIES = ("cmlm",)
+FAMILIES = ("nat", "cmlm", "insertion")
+
+
+@dataclass
+class Batch:
+    """Sentences ``rows`` of the test set: padded source and reference ids."""
+
+    rows: list[int]
+    src: torch.Tensor
+    ref: torch.Tensor  # [batch, ref_len] padded with pad
+    ref_lengths: torch.Tensor  # [batch]
+
+
+def make_batches(
+    module: Seq2SeqModule, sources: list[str], references: list[str], max_tokens: int
+) -> list[Batch]:
+    """Source-token-budget batches holding each sentence's source and reference ids
+    (both cut to the model's maximum length)."""
+    limit = module.model_config.max_len - 1
+    src_ids = [ids[:limit] for ids in module.tokenizer.encode(sources)]
+    ref_ids = [ids[:limit] for ids in module.tokenizer.encode(references)]
+    pad = module.ids.pad
+    batches = []
+    for rows in token_budget_batches([len(s) + 1 for s in src_ids], max_tokens):
+        src = pad_sequences([torch.tensor(src_ids[i] + [EOS]) for i in rows], pad)
+        ref = pad_sequences([torch.tensor(ref_ids[i] or [pad], dtype=torch.long) for i in rows], pad)
+        lengths = torch.tensor([max(1, len(ref_ids[i])) for i in rows])
+        batches.append(Batch(rows, src.to(module.device), ref.to(module.device), lengths.to(module.device)))
+    return batches
+
+
+@dataclass
+class Decoded:
+    """Outputs of one decoding of the whole test set, in test-set order."""
+
+    tokens: list[list[int]]
+    schedules: list[list[int]]
+    passes: list[int]  # sequential passes per sentence
+
+
+def decode_all(
+    module: Seq2SeqModule, batches: list[Batch], decode: Callable[[Batch], DecodeResult],
+    passes_of: Callable[[DecodeResult, list[int]], int],
+) -> Decoded:
+    """Run ``decode`` on every batch; ``passes_of(result, schedule_row)`` gives one
+    sentence's passes."""
+    n = sum(len(b.rows) for b in batches)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    schedules: list[list[int]] = [[] for _ in range(n)]
+    passes = [0] * n
+    pad = module.ids.pad
+    for batch in batches:
+        result = decode(batch)
+        rows = result.as_lists(pad)
+        steps = result.schedule.tolist() if result.schedule is not None else [[] for _ in rows]
+        for i, row, step in zip(batch.rows, rows, steps):
+            tokens[i] = row
+            schedules[i] = [s for s in step if s >= 0][: len(row)]
+            passes[i] = passes_of(result, schedules[i])
+    return Decoded(tokens, schedules, passes)
+
+
+def scored(module: Seq2SeqModule, decoded: Decoded, references: list[str]) -> dict[str, Any]:
+    """BLEU and chrF (with signatures), mean passes and mean output length."""
+    texts = module.tokenizer.decode(decoded.tokens)
+    return {
+        **score(texts, references),
+        "mean_passes": round(statistics.fmean(decoded.passes), 2),
+        "mean_length": round(statistics.fmean(len(t) for t in decoded.tokens), 2),
+    }
+
+
+def learned_order(decoded: Decoded) -> dict[str, Any]:
+    """Mean Kendall tau-b of the committed order against left-to-right and the
+    balanced tree, over sentences where it is defined (two or more positions, not all
+    committed at once)."""
+    taus: dict[str, list[float]] = {"left_to_right": [], "balanced_tree": []}
+    for schedule in decoded.schedules:
+        if len(schedule) < 2:
+            continue
+        s = torch.tensor(schedule)
+        for name, reference in (("left_to_right", left_to_right_order), ("balanced_tree", balanced_tree)):
+            tau = kendall_tau(s, reference(schedule))
+            if not math.isnan(tau):
+                taus[name].append(tau)
+    return {
+        **{f"tau_{name}": round(statistics.fmean(v), 3) if v else None for name, v in taus.items()},
+        "sentences": len(taus["left_to_right"]),
+    }
+
+
+def teacher_token_losses(teacher: Seq2SeqModule, batch: Batch) -> torch.Tensor:
+    """An autoregressive teacher's cross-entropy of each reference token given the
+    source and the reference before it, ``[batch, ref_len]`` (inf on padding)."""
+    ref = batch.ref
+    bos = torch.full_like(ref[:, :1], teacher.ids.bos)
+    with torch.inference_mode():
+        logits = teacher.model(batch.src, torch.cat([bos, ref[:, :-1]], dim=1)).float()
+    losses = -logits.log_softmax(-1).gather(2, ref[..., None]).squeeze(-1)
+    real = torch.arange(ref.shape[1], device=ref.device)[None] < batch.ref_lengths[:, None]
+    return losses.masked_fill(~real, float("inf"))
+
+
+def _policy(name: str, batch: Batch, teacher: Seq2SeqModule | None, seed: int) -> RemaskPolicy:
+    if name == "confidence":
+        return confidence
+    if name == "random":  # a different draw for every batch, the same on every run
+        return random_order(seed * 1_000_003 + batch.rows[0])
+    if name == "left_to_right":
+        return left_to_right
+    if name == "easiest_first":
+        return by_priority(-teacher_token_losses(teacher, batch))
+    if name == "oracle":
+        return oracle(batch.ref)
+    if name == "oracle_all":
+        return oracle_all(batch.ref)
+    raise ValueError(f"unknown order policy {name!r} (known: {', '.join(POLICIES)})")
+
+
+def _mask_predict_passes(result: DecodeResult, schedule: list[int]) -> int:
+    return result.passes
+
+
+def _insertion_passes(result: DecodeResult, schedule: list[int]) -> int:
+    """Insertion passes of one sentence: the last inserting pass, plus the pass in
+    which every slot ends."""
+    return max(schedule) + 2 if schedule else 1
+
+
+def check_teacher(module: Seq2SeqModule, teacher: Seq2SeqModule) -> None:
+    if teacher.family != "autoregressive":
+        raise ValueError(f"the teacher must be an autoregressive checkpoint, not {teacher.family!r}")
+    if teacher.tokenizer.model_bytes != module.tokenizer.model_bytes:
+        raise ValueError("the teacher's SentencePiece model differs from the checkpoint's")
+
+
+def diagnose(
+    module: Seq2SeqModule,
+    sources: list[str],
+    references: list[str],
+    *,
+    teacher: Seq2SeqModule | None = None,
+    iterations: tuple[int, ...] = (1, 2, 4, 10),
+    length_beams: tuple[int, ...] = (1, 5),
+    seed: int = 1,
+    max_tokens: int = 4096,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Every diagnostic that applies to the module's family (see the module doc);
+    easiest-first needs ``teacher``. Returns a JSON-ready report."""
+    if module.family not in FAMILIES:
+        raise ValueError(f"nargen diagnose takes {', '.join(FAMILIES)} checkpoints, not {module.family!r}")
+    if len(sources) != len(references):
+        raise ValueError(f"{len(sources)} sources but {len(references)} references")
+    if teacher is not None:
+        check_teacher(module, teacher)
+    module.eval()
+    batches = make_batches(module, sources, references, max_tokens)
+    report: dict[str, Any] = {"family": module.family, "sentences": len(sources)}
+
+    if module.family in LENGTH_FAMILIES:
+        steps = (1,) if module.family == "nat" else iterations
+        settings = module.mask_predict_settings()
+        report["iterations"] = list(steps)
+        rows = []
+        for t in steps:
+            variants = [(f"predicted, beam {k}", lambda b, k=k: {"length_beam": k}) for k in length_beams]
+            variants.append(("reference", lambda b: {"lengths": b.ref_lengths}))
+            for label, extra in variants:
+                decoded = run_with(module, batches, settings, t, extra)
+                rows.append({"length": label, "iterations": t, **scored(module, decoded, references)})
+                log(f"length {label}, T={t}: BLEU {rows[-1]['bleu']}")
+                if module.family == "cmlm" and label == variants[0][0] and t == max(steps):
+                    report["learned_order"] = [{"decoding": f"mask-predict T={t}", **learned_order(decoded)}]
+        report["length"] = rows
+
+    if module.family in ORDER_FAMILIES:
+        rows = []
+        for name in POLICIES:
+            if name == "easiest_first" and teacher is None:
+                log("easiest_first skipped: no --teacher-ckpt")
+                continue
+            for t in iterations:
+                extra = lambda b, name=name: {
+                    "lengths": b.ref_lengths, "remask": _policy(name, b, teacher, seed)
+                }
+                decoded = run_with(module, batches, settings, t, extra)
+                rows.append({"policy": name, "iterations": t, **scored(module, decoded, references)})
+                log(f"order {name}, T={t}: BLEU {rows[-1]['bleu']}")
+        report["order"] = rows
+
+    if module.family == "insertion":
+        rows, orders = [], []
+        for parallel in (True, False):
+            mode = "parallel" if parallel else "sequential"
+            decoded = decode_all(
+                module, batches, lambda b: module.generate(b.src, parallel=parallel), _insertion_passes
+            )
+            tree = statistics.fmean(math.ceil(math.log2(len(t) + 1)) + 1 for t in decoded.tokens)
+            rows.append({"decoding": mode, **scored(module, decoded, references),
+                         "mean_tree_passes": round(tree, 2)})
+            orders.append({"decoding": f"insertion, {mode}", **learned_order(decoded)})
+            log(f"insertion {mode}: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
+            if parallel:
+                report["passes_by_length"] = passes_by_length(decoded)
+        report["insertion"] = rows
+        report["learned_order"] = orders
+    return report
+
+
+def run_with(
+    module: Seq2SeqModule, batches: list[Batch], settings: dict[str, Any], iterations: int,
+    extra: Callable[[Batch], dict[str, Any]],
+) -> Decoded:
+    """Mask-predict over every batch with the checkpoint's settings and per-batch
+    extra arguments (a length beam, given lengths, a re-masking policy)."""
+    return decode_all(
+        module, batches,
+        lambda b: mask_predict(module, b.src, iterations=iterations, **settings, **extra(b)),
+        _mask_predict_passes,
+    )
+
+
+def passes_by_length(decoded: Decoded) -> list[dict[str, float]]:
+    """Mean passes per output length (lengths with at least 5 sentences)."""
+    by: dict[int, list[int]] = {}
+    for tokens, passes in zip(decoded.tokens, decoded.passes):
+        by.setdefault(len(tokens), []).append(passes)
+    return [
+        {"length": n, "mean_passes": round(statistics.fmean(p), 2), "sentences": len(p)}
+        for n, p in sorted(by.items()) if len(p) >= 5
+    ]
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def _pivot(rows: list[dict[str, Any]], key: str, steps: list[int]) -> list[list[Any]]:
+    """One table row per ``key`` value, BLEU at each number of iterations."""
+    names = list(dict.fromkeys(r[key] for r in rows))
+    bleu = {(r[key], r["iterations"]): r["bleu"] for r in rows}
+    return [[name, *(bleu.get((name, t), "") for t in steps)] for name in names]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables (BLEU is sacreBLEU's, signature below each)."""
+    out = [f"# Diagnostics: {report['family']} checkpoint, {report['sentences']} sentences", ""]
+    if "source" in report:
+        out += [f"Checkpoint `{report['checkpoint']}`, source `{report['source']}`, reference `{report['reference']}`.", ""]
+    steps = report.get("iterations", [])
+    header = ["", *(f"T={t}" for t in steps)]
+    signature = None
+    if "length" in report:
+        out += ["## Oracle length (BLEU)", ""]
+        out += _table(["target length", *header[1:]], _pivot(report["length"], "length", steps))
+        signature = report["length"][0]["bleu_signature"]
+        out.append("")
+    if "order" in report:
+        out += ["## Order of commitment in mask-predict (BLEU, reference length given)", ""]
+        out += _table(["policy", *header[1:]], _pivot(report["order"], "policy", steps))
+        out += ["", "Kept tokens are always the model's own predictions; the policy only chooses "
+                "which are kept after each iteration.", ""]
+    if "insertion" in report:
+        out += ["## Insertion decoding", ""]
+        out += _table(
+            ["decoding", "BLEU", "chrF", "mean passes", "ceil(log2(n+1))+1", "mean length"],
+            [[r["decoding"], r["bleu"], r["chrf"], r["mean_passes"], r["mean_tree_passes"], r["mean_length"]]
+             for r in report["insertion"]],
+        )
+        signature = report["insertion"][0]["bleu_signature"]
+        out.append("")
+    if "learned_order" in report:
+        out += ["## The order the model chose (Kendall tau-b, mean over sentences)", ""]
+        out += _table(
+            ["decoding", "vs left-to-right", "vs balanced tree", "sentences"],
+            [[r["decoding"], r["tau_left_to_right"], r["tau_balanced_tree"], r["sentences"]]
+             for r in report["learned_order"]],
+        )
+        out.append("")
+    if signature:
+        out += [f"BLEU signature: `{signature}`", ""]
+    return "\n".join(out)
+
+
+def charts(report: dict[str, Any]) -> list[Chart]:
+    """BLEU against iterations (one line per length setting and per order policy);
+    for insertion, passes against output length beside the balanced tree's."""
+    found = []
+    steps = report.get("iterations", [])
+    if "length" in report or "order" in report:
+        chart = Chart(
+            title=f"{report['family']}: BLEU against mask-predict iterations",
+            xlabel="iterations T (sequential decoder passes)", ylabel="BLEU", xticks=steps,
+            log_x=len(steps) > 1,
+        )
+        for key, rows, prefix in (("length", report.get("length", []), "length: "),
+                                  ("policy", report.get("order", []), "")):
+            for name in dict.fromkeys(r[key] for r in rows):
+                mine = [r for r in rows if r[key] == name]
+                chart.lines.append(Line(
+                    prefix + name, [r["iterations"] for r in mine], [r["bleu"] for r in mine],
+                    dashed=key == "length",
+                ))
+        found.append(chart)
+    if "passes_by_length" in report:
+        points = report["passes_by_length"]
+        lengths = [p["length"] for p in points]
+        found.append(Chart(
+            title="insertion, parallel decoding: passes against output length",
+            xlabel="output length (tokens)", ylabel="decoder passes",
+            lines=[
+                Line("model (mean)", lengths, [p["mean_passes"] for p in points]),
+                Line("balanced tree: ceil(log2(n+1))+1", lengths,
+                     [math.ceil(math.log2(n + 1)) + 1 for n in lengths], dashed=True),
+                Line("one insertion a pass: n+1", lengths, [n + 1 for n in lengths], dashed=True),
+            ],
+        ))
+    return found
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[list[Path], str | None]:
+    """``diagnose.json``, ``diagnose.md`` and the plots (PNG and SVG) in ``out_dir``.
+    Returns the files written and, when matplotlib is missing, why there are no plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "diagnose.json", out / "diagnose.md"]
+    files[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    files[1].write_text(markdown(report), encoding="utf-8")
+    try:
+        for i, chart in enumerate(charts(report)):
+            files += save_chart(chart, out / ("diagnose" if i == 0 else f"diagnose_{i + 1}"))
+    except PlottingUnavailable as err:
+        return files, str(err)
+    return files, None

@@ -1,0 +1,76 @@
+"""Line charts as PNG and SVG with matplotlib (the optional ``plot`` extra): each line
+is labelled at its end, so a reader needs no legend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+@dataclass
+class Line:
+    """One labelled series; ``dashed`` for references such as bounds."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    dashed: bool = False
+
+
+@dataclass
+class Chart:
+    title: str
+    xlabel: str
+    ylabel: str
+    lines: list[Line] = field(default_factory=list)
+    xticks: list[float] | None = None
+    log_x: bool = False
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise PlottingUnavailable(
+            "plots need matplotlib: pip install 'nargen[plot]' (JSON and Markdown were written)"
+        ) from err
+    return plt
+
+
+def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
+    """Draw ``chart`` and write ``stem.png`` and ``stem.svg``; returns their paths."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.6, 4.6), dpi=120)
+    for line in chart.lines:
+        style = "--" if line.dashed else "-"
+        (drawn,) = ax.plot(line.x, line.y, style, marker="o", markersize=4, linewidth=1.6)
+        if line.x:
+            ax.annotate(
+                line.label, (line.x[-1], line.y[-1]), xytext=(6, 0), textcoords="offset points",
+                va="center", fontsize=8, color=drawn.get_color(),
+            )
+    if chart.log_x:
+        ax.set_xscale("log")
+    if chart.xticks:
+        ax.set_xticks(chart.xticks)
+        ax.set_xticklabels([f"{t:g}" for t in chart.xticks])
+    ax.set_title(chart.title, fontsize=10)
+    ax.set_xlabel(chart.xlabel)
+    ax.set_ylabel(chart.ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.25)  # room for the end labels
+    fig.tight_layout()
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths
