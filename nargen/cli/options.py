@@ -12,6 +12,8 @@ FAMILY_DECODE_OPTIONS = {
     "nat": {"length_beam", "rerank"},
     "cmlm": {"iterations", "length_beam", "rerank", "early_stop"},
     "insertion": {"parallel", "max_len_a", "max_len_b"},
+    "ctc": {"beam", "length_penalty"},
+    "dag": {"decoder", "length_penalty"},
 }
 
 

@@ -5,6 +5,8 @@ the number of sequential decoder passes it used.
 """
 
 from nargen.decoding.beam import beam_search
+from nargen.decoding.ctc import CTCModel, ctc_beam, ctc_collapse, ctc_greedy
+from nargen.decoding.dag import DAGModel, dag_greedy, dag_lookahead, dag_viterbi
 from nargen.decoding.greedy import greedy
 from nargen.decoding.insertion import InsertionModel, insertion_decode
 from nargen.decoding.mask_predict import (
@@ -13,6 +15,7 @@ from nargen.decoding.mask_predict import (
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 __all__ = [
-    "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
-    "beam_search", "greedy", "insertion_decode", "length_beam", "length_caps", "mask_predict",
+    "CTCModel", "DAGModel", "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
+    "beam_search", "ctc_beam", "ctc_collapse", "ctc_greedy",
+    "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "insertion_decode", "length_beam", "length_caps", "mask_predict",
 ]

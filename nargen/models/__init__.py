@@ -1,6 +1,8 @@
 """One LightningModule per generation family, sharing ``Seq2SeqModule``."""
 
 from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.ctc import CTCModule
+from nargen.models.dag import DAGModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule, ParallelModule
 from nargen.models.base import (
@@ -11,7 +13,7 @@ from nargen.models.checkpoint import (
 )
 
 __all__ = [
-    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "InsertionModule", "NATModule",
+    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "CTCModule", "DAGModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
     "read_checkpoint",

@@ -13,11 +13,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
+from nargen.models.ctc import CTCModule
+from nargen.models.dag import DAGModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule
 
 FAMILIES: dict[str, type[Seq2SeqModule]] = {
-    family.family: family for family in (AutoregressiveModule, NATModule, CMLMModule, InsertionModule)
+    family.family: family for family in (
+        AutoregressiveModule, NATModule, CMLMModule, InsertionModule, CTCModule, DAGModule,
+    )
 }
 
 

@@ -12,6 +12,7 @@ from nargen.core import Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
 from nargen.models.base import Seq2SeqModule
+from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 
 
 @dataclass
@@ -28,8 +29,12 @@ class ParallelOptions:
 
 
 @dataclass
-class NATOptions(ParallelOptions):
+class NATOptions(ParallelOptions, GlancingOptions):
     decoder_input: str = "copy"
+
+    def __post_init__(self) -> None:
+        ParallelOptions.__post_init__(self)
+        GlancingOptions.__post_init__(self)
 
 
 @dataclass
@@ -51,6 +56,14 @@ def uniform_copy(source: torch.Tensor, src_mask: torch.Tensor, tgt_mask: torch.T
     index = (positions * (src_len - 1) / (tgt_len - 1).clamp(min=1)).round().long()
     index = index.clamp(max=source.shape[1] - 1)
     return source.gather(1, index[..., None].expand(-1, -1, source.shape[-1]))
+
+
+def upsampled_frames(encoded: Encoded, upsample: float, max_len: int) -> torch.Tensor:
+    """Mask ``[batch, frames]`` of ``ceil(upsample · source length)`` frames per
+    sentence (at most ``max_len``): the decoder length of CTC and DAG models."""
+    lengths = torch.ceil(encoded.mask.sum(1).float() * upsample).long().clamp(1, max_len)
+    width = int(lengths.max()) if lengths.numel() else 1
+    return torch.arange(width, device=lengths.device)[None] < lengths[:, None]
 
 
 class ParallelModule(Seq2SeqModule):
@@ -82,9 +95,14 @@ class ParallelModule(Seq2SeqModule):
         encoded: Encoded,
         tgt_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
+        reveal: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """See ``ParallelModel``; with copied inputs, ``reveal`` (glancing) puts the
+        embeddings of ``tokens`` in place of the copy at those positions."""
         if self.options.decoder_input == "copy":
             copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)
+            if reveal is not None:
+                copied = with_revealed(copied, reveal, tokens, self.model)
             inputs = self.model.dropout(self.model.add_positions(copied))
         else:
             inputs = self.model.embed_tokens(tokens)
@@ -107,11 +125,30 @@ class ParallelModule(Seq2SeqModule):
         length_loss = F.cross_entropy(length_logits.float(), length_target)
         predict = self.choose_masked(real)
         inputs = target.masked_fill(predict, self.mask_id)
-        logits = self.decode_parallel(inputs, encoded, real, positions=predict)
+        reveal = None
+        glancing = isinstance(self.options, GlancingOptions) and self.training
+        ratio = self.options.glancing_ratio(self.global_step) if glancing else 0.0
+        if ratio > 0:
+            reveal = self.glance(inputs, encoded, target, real, ratio)
+            predict = predict & ~reveal
+            inputs = target.masked_fill(predict, self.mask_id)
+        logits = self.decode_parallel(inputs, encoded, real, positions=predict, reveal=reveal)
         token_loss = F.cross_entropy(
             logits.float(), target[predict], label_smoothing=self.optim.label_smoothing
         )
         return token_loss + self.options.length_loss_weight * length_loss
+
+    @torch.no_grad()
+    def glance(
+        self, inputs: torch.Tensor, encoded: Encoded, target: torch.Tensor, real: torch.Tensor,
+        ratio: float,
+    ) -> torch.Tensor:
+        """Glancing (GLAT): a first pass on ``inputs``; reveal ``ratio`` times as many
+        reference tokens as it got wrong (Hamming distance), at random positions,
+        keeping at least one position per sentence to predict."""
+        logits = self.decode_parallel(inputs, encoded, real)
+        errors = ((logits.argmax(-1) != target) & real).sum(1)
+        return glance_positions(errors.clamp(max=real.sum(1) - 1), real, ratio)
 
     def _decode(self, src: torch.Tensor, iterations: int, options: dict[str, Any]) -> DecodeResult:
         length_beam = options.pop("length_beam", self.decode_config.options.get("length_beam", 1))

@@ -1,0 +1,103 @@
+"""CTC non-autoregressive translation (Libovický and Helcl 2018; with glancing, Gu and
+Kong 2021): the decoder reads the source embeddings upsampled ``λ`` times, emits a
+token or a blank at every frame, and is trained with the CTC loss over all
+alignments; no length predictor. Decoded by greedy collapse or prefix beam search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nargen.core import Encoded
+from nargen.decoding import DecodeResult
+from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy
+from nargen.models.base import Seq2SeqModule
+from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
+from nargen.models.parallel import uniform_copy, upsampled_frames
+
+
+@dataclass
+class CTCOptions(GlancingOptions):
+    upsample: float = 2.0
+    """Frames per source token (λ); a target longer than its frames (repeats need a
+    blank between them) cannot be aligned and is left out of the loss."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.upsample <= 0:
+            raise ValueError(f"upsample must be > 0, got {self.upsample}")
+
+
+class CTCModule(Seq2SeqModule):
+    """CTC NAT on the shared core (the ``CTCModel`` protocol of ``nargen.decoding``)."""
+
+    family = "ctc"
+    options_class = CTCOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.blank = self.tokenizer.special.blank
+
+    # ---- the CTCModel protocol ------------------------------------------------------
+    def encode(self, src: torch.Tensor) -> Encoded:
+        return self.model.encode(src)
+
+    def frame_logits(
+        self, encoded: Encoded, glance: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of every frame; ``glance = (reveal, tokens)`` puts the embeddings of
+        ``tokens`` in place of the copied source at the ``reveal`` frames."""
+        frames = upsampled_frames(encoded, self.options.upsample, self.model_config.max_len)
+        inputs = uniform_copy(encoded.embeddings, encoded.mask, frames)
+        if glance is not None:
+            inputs = with_revealed(inputs, *glance, self.model)
+        inputs = self.model.dropout(self.model.add_positions(inputs))
+        hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=frames)
+        return self.model.output_logits(hidden), frames
+
+    # ---- training -------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CTC loss per target token (``reduction='mean'``), unalignable rows at 0;
+        with glancing, the frames revealed are taken along the best alignment."""
+        target = batch["tgt_in"][:, 1:]
+        real = target != self.ids.pad
+        encoded = self.model.encode(batch["src"])
+        glance = None
+        ratio = self.options.glancing_ratio(self.global_step) if self.training else 0.0
+        if ratio > 0:
+            glance = self.glance(encoded, target, real, ratio)
+        logits, frames = self.frame_logits(encoded, glance)
+        logprobs = logits.float().log_softmax(-1)
+        return F.ctc_loss(
+            logprobs.transpose(0, 1), target, frames.sum(1), real.sum(1), blank=self.blank,
+            reduction="mean", zero_infinity=True,
+        )
+
+    @torch.no_grad()
+    def glance(
+        self, encoded: Encoded, target: torch.Tensor, real: torch.Tensor, ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A first pass; its errors are the frames where its best token differs from
+        the best alignment of the reference; reveal ``ratio`` of that many frames,
+        holding the aligned tokens (blanks included)."""
+        logits, frames = self.frame_logits(encoded)
+        logprobs = logits.float().log_softmax(-1)
+        aligned = ctc_best_alignment(logprobs, frames, target, real, self.blank)
+        errors = ((logprobs.argmax(-1) != aligned) & frames).sum(1)
+        return glance_positions(errors, frames, ratio), aligned
+
+    # ---- inference ------------------------------------------------------------------
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """Greedy collapse (``beam`` 1, the default) or prefix beam search."""
+        d = self.decode_config.options
+        beam = options.pop("beam", d.get("beam", 1))
+        length_penalty = options.pop("length_penalty", d.get("length_penalty", 0.0))
+        if options:
+            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        common = {"blank": self.blank, "ids": self.ids, "banned": (self.tokenizer.special.mask,)}
+        if beam == 1:
+            return ctc_greedy(self, src, **common)
+        return ctc_beam(self, src, beam=beam, length_penalty=length_penalty, **common)
