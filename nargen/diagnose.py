@@ -14,6 +14,7 @@ oracle order would buy, and which order a model chooses for itself.
   sentences of two or more tokens).
 - Insertion: BLEU and passes of parallel and sequential decoding against
   ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder.
+- CTC and DAG (single pass, no length or order to give): their decoders side by side.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ from nargen.plotting import Chart, Line, PlottingUnavailable, save_chart
 POLICIES = ("confidence", "random", "left_to_right", "easiest_first", "oracle", "oracle_all")
 LENGTH_FAMILIES = ("nat", "cmlm")
 ORDER_FAMILIES = ("cmlm",)
-FAMILIES = ("nat", "cmlm", "insertion")
+DECODER_VARIANTS = {
+    "ctc": [{"beam": 1}, {"beam": 5}],
+    "dag": [{"decoder": "greedy"}, {"decoder": "lookahead"}, {"decoder": "viterbi"}],
+}
+FAMILIES = ("nat", "cmlm", "insertion", *DECODER_VARIANTS)
 
 
 @dataclass
@@ -161,7 +166,7 @@ def _policy(name: str, batch: Batch, teacher: Seq2SeqModule | None, seed: int) -
     raise ValueError(f"unknown order policy {name!r} (known: {', '.join(POLICIES)})")
 
 
-def _mask_predict_passes(result: DecodeResult, schedule: list[int]) -> int:
+def _batch_passes(result: DecodeResult, schedule: list[int]) -> int:
     return result.passes
 
 
@@ -249,6 +254,16 @@ def diagnose(
                 report["passes_by_length"] = passes_by_length(decoded)
         report["insertion"] = rows
         report["learned_order"] = orders
+
+    if module.family in DECODER_VARIANTS:
+        rows = []
+        for options in DECODER_VARIANTS[module.family]:
+            decoded = decode_all(module, batches, lambda b: module.generate(b.src, **options),
+                                 _batch_passes)
+            name = " ".join(f"{k}={v}" for k, v in options.items())
+            rows.append({"decoding": name, **scored(module, decoded, references)})
+            log(f"{module.family} {name}: BLEU {rows[-1]['bleu']}")
+        report["decoders"] = rows
     return report
 
 
@@ -261,7 +276,7 @@ def run_with(
     return decode_all(
         module, batches,
         lambda b: mask_predict(module, b.src, iterations=iterations, **settings, **extra(b)),
-        _mask_predict_passes,
+        _batch_passes,
     )
 
 
@@ -314,6 +329,12 @@ def markdown(report: dict[str, Any]) -> str:
              for r in report["insertion"]],
         )
         signature = report["insertion"][0]["bleu_signature"]
+        out.append("")
+    if "decoders" in report:
+        out += ["## Decoders (one decoder pass each)", ""]
+        out += _table(["decoding", "BLEU", "chrF", "mean length"],
+                      [[r["decoding"], r["bleu"], r["chrf"], r["mean_length"]] for r in report["decoders"]])
+        signature = report["decoders"][0]["bleu_signature"]
         out.append("")
     if "learned_order" in report:
         out += ["## The order the model chose (Kendall tau-b, mean over sentences)", ""]

@@ -64,6 +64,10 @@ def evaluate(
         "family": module.family,
         "options": {k: v if isinstance(v, (int, float, str)) else k for k, v in options.items()},
     }
+    if "proposed" in result.counts:  # speculative decoding
+        c = result.counts
+        record["draft_acceptance"] = round(c["accepted"] / max(c["proposed"], 1), 4)
+        record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
     times, passes = [], 0
     for sentence in sources[:n]:

@@ -105,6 +105,17 @@ def trained_insertion(reversal_root, tmp_path_factory) -> Path:
                           "--family_options", "{order: balanced_tree}")
 
 
+@pytest.fixture(scope="session")
+def trained_ctc(reversal_root, tmp_path_factory) -> Path:
+    return train_parallel(reversal_root, tmp_path_factory, "ctc")
+
+
+@pytest.fixture(scope="session")
+def trained_dag(reversal_root, tmp_path_factory) -> Path:
+    """DA-Transformer with glancing, as its recipes train it."""
+    return train_parallel(reversal_root, tmp_path_factory, "dag", "--family_options", "{glat_ratio: 0.5}")
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     """Two checkpoints hold bitwise-equal weights."""
     from nargen.models import read_checkpoint

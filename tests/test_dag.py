@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from conftest import train_parallel
 from nargen.data import read_split
 from nargen.decoding import SpecialIds, dag_greedy, dag_lookahead, dag_viterbi
 from nargen.models import load_module
@@ -134,9 +133,8 @@ def test_greedy_and_lookahead_follow_their_definitions_on_a_hand_made_graph() ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--family_options", "{glat_ratio: 0.5}")], ids=["dag", "dag-glat"])
-def test_dag_learns_to_reverse(extra, reversal_root, tmp_path_factory):
-    module = load_module(train_parallel(reversal_root, tmp_path_factory, "dag", *extra), family="dag")
+def test_dag_with_glancing_learns_to_reverse(trained_dag, reversal_root):
+    module = load_module(trained_dag, family="dag")
     test = read_split(reversal_root, "test", "src", "tgt")
     for decoder in ("greedy", "lookahead", "viterbi"):
         out = module.translate(test.source, decoder=decoder).texts

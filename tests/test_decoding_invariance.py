@@ -29,13 +29,18 @@ SYSTEMS = [
     ("nat", {"length_beam": 3, "rerank": "ar"}),
     ("insertion", {"parallel": True}),
     ("insertion", {"parallel": False}),
+    ("ctc", {"beam": 1}),
+    ("ctc", {"beam": 4}),
+    ("dag", {"decoder": "greedy"}),
+    ("dag", {"decoder": "lookahead"}),
+    ("dag", {"decoder": "viterbi"}),
 ]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(trained_run, trained_cmlm, trained_nat, trained_insertion):
+def checkpoints(trained_run, trained_cmlm, trained_nat, trained_insertion, trained_ctc, trained_dag):
     return {"ar": trained_run / "checkpoints" / "best.ckpt", "cmlm": trained_cmlm, "nat": trained_nat,
-            "insertion": trained_insertion}
+            "insertion": trained_insertion, "ctc": trained_ctc, "dag": trained_dag}
 
 
 def source_rows(module, root, n=24) -> list[torch.Tensor]:

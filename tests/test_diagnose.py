@@ -112,12 +112,22 @@ def test_diagnose_command_writes_json_markdown_and_plots(trained_cmlm, reversal_
     assert "Order of commitment" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("family, decodings", [
+    ("ctc", ["beam=1", "beam=5"]), ("dag", ["decoder=greedy", "decoder=lookahead", "decoder=viterbi"]),
+])
+def test_single_pass_families_compare_their_decoders(family, decodings, request, test_split):
+    module = load_module(request.getfixturevalue(f"trained_{family}"), family=family)
+    report = diagnose(module, test_split.source[:30], test_split.target[:30], max_tokens=300)
+    assert [r["decoding"] for r in report["decoders"]] == decodings
+    assert all(r["mean_passes"] == 1 for r in report["decoders"])
+
+
 def test_diagnose_refuses_an_autoregressive_checkpoint(trained_run, reversal_root, tmp_path, capsys):
     code = main(["diagnose", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
                  "--out", str(tmp_path)])
     assert code == 2
-    assert "nat, cmlm, insertion" in capsys.readouterr().err
+    assert "nat, cmlm, insertion, ctc, dag" in capsys.readouterr().err
 
 
 def test_batches_keep_each_reference_with_its_source(cmlm, test_split):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 from nargen.cli.config import ConfigError, build, read_yaml
-from nargen.cli.options import load_reranker, unknown_options
+from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
@@ -33,6 +33,8 @@ class SystemSpec:
     """Decoder options of the checkpoint's family (beam, iterations, length_beam, ...)."""
     rerank_ckpt: str | None = None
     """Autoregressive checkpoint that rescores a parallel model's length beam."""
+    draft_ckpt: str | None = None
+    """Drafter (autoregressive, nat or cmlm) for an autoregressive model's speculative decoding."""
     training_data: str = ""
     """What the model was trained on, as the table should say it (raw, distilled, ...)."""
 
@@ -127,12 +129,15 @@ def run_bench(
             modules[system.ckpt] = load_module(system.ckpt, map_location=device)
         module = modules[system.ckpt]
         options = dict(system.options)
-        unknown = unknown_options(module, list(options) + (["rerank"] if system.rerank_ckpt else []))
+        extra = (["rerank"] if system.rerank_ckpt else []) + (["draft"] if system.draft_ckpt else [])
+        unknown = unknown_options(module, list(options) + extra)
         if unknown:
             raise ConfigError(f"systems[{i}] ({system.name}): {', '.join(unknown)} does not "
                               f"apply to {system.ckpt}, a {module.family!r} checkpoint")
         if system.rerank_ckpt:
             options["rerank"] = load_reranker(system.rerank_ckpt, module, system.ckpt)
+        if system.draft_ckpt:
+            options["draft"] = load_drafter(system.draft_ckpt, module, system.ckpt)
         prepared.append((system, module, options))
 
     records = []
@@ -149,6 +154,7 @@ def run_bench(
             "checkpoint": system.ckpt,
             "options": dict(system.options),
             "rerank_ckpt": system.rerank_ckpt,
+            "draft_ckpt": system.draft_ckpt,
             "data_signature": module.data_signature,
             "parameters": sum(p.numel() for p in module.parameters()),
         })

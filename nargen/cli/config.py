@@ -179,7 +179,7 @@ def check_family_and_model(config: FitConfig) -> None:
         raise ConfigError(f"config.family_options: {err}") from None
     from nargen.cli.options import FAMILY_DECODE_OPTIONS
 
-    allowed = FAMILY_DECODE_OPTIONS[config.family] - {"rerank"}
+    allowed = FAMILY_DECODE_OPTIONS[config.family] - {"rerank", "draft"}
     named = [("config.decode.options", config.decode.options),
              ("config.decode.validation", config.decode.validation)]
     named += [(f"config.eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]

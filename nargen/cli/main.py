@@ -14,7 +14,7 @@ from nargen.cli.config import ConfigError, load_fit_config
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import decode_lines, read_lines
-from nargen.cli.options import load_reranker, unknown_options
+from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
 
 
@@ -37,11 +37,17 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["early_stop"] = True
     if args.sequential:
         options["parallel"] = False
+    if args.decoder is not None:
+        options["decoder"] = args.decoder
     if args.rerank_ckpt:
         options["rerank"] = load_reranker(args.rerank_ckpt, module, args.ckpt)
+    if args.draft_ckpt:
+        options["draft"] = load_drafter(args.draft_ckpt, module, args.ckpt)
+    if args.block is not None:
+        options["block"] = args.block
     unknown = unknown_options(module, list(options))
     if unknown:
-        flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential"}
+        flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential", "draft": "draft-ckpt"}
         flags = ", ".join("--" + flag_of.get(name, name).replace("_", "-") for name in unknown)
         raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
     if args.max_tokens:
@@ -230,16 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
-        p.add_argument("--beam", type=int, default=None, help="autoregressive: beam size (1 = greedy)")
-        p.add_argument("--length-penalty", type=float, default=None, help="autoregressive beam")
+        p.add_argument("--beam", type=int, default=None, help="autoregressive, ctc: beam size (1 = greedy)")
+        p.add_argument("--length-penalty", type=float, default=None,
+                       help="autoregressive and ctc beam, dag viterbi")
         p.add_argument("--iterations", type=int, default=None, help="cmlm: mask-predict iterations")
         p.add_argument("--length-beam", type=int, default=None, help="nat/cmlm: lengths tried")
         p.add_argument("--early-stop", action="store_true",
                        help="cmlm: freeze a candidate once an iteration changes none of its tokens")
         p.add_argument("--sequential", action="store_true",
                        help="insertion: one insertion a pass instead of one in every open slot")
+        p.add_argument("--decoder", choices=["greedy", "lookahead", "viterbi"], default=None,
+                       help="dag: how to find the output path")
         p.add_argument("--rerank-ckpt", default=None,
                        help="nat/cmlm: autoregressive checkpoint that rescores the length beam")
+        p.add_argument("--draft-ckpt", default=None,
+                       help="autoregressive greedy: speculative decoding with this drafter "
+                            "(autoregressive, nat or cmlm checkpoint); same output, fewer passes")
+        p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
 
     tr = sub.add_parser("translate", help="stdin to stdout, one output line per input line")
@@ -267,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--chunk-lines", type=int, default=2000)
 
     dg = sub.add_parser("diagnose", help="oracle length, oracle order and the learned order of a parallel checkpoint")
-    dg.add_argument("--ckpt", required=True, help="nat, cmlm or insertion checkpoint")
+    dg.add_argument("--ckpt", required=True, help="nat, cmlm, insertion, ctc or dag checkpoint")
     dg.add_argument("--src", required=True)
     dg.add_argument("--ref", required=True)
     dg.add_argument("--out", required=True, help="folder for diagnose.json, diagnose.md and the plots")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from nargen.decoding import autoregressive_reranker
+from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, ParallelDrafter
 from nargen.models import CheckpointError, Seq2SeqModule, load_module
 
 FAMILY_DECODE_OPTIONS = {
-    "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b"},
+    "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b", "draft", "block"},
     "nat": {"length_beam", "rerank"},
     "cmlm": {"iterations", "length_beam", "rerank", "early_stop"},
     "insertion": {"parallel", "max_len_a", "max_len_b"},
@@ -31,3 +32,18 @@ def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     reranker.eval()
     return autoregressive_reranker(reranker.model, reranker.ids)
+
+
+def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
+    """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
+    ``owner``): an autoregressive model drafts greedily, a NAT or CMLM model in one
+    parallel pass; both models must share one tokenizer."""
+    drafter = load_module(path, map_location=module.device)
+    if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
+        raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
+    drafter.eval()
+    if drafter.family == "autoregressive":
+        return AutoregressiveDrafter(drafter.model, drafter.ids)
+    if drafter.family in ("nat", "cmlm"):
+        return ParallelDrafter(drafter)
+    raise CheckpointError(f"{path}: a {drafter.family!r} checkpoint cannot draft (autoregressive, nat or cmlm)")

@@ -35,6 +35,15 @@ class KVCache:
         """Mark ``steps`` more positions as written (called once per decoder pass)."""
         self.length += steps
 
+    def truncate(self, length: int) -> None:
+        """Forget self-attention K/V beyond the first ``length`` positions (speculative
+        decoding rolls back to what it accepted)."""
+        if length > self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
+        self.values = [None if v is None else v[:, :, :length] for v in self.values]
+        self.length = length
+
     def reorder(self, indices: torch.Tensor, cross: bool = True) -> None:
         """Keep batch rows ``indices`` (in that order); rows may repeat or drop out.
 

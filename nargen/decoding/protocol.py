@@ -63,6 +63,9 @@ class DecodeResult:
     scores: torch.Tensor | None = None
     history: list[torch.Tensor] = field(default_factory=list)
     schedule: torch.Tensor | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    """Decoder-specific tallies that add up over batches (speculative decoding: each
+    model's passes, tokens proposed and accepted)."""
 
     def as_lists(self, pad: int) -> list[list[int]]:
         """Rows as Python lists with padding removed."""

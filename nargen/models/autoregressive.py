@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nargen.decoding import DecodeResult, beam_search, greedy
+from nargen.decoding.speculative import speculative
 from nargen.models.base import Seq2SeqModule
 
 
@@ -24,7 +25,9 @@ class AutoregressiveModule(Seq2SeqModule):
         )
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        """Greedy for ``beam=1``, else beam search; options override ``decode_config``."""
+        """Greedy for ``beam=1``, else beam search; options override ``decode_config``.
+        With ``draft`` (a ``nargen.decoding.speculative.Drafter``), greedy runs as
+        speculative decoding in blocks of ``block`` (default 4) drafted tokens."""
         d = self.decode_config
         beam = options.pop("beam", d.beam)
         common = {
@@ -34,8 +37,14 @@ class AutoregressiveModule(Seq2SeqModule):
             "max_len": self.model_config.max_len,
         }
         length_penalty = options.pop("length_penalty", d.length_penalty)
+        draft = options.pop("draft", None)
+        block = options.pop("block", 4)
         if options:
             raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        if draft is not None:
+            if beam > 1:
+                raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
+            return speculative(self.model, src, draft, block=block, **common)
         if beam <= 1:
             return greedy(self.model, src, **common)
         return beam_search(self.model, src, beam=beam, length_penalty=length_penalty, **common)

@@ -74,6 +74,8 @@ class Translation:
     hit_cap: int
     truncated: list[int]
     """0-based indices of inputs cut to the model's maximum length."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """The decoder's ``DecodeResult.counts`` summed over batches."""
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -218,6 +220,7 @@ class Seq2SeqModule(L.LightningModule):
         max_tokens = options.pop("max_tokens", self.decode_config.max_tokens)
         batches = token_budget_batches([len(encoded[i]) + 1 for i in todo], max_tokens)
         passes = hit_cap = 0
+        counts: dict[str, int] = {}
         for batch in batches:
             rows = [todo[j] for j in batch]
             src = pad_sequences(
@@ -225,12 +228,14 @@ class Seq2SeqModule(L.LightningModule):
             ).to(self.device)
             result = self.generate(src, **options)
             passes += result.passes
+            for key, value in result.counts.items():
+                counts[key] = counts.get(key, 0) + value
             hit_cap += int(result.hit_cap.sum())
             for i, text in zip(rows, self.tokenizer.decode(result.as_lists(self.ids.pad))):
                 texts[i] = text
         if was_training:
             self.train()
-        return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated)
+        return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated, counts=counts)
 
     # ---- checkpoint metadata ----------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""Speculative decoding with exact greedy output: a cheap drafter proposes a block of up
+to ``block`` tokens, the autoregressive model checks the whole block in one cached
+pass, keeps the longest prefix it agrees with plus its own next token, and rolls its
+KV cache back to what it accepted.
+
+Batched with per-sentence acceptance: the cache keeps one length for the batch, the
+shortest accepted one; a sentence that accepted more feeds its extra accepted tokens
+again at the head of its next block (right-padded blocks, so causal attention keeps
+real positions exact). The output equals ``greedy``'s token for token, up to the
+float tolerance of batched scores (README, "Batch invariance and ties").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
+
+
+class Drafter(Protocol):
+    """Proposes continuations: ``start(src)`` once per batch, then
+    ``propose(rows, prefixes, k)``: for each sentence ``rows[i]`` of that batch with
+    output so far ``prefixes[i]`` (no BOS), up to ``k`` next tokens (EOS ends one).
+    ``passes`` counts its sequential decoder passes."""
+
+    passes: int
+
+    def start(self, src: torch.Tensor) -> None: ...
+
+    def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]: ...
+
+
+@torch.inference_mode()
+def speculative(
+    model: Seq2SeqModel,
+    src: torch.Tensor,
+    drafter: Drafter,
+    *,
+    block: int = 4,
+    ids: SpecialIds = SpecialIds(),
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    max_len: int = 256,
+) -> DecodeResult:
+    """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
+    ``passes`` counts both models' sequential passes; ``counts`` holds
+    ``target_passes``, ``draft_passes``, and the draft tokens ``proposed`` and
+    ``accepted``."""
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    batch, device = src.shape[0], src.device
+    encoded = model.encode(src)
+    caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
+    cache = model.new_cache(encoded, max(caps, default=0) + block + 2)
+    drafter.start(src)
+    stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0}
+    drafted_before = drafter.passes
+    out: list[list[int]] = [[] for _ in range(batch)]
+    hit_cap = [False] * batch
+    active = list(range(batch))  # rows still decoding, in cache order
+    cached = 0  # positions of every active row's input (BOS, out...) held in the cache
+    while active:
+        inputs_all = [[ids.bos, *out[r]] for r in active]
+        tails = [seq[cached:] for seq in inputs_all]  # at least the last token
+        drafts = drafter.propose(active, [out[r] for r in active], block)
+        drafts = [d[:block] for d in drafts]
+        stats["proposed"] += sum(len(d) for d in drafts)
+        blocks = [tail + draft for tail, draft in zip(tails, drafts)]
+        width = max(len(b) for b in blocks)
+        x = torch.full((len(active), width), ids.pad, dtype=torch.long, device=device)
+        for i, b in enumerate(blocks):
+            x[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+        logits = model.decode(x, encoded, causal=True, cache=cache).float()
+        stats["target_passes"] += 1
+        logits[..., [ids.pad, ids.bos]] = float("-inf")
+        choice = logits.argmax(-1).tolist()
+        keep_rows, valid = [], []
+        for i, r in enumerate(active):
+            start = len(tails[i]) - 1  # logits here predict the token after out[r]
+            done = False
+            for j in range(len(drafts[i]) + 1):
+                token = choice[i][start + j]
+                if len(out[r]) >= caps[r]:  # greedy's rule: EOS at the cap
+                    hit_cap[r] = token != ids.eos
+                    token = ids.eos
+                proposed = drafts[i][j] if j < len(drafts[i]) else None
+                if token == ids.eos:
+                    stats["accepted"] += int(proposed == ids.eos)
+                    done = True
+                    break
+                out[r].append(token)
+                if proposed != token:
+                    break
+                stats["accepted"] += 1
+            if not done:
+                keep_rows.append(i)
+                # K/V of BOS and out[r] minus its last token are exact in the cache
+                valid.append(len(out[r]))
+        if not keep_rows:
+            break
+        if len(keep_rows) < len(active):
+            cache.reorder(torch.tensor(keep_rows, device=device))
+            encoded = encoded.index_select(torch.tensor(keep_rows, device=device))
+            active = [active[i] for i in keep_rows]
+        cached = min(valid)
+        cache.truncate(cached)
+    stats["draft_passes"] = drafter.passes - drafted_before
+    width = max((len(o) for o in out), default=0)
+    tokens = torch.full((batch, width), ids.pad, dtype=torch.long, device=device)
+    for r, o in enumerate(out):
+        tokens[r, : len(o)] = torch.tensor(o, dtype=torch.long)
+    return DecodeResult(
+        tokens=tokens, passes=stats["target_passes"] + stats["draft_passes"],
+        hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device), counts=stats,
+    )
+
+
+class AutoregressiveDrafter:
+    """A small autoregressive model drafting greedily, one pass per drafted token over
+    its whole prefix (no cache: prefixes of a batch differ in length and drafts are
+    short)."""
+
+    def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds()) -> None:
+        self.model, self.ids, self.passes = model, ids, 0
+        self.encoded: Any = None
+        self.device = torch.device("cpu")
+
+    def start(self, src: torch.Tensor) -> None:
+        self.encoded, self.device = self.model.encode(src), src.device
+
+    def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
+        ids, device = self.ids, self.device
+        encoded = self.encoded.index_select(torch.tensor(rows, device=device))
+        drafts: list[list[int]] = [[] for _ in rows]
+        seqs = [[ids.bos, *p] for p in prefixes]
+        for _ in range(k):
+            width = max(len(s) for s in seqs)
+            x = torch.full((len(rows), width), ids.pad, dtype=torch.long, device=device)
+            for i, s in enumerate(seqs):
+                x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            logits = self.model.decode(x, encoded, causal=True).float()
+            self.passes += 1
+            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+            best = logits[torch.arange(len(rows), device=device), last].argmax(-1).tolist()
+            for i, token in enumerate(best):
+                if drafts[i] and drafts[i][-1] == ids.eos:
+                    continue
+                drafts[i].append(token)
+                seqs[i].append(token)
+        return [d[: d.index(ids.eos) + 1] if ids.eos in d else d for d in drafts]
+
+
+class ParallelDrafter:
+    """A NAT or CMLM model drafting the rest of the sentence in one parallel pass: the
+    prefix, then masks up to its predicted length; the first ``k`` predictions (EOS
+    after the predicted length)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module, self.passes = module, 0
+        self.encoded: Any = None
+        self.lengths: list[int] = []
+        self.device = torch.device("cpu")
+
+    def start(self, src: torch.Tensor) -> None:
+        m = self.module
+        self.encoded, self.device = m.encode(src), src.device
+        lengths, _ = m.predict_lengths(self.encoded, (src != m.ids.pad).sum(1), 1)
+        self.lengths = lengths[:, 0].tolist()
+
+    def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
+        m = self.module
+        eos, mask_id = m.ids.eos, m.mask_id
+        canvases = [p + [mask_id] * max(self.lengths[r] - len(p), 0) for r, p in zip(rows, prefixes)]
+        width = max(len(c) for c in canvases)
+        device = self.device
+        x = torch.full((len(rows), width), m.ids.pad, dtype=torch.long, device=device)
+        for i, c in enumerate(canvases):
+            x[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        real = x != m.ids.pad
+        encoded = self.encoded.index_select(torch.tensor(rows, device=device))
+        logits = m.decode_parallel(x, encoded, real).float()
+        self.passes += 1
+        never = sorted({m.ids.pad, m.ids.bos, eos, mask_id, *m.mask_predict_settings()["banned"]})
+        logits[..., never] = float("-inf")
+        best = logits.argmax(-1).tolist()
+        drafts = []
+        for i, (p, c) in enumerate(zip(prefixes, canvases)):
+            guess = best[i][len(p) : len(c)] + [eos]
+            drafts.append(guess[:k])
+        return drafts

@@ -1,0 +1,110 @@
+"""Speculative decoding reproduces the autoregressive model's greedy output exactly,
+whatever the drafter proposes, batched, with its cache rolled back correctly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nargen.core import KVCache
+from nargen.data import read_split
+from nargen.data.batching import pad_sequences
+from nargen.decoding import greedy
+from nargen.decoding.speculative import AutoregressiveDrafter, ParallelDrafter, speculative
+from nargen.models import load_module
+
+
+class ListDrafter:
+    """Proposes fixed tokens (e.g. the right answer with planted mistakes)."""
+
+    def __init__(self, proposals):
+        self.proposals, self.passes = proposals, 0
+
+    def start(self, src):
+        pass
+
+    def propose(self, rows, prefixes, k):
+        self.passes += 1
+        return [self.proposals(r, p, k) for r, p in zip(rows, prefixes)]
+
+
+def test_truncate_forgets_later_positions():
+    cache = KVCache(1)
+    k = torch.randn(2, 1, 5, 4)
+    cache.append(0, k, k.clone())
+    cache.advance(5)
+    cache.truncate(3)
+    assert cache.length == 3 and torch.equal(cache.keys[0], k[:, :, :3])
+    with pytest.raises(ValueError):
+        cache.truncate(4)
+
+
+@pytest.fixture(scope="module")
+def ar_and_sources(trained_run, reversal_root):
+    module = load_module(trained_run / "checkpoints" / "best.ckpt")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:24])]
+    return module, pad_sequences(rows, module.ids.pad)
+
+
+def settings(module):
+    d = module.decode_config
+    return {"ids": module.ids, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b,
+            "max_len": module.model_config.max_len}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", [1, 3, 6])
+def test_output_equals_greedy_with_a_drafter_that_is_right_then_wrong(ar_and_sources, block):
+    module, src = ar_and_sources
+    reference = greedy(module.model, src, **settings(module))
+    truth = reference.as_lists(module.ids.pad)
+
+    def proposals(row, prefix, k):  # right for a while, then a wrong token, per sentence
+        rest = truth[row][len(prefix):] + [module.ids.eos]
+        cut = (row + len(prefix)) % (k + 1)
+        return rest[:cut] + [7] * (k - cut)
+
+    drafter = ListDrafter(proposals)
+    out = speculative(module.model, src, drafter, block=block, **settings(module))
+    assert out.as_lists(module.ids.pad) == truth
+    assert torch.equal(out.hit_cap, reference.hit_cap)
+    assert 0 < out.counts["accepted"] < out.counts["proposed"]  # sentences accept different lengths
+
+
+@pytest.mark.slow
+def test_the_model_drafting_for_itself_is_always_accepted(ar_and_sources):
+    module, src = ar_and_sources
+    reference = greedy(module.model, src, **settings(module))
+    out = speculative(module.model, src, AutoregressiveDrafter(module.model, module.ids), block=4,
+                      **settings(module))
+    assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
+    assert out.counts["accepted"] >= 0.95 * out.counts["proposed"]
+    # up to 5 tokens (4 drafted + 1 own) per verification pass
+    longest = max(len(r) for r in reference.as_lists(module.ids.pad)) + 1
+    assert out.counts["target_passes"] <= -(-longest // 5) + 1 < reference.passes
+
+
+@pytest.mark.slow
+def test_a_parallel_drafter_gives_the_same_output_in_fewer_target_passes(ar_and_sources, trained_cmlm):
+    module, src = ar_and_sources
+    reference = greedy(module.model, src, **settings(module))
+    drafter = ParallelDrafter(load_module(trained_cmlm))
+    out = module.generate(src, draft=drafter, block=4)
+    assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
+    assert out.counts["target_passes"] < reference.passes
+    assert out.counts["draft_passes"] == out.counts["target_passes"]
+
+
+@pytest.mark.slow
+def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal_root, capsys):
+    from nargen.cli.main import main
+    import json
+
+    code = main(["evaluate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
+                 "--draft-ckpt", str(trained_cmlm), "--block", "3", "--json",
+                 "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
+                 "--latency-sentences", "3"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert 0 < record["draft_acceptance"] <= 1 and record["target_passes"] > 0
