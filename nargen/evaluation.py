@@ -9,7 +9,50 @@ from typing import Any
 import sacrebleu
 import torch
 
+from nargen.data.batching import pad_sequences
+from nargen.memory import peak_bytes, reset_peak
 from nargen.models.base import Seq2SeqModule
+
+LENGTH_BUCKETS = ((0, 10), (11, 20), (21, 30), (31, None))
+"""Output-length buckets (tokens) for batch-1 latency."""
+
+
+def bucket_name(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high is not None else f"{low}+"
+
+
+def latency_by_length(times_ms: list[float], lengths: list[int]) -> list[dict[str, Any]]:
+    """Mean batch-1 latency per output-length bucket (buckets with no sentence omitted)."""
+    rows = []
+    for low, high in LENGTH_BUCKETS:
+        inside = [t for t, n in zip(times_ms, lengths) if n >= low and (high is None or n <= high)]
+        if inside:
+            rows.append({"tokens": bucket_name(low, high), "ms_mean": round(statistics.fmean(inside), 2),
+                         "sentences": len(inside)})
+    return rows
+
+
+@torch.inference_mode()
+def kv_cache_footprint(module: Seq2SeqModule, sources: list[str], steps: int = 16) -> dict[str, float]:
+    """Measured from the cache tensors after ``steps`` greedy steps on up to 8 sentences:
+    self-attention K/V bytes per generated token per sentence, and cross-attention K/V
+    bytes per source token (autoregressive models)."""
+    pad, eos = module.ids.pad, module.ids.eos
+    rows = [torch.tensor(ids[: module.model_config.max_len - 1] + [eos])
+            for ids in module.tokenizer.encode(sources[:8])]
+    src = pad_sequences(rows, pad).to(module.device)
+    model = module.model
+    encoded = model.encode(src)
+    cache = model.new_cache(encoded, steps + 1)
+    tokens = torch.full((src.shape[0], 1), module.ids.bos, dtype=torch.long, device=src.device)
+    for _ in range(steps):
+        tokens = model.decode(tokens, encoded, causal=True, cache=cache)[:, -1:].argmax(-1)
+    self_bytes = sum(t.numel() * t.element_size() for t in cache.keys + cache.values if t is not None)
+    cross_bytes = sum(t.numel() * t.element_size() for kv in cache.cross if kv is not None for t in kv)
+    return {
+        "kv_bytes_per_token": round(self_bytes / (src.shape[0] * steps), 1),
+        "cross_kv_bytes_per_source_token": round(cross_bytes / int((src != pad).sum()), 1),
+    }
 
 
 def repetition_rate(token_rows: list[list[int]]) -> float:
@@ -48,9 +91,11 @@ def evaluate(
         raise ValueError(f"{len(sources)} sources but {len(references)} references")
     module.eval()
     module.translate(sources[:warmup], **options)
+    reset_peak(module.device)
     start = time.perf_counter()
     result = module.translate(sources, **options)
     batched_seconds = time.perf_counter() - start
+    peak = peak_bytes(module.device)
     tokens = module.tokenizer.encode(result.texts)
     record: dict[str, Any] = {
         **score(result.texts, references),
@@ -63,7 +108,11 @@ def evaluate(
         "threads": torch.get_num_threads(),
         "family": module.family,
         "options": {k: v if isinstance(v, (int, float, str)) else k for k, v in options.items()},
+        "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
+        "peak_memory_kind": "cuda max allocated" if module.device.type == "cuda" else "resident set high-water mark",
     }
+    if module.family == "autoregressive" and sources:
+        record.update(kv_cache_footprint(module, sources))
     if "proposed" in result.counts:  # speculative decoding
         c = result.counts
         record["draft_acceptance"] = round(c["accepted"] / max(c["proposed"], 1), 4)
@@ -76,6 +125,7 @@ def evaluate(
         times.append(time.perf_counter() - start)
         passes += one.passes
     if times:
+        record["latency_by_length"] = latency_by_length([t * 1000 for t in times], [len(x) for x in tokens[:n]])
         times_ms = sorted(t * 1000 for t in times)
         record["batch1_ms_mean"] = round(statistics.fmean(times_ms), 2)
         record["batch1_ms_p90"] = round(times_ms[int(0.9 * (len(times_ms) - 1))], 2)

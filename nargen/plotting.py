@@ -1,5 +1,5 @@
-"""Line charts as PNG and SVG with matplotlib (the optional ``plot`` extra): each line
-is labelled at its end, so a reader needs no legend."""
+"""Charts as PNG and SVG with matplotlib (the optional ``plot`` extra): each line is
+labelled at its end and each point beside it, so a reader needs no legend."""
 
 from __future__ import annotations
 
@@ -22,13 +22,27 @@ class Line:
 
 
 @dataclass
+class Point:
+    """One labelled marker; ``highlight`` draws it in the accent colour."""
+
+    label: str
+    x: float
+    y: float
+    highlight: bool = False
+
+
+@dataclass
 class Chart:
     title: str
     xlabel: str
     ylabel: str
     lines: list[Line] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
     xticks: list[float] | None = None
+    xticklabels: list[str] | None = None
     log_x: bool = False
+    note: str = ""
+    """A line of text under the plot (e.g. what the highlight means)."""
 
 
 def _pyplot():
@@ -56,11 +70,19 @@ def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
                 line.label, (line.x[-1], line.y[-1]), xytext=(6, 0), textcoords="offset points",
                 va="center", fontsize=8, color=drawn.get_color(),
             )
+    for point in chart.points:
+        colour = "#c33" if point.highlight else "#36c"
+        ax.plot([point.x], [point.y], "o", color=colour, markersize=5)
+        ax.annotate(point.label, (point.x, point.y), xytext=(5, 4), textcoords="offset points",
+                    fontsize=7, color=colour)
     if chart.log_x:
         ax.set_xscale("log")
     if chart.xticks:
         ax.set_xticks(chart.xticks)
-        ax.set_xticklabels([f"{t:g}" for t in chart.xticks])
+        ax.set_xticklabels(chart.xticklabels or [f"{t:g}" for t in chart.xticks])
+        ax.minorticks_off()
+    if chart.note:
+        fig.text(0.01, 0.01, chart.note, fontsize=7, color="#555")
     ax.set_title(chart.title, fontsize=10)
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)

@@ -161,3 +161,18 @@ def test_attention_without_projection_requires_shared_kv():
     cross = Attention(32, 4, 2, rotary=None, cross=True, owns_kv=False)
     with pytest.raises(RuntimeError, match="shares K/V"):
         cross.project_kv(torch.randn(1, 3, 32))
+
+
+@pytest.mark.parametrize("kv_heads, share", [(4, False), (2, False), (1, False), (2, True)])
+def test_measured_kv_bytes_per_token_follow_the_attention_layout(tokenizer, kv_heads, share):
+    """What the bench reports is measured from the cache tensors; it must equal
+    2 (K and V) x cached layers x K/V heads x head size x 4 bytes."""
+    from nargen.evaluation import kv_cache_footprint
+    from nargen.models import AutoregressiveModule
+
+    cfg = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, n_kv_heads=kv_heads,
+                                        share_decoder_kv=share)
+    module = AutoregressiveModule(cfg, tokenizer).eval()
+    measured = kv_cache_footprint(module, ["ka lo mi", "nu pe ro su ti"], steps=5)
+    layers = cfg.decoder_layers // 2 if share else cfg.decoder_layers
+    assert measured["kv_bytes_per_token"] == 2 * layers * kv_heads * cfg.head_dim * 4

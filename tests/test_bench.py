@@ -60,9 +60,13 @@ def test_bench_measures_every_system_and_writes_table_and_plot(trained_run, reve
     table = (tmp_path / "out" / "bench.md").read_text()
     assert all(f"| {name} |" in table for name in records)
     assert greedy["bleu_signature"] in table and greedy["bleu_signature"] in capsys.readouterr().out
-    svg = ET.fromstring((tmp_path / "out" / "bench.svg").read_text())
-    circles = [e for e in svg.iter() if e.tag.endswith("circle")]
-    assert len(circles) == 3
+    for name in ("bench", "latency"):  # the frontier and latency-by-length plots
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
+        ET.fromstring((tmp_path / "out" / f"{name}.svg").read_text())  # well-formed SVG
+    # batch-1 latency split by output length: every timed sentence in one bucket
+    assert sum(row["sentences"] for row in greedy["latency_by_length"]) == 6
+    assert greedy["peak_memory_mb"] > 0
+    assert "by output length" in table
 
 
 def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversal_root, tmp_path, capsys):

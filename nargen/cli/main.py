@@ -188,8 +188,10 @@ def bench_systems(args: argparse.Namespace) -> int:
     if args.threads:
         spec.threads = args.threads
     result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
-    files = write_report(result, args.out)
+    files, missing = write_report(result, args.out)
     print(markdown_table(result))
+    if missing:
+        print(f"no plots: {missing}", file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = be.add_subparsers(dest="what", required=True)
     sy = what.add_parser("systems", help="every system of a spec in one process: JSON, Markdown, plot")
     sy.add_argument("--spec", required=True, help="YAML bench spec, e.g. recipes/multi30k/bench/parallel_tiny.yaml")
-    sy.add_argument("--out", required=True, help="folder for bench.json, bench.md, bench.svg")
+    sy.add_argument("--out", required=True, help="folder for bench.json, bench.md and the plots (PNG, SVG)")
     sy.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: the spec's, else all)")
     sy.add_argument("--threads", type=int, default=0)
