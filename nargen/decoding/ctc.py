@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds
+from nargen.decoding.protocol import DecodeResult, SpecialIds, pad_rows
 
 
 class CTCModel(Protocol):
@@ -143,12 +143,8 @@ def ctc_beam(
         )
         outputs.append(tokens)
         scores.append(value)
-    width = max((len(o) for o in outputs), default=0)
-    out = torch.full((src.shape[0], width), ids.pad, dtype=torch.long)
-    for row, tokens in enumerate(outputs):
-        out[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return DecodeResult(
-        tokens=out.to(src.device), passes=1,
+        tokens=pad_rows(outputs, ids.pad, src.device), passes=1,
         hit_cap=torch.zeros(src.shape[0], dtype=torch.bool, device=src.device),
         scores=torch.tensor(scores, device=src.device),
     )

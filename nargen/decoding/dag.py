@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds
+from nargen.decoding.protocol import DecodeResult, SpecialIds, pad_rows
 
 
 class DAGModel(Protocol):
@@ -46,12 +46,8 @@ def _scores(model: DAGModel, src: torch.Tensor, ids: SpecialIds, banned: tuple[i
 def _result(paths: list[list[int]], emit_tokens: torch.Tensor, ids: SpecialIds, device) -> DecodeResult:
     """Tokens of the inner vertices of each path."""
     rows = [[int(emit_tokens[b, v]) for v in path[1:-1]] for b, path in enumerate(paths)]
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), width), ids.pad, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
     return DecodeResult(
-        tokens=out.to(device), passes=1, hit_cap=torch.zeros(len(rows), dtype=torch.bool, device=device)
+        tokens=pad_rows(rows, ids.pad, device), passes=1, hit_cap=torch.zeros(len(rows), dtype=torch.bool, device=device)
     )
 
 

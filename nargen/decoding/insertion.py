@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds, length_caps
+from nargen.decoding.protocol import DecodeResult, SpecialIds, length_caps, pad_rows
 
 
 class InsertionModel(Protocol):
@@ -27,15 +27,6 @@ class InsertionModel(Protocol):
     def slot_logits(
         self, canvas: torch.Tensor, encoded: Any, canvas_mask: torch.Tensor
     ) -> torch.Tensor: ...
-
-
-def _pad_rows(rows: list[list[int]], pad: int) -> torch.Tensor:
-    """Lists of ids as one right-padded ``[len(rows), longest]`` tensor."""
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
 
 
 @torch.inference_mode()
@@ -77,7 +68,7 @@ def insertion_decode(
     passes = 0
     while not all(done):
         active = [i for i in range(batch) if not done[i]]
-        canvas = _pad_rows([[ids.bos, *rows[i], ids.eos] for i in active], ids.pad).to(device)
+        canvas = pad_rows([[ids.bos, *rows[i], ids.eos] for i in active], ids.pad).to(device)
         enc = encoded if len(active) == batch else encoded.index_select(torch.tensor(active, device=device))
         logits = model.slot_logits(canvas, enc, canvas != ids.pad).float()
         logits[..., never] = float("-inf")
@@ -105,9 +96,9 @@ def insertion_decode(
             history.append([list(r) for r in rows])
 
     return DecodeResult(
-        tokens=_pad_rows(rows, ids.pad).to(device),
+        tokens=pad_rows(rows, ids.pad).to(device),
         passes=passes,
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device),
-        history=[_pad_rows(step, ids.pad).to(device) for step in history],
-        schedule=_pad_rows(born, -1).to(device),
+        history=[pad_rows(step, ids.pad).to(device) for step in history],
+        schedule=pad_rows(born, -1).to(device),
     )

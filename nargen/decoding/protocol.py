@@ -72,6 +72,15 @@ class DecodeResult:
         return [[t for t in row if t != pad] for row in self.tokens.tolist()]
 
 
+def pad_rows(rows: list[list[int]], pad: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Lists of ids as one right-padded ``[len(rows), longest]`` tensor."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
 def length_caps(
     encoded_lengths: torch.Tensor, max_len_a: float, max_len_b: int, limit: int
 ) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
+from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps, pad_rows
 
 
 class Drafter(Protocol):
@@ -67,11 +67,7 @@ def speculative(
         drafts = drafter.propose(active, [out[r] for r in active], block)
         drafts = [d[:block] for d in drafts]
         stats["proposed"] += sum(len(d) for d in drafts)
-        blocks = [tail + draft for tail, draft in zip(tails, drafts)]
-        width = max(len(b) for b in blocks)
-        x = torch.full((len(active), width), ids.pad, dtype=torch.long, device=device)
-        for i, b in enumerate(blocks):
-            x[i, : len(b)] = torch.tensor(b, dtype=torch.long)
+        x = pad_rows([tail + draft for tail, draft in zip(tails, drafts)], ids.pad, device)
         logits = model.decode(x, encoded, causal=True, cache=cache).float()
         stats["target_passes"] += 1
         logits[..., [ids.pad, ids.bos]] = float("-inf")
@@ -107,12 +103,8 @@ def speculative(
         cached = min(valid)
         cache.truncate(cached)
     stats["draft_passes"] = drafter.passes - drafted_before
-    width = max((len(o) for o in out), default=0)
-    tokens = torch.full((batch, width), ids.pad, dtype=torch.long, device=device)
-    for r, o in enumerate(out):
-        tokens[r, : len(o)] = torch.tensor(o, dtype=torch.long)
     return DecodeResult(
-        tokens=tokens, passes=stats["target_passes"] + stats["draft_passes"],
+        tokens=pad_rows(out, ids.pad, device), passes=stats["target_passes"] + stats["draft_passes"],
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device), counts=stats,
     )
 
@@ -136,10 +128,7 @@ class AutoregressiveDrafter:
         drafts: list[list[int]] = [[] for _ in rows]
         seqs = [[ids.bos, *p] for p in prefixes]
         for _ in range(k):
-            width = max(len(s) for s in seqs)
-            x = torch.full((len(rows), width), ids.pad, dtype=torch.long, device=device)
-            for i, s in enumerate(seqs):
-                x[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            x = pad_rows(seqs, ids.pad, device)
             logits = self.model.decode(x, encoded, causal=True).float()
             self.passes += 1
             logits[..., [ids.pad, ids.bos]] = float("-inf")
@@ -174,13 +163,9 @@ class ParallelDrafter:
         m = self.module
         eos, mask_id = m.ids.eos, m.mask_id
         canvases = [p + [mask_id] * max(self.lengths[r] - len(p), 0) for r, p in zip(rows, prefixes)]
-        width = max(len(c) for c in canvases)
-        device = self.device
-        x = torch.full((len(rows), width), m.ids.pad, dtype=torch.long, device=device)
-        for i, c in enumerate(canvases):
-            x[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        x = pad_rows(canvases, m.ids.pad, self.device)
         real = x != m.ids.pad
-        encoded = self.encoded.index_select(torch.tensor(rows, device=device))
+        encoded = self.encoded.index_select(torch.tensor(rows, device=self.device))
         logits = m.decode_parallel(x, encoded, real).float()
         self.passes += 1
         never = sorted({m.ids.pad, m.ids.bos, eos, mask_id, *m.mask_predict_settings()["banned"]})
