@@ -69,6 +69,19 @@ def test_bench_measures_every_system_and_writes_table_and_plot(trained_run, reve
     assert "by output length" in table
 
 
+def test_bench_without_batch_one_timing_still_writes_its_table(trained_run, reversal_root, tmp_path):
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "AR greedy", "ckpt": ar}, {"name": "AR beam 2", "ckpt": ar, "options": {"beam": 2}},
+    ])
+    out = tmp_path / "out"
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency-sentences", "0"]) == 0
+    (greedy, beam) = json.loads((out / "bench.json").read_text())["records"]
+    assert "batch1_ms_mean" not in greedy and "speedup_batch1_vs_greedy" not in beam
+    assert beam["speedup_batched_vs_greedy"] > 0
+    assert "| AR beam 2 |" in (out / "bench.md").read_text()
+
+
 def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversal_root, tmp_path, capsys):
     ar = str(trained_run / "checkpoints" / "best.ckpt")
     spec = write_spec(tmp_path / "spec.yaml", reversal_root, [

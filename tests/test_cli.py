@@ -114,3 +114,14 @@ def test_every_recipe_parses_and_names_a_known_family():
         assert options is not None
     tiny = load_fit_config("recipes/multi30k/ar_tiny.yaml", ["--trainer.max_steps", "20"])
     assert tiny.trainer.max_steps == 20 and tiny.trainer.max_time_minutes == 30
+
+
+def test_fit_takes_the_recipe_as_its_first_argument_and_version_is_printed(tmp_path, capsys):
+    from nargen.cli.main import main
+
+    missing = tmp_path / "nowhere.yaml"
+    assert main(["fit", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err  # read as the recipe, not refused
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("nargen ")

@@ -97,7 +97,8 @@ def add_speedups(records: list[dict[str, Any]], spec: BenchSpec) -> None:
         if base is None:
             continue
         for record in records:
-            record[f"speedup_batch1_vs_{label}"] = round(base["batch1_ms_mean"] / record["batch1_ms_mean"], 2)
+            if "batch1_ms_mean" in base and "batch1_ms_mean" in record:  # none with latency_sentences 0
+                record[f"speedup_batch1_vs_{label}"] = round(base["batch1_ms_mean"] / record["batch1_ms_mean"], 2)
             record[f"speedup_batched_vs_{label}"] = round(record["sentences_per_s"] / base["sentences_per_s"], 2)
             record[f"{label}_baseline"] = base["system"]
 
@@ -159,7 +160,7 @@ def run_bench(
             "parameters": sum(p.numel() for p in module.parameters()),
         })
         records.append(record)
-        log(f"  BLEU {record['bleu']:.2f}, {record['batch1_ms_mean']} ms at batch 1, "
+        log(f"  BLEU {record['bleu']:.2f}, {record.get('batch1_ms_mean', '-')} ms at batch 1, "
             f"{record['sentences_per_s']} sentences/s")
     add_speedups(records, spec)
     return {

@@ -230,11 +230,19 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nargen", description=__doc__)
+    from nargen import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nargen",
+        description="Non-autoregressive and latent-variable translation on one transformer core: "
+                    "fit, translate, evaluate, diagnose, distill, download, bench.",
+    )
+    parser.add_argument("--version", action="version", version=f"nargen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a recipe; any key overridable as --section.key VALUE")
-    fit.add_argument("--config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
+    fit.add_argument("--config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml "
+                     "(or give it first: nargen fit RECIPE.yaml)")
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
@@ -323,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "fit" and not argv[1].startswith("-"):
+        argv[1:2] = ["--config", argv[1]]  # nargen fit RECIPE.yaml
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "fit":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

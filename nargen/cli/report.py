@@ -17,6 +17,11 @@ def _speedup(record: dict[str, Any], key: str) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
+def _number(record: dict[str, Any], key: str, spec: str) -> str:
+    value = record.get(key)
+    return format(value, spec) if value is not None else "-"
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """One row per system; signatures, device and threads beneath."""
     head = (
@@ -28,8 +33,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     for r in result["records"]:
         rows.append(
             f"| {r['system']} | {r['training_data'] or '-'} | {r['bleu']:.2f} | {r['chrf']:.2f} "
-            f"| {r['repetition_rate']:.4f} | {r['mean_passes_per_sentence']:.2f} "
-            f"| {r['batch1_ms_mean']:.1f} ({r['batch1_ms_p90']:.1f}) | {r['sentences_per_s']:.1f} "
+            f"| {r['repetition_rate']:.4f} | {_number(r, 'mean_passes_per_sentence', '.2f')} "
+            f"| {_number(r, 'batch1_ms_mean', '.1f')} ({_number(r, 'batch1_ms_p90', '.1f')}) "
+            f"| {r['sentences_per_s']:.1f} "
             f"| {_speedup(r, 'speedup_batch1_vs_greedy')} | {_speedup(r, 'speedup_batch1_vs_beam')} "
             f"| {_speedup(r, 'speedup_batched_vs_greedy')} | {_speedup(r, 'speedup_batched_vs_beam')} "
             f"| {r['hit_length_cap']} | {r.get('peak_memory_mb') or '-'} "
@@ -77,6 +83,7 @@ def frontier_chart(result: dict[str, Any]) -> Chart:
     """BLEU against batch-1 latency (log scale), every system labelled, the
     quality/speed frontier dashed and its systems in red."""
     records = result["records"]
+    records = [r for r in records if "batch1_ms_mean" in r]
     points = [(r["batch1_ms_mean"], r["bleu"]) for r in records]
     front = pareto_front(points)
     return Chart(

@@ -47,9 +47,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_module(
-    path: str | Path, family: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | Path, family: str | None = None, map_location: str | torch.device | None = None
 ) -> Seq2SeqModule:
-    """Rebuild the module a checkpoint holds; ``family`` checks what kind it must be."""
+    """Rebuild the module a checkpoint holds, in eval mode, on ``map_location`` (by
+    default a GPU when there is one, as the command line does); ``family`` checks what
+    kind it must be."""
+    if map_location is None:
+        map_location = "cuda" if torch.cuda.is_available() else "cpu"
     state = read_checkpoint(path)
     meta = state["nargen"]
     found = meta.get("family")
