@@ -15,6 +15,7 @@ FAMILY_DECODE_OPTIONS = {
     "insertion": {"parallel", "max_len_a", "max_len_b"},
     "ctc": {"beam", "length_penalty"},
     "dag": {"decoder", "length_penalty"},
+    "latent": {"latent_beam"},
 }
 
 

@@ -3,6 +3,7 @@
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
+from nargen.models.latent import LatentModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule, ParallelModule
 from nargen.models.base import (
@@ -13,7 +14,7 @@ from nargen.models.checkpoint import (
 )
 
 __all__ = [
-    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "CTCModule", "DAGModule", "InsertionModule", "NATModule",
+    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
     "read_checkpoint",

@@ -15,12 +15,14 @@ from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
+from nargen.models.latent import LatentModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.parallel import CMLMModule, NATModule
 
 FAMILIES: dict[str, type[Seq2SeqModule]] = {
     family.family: family for family in (
         AutoregressiveModule, NATModule, CMLMModule, InsertionModule, CTCModule, DAGModule,
+        LatentModule,
     )
 }
 

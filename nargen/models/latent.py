@@ -1,0 +1,205 @@
+"""Latent Transformer (Kaiser et al. 2018; EMA vector quantization as in Roy et al.
+2018) on the shared core: the target, read with the source, is compressed into
+``ceil(n / 2^c)`` discrete latents; a parallel decoder writes every target token from
+the source and the latents in one pass; a small autoregressive prior predicts the
+latents from the source. Decoding: the prior (greedy or beam), then one decoder pass.
+
+Length: the decoder's length is fixed by the latents up to the last chunk; a small head
+on the last latent predicts how many of that chunk's ``2^c`` positions are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nargen.core import Encoded, Seq2SeqTransformer
+from nargen.decoding import DecodeResult, SpecialIds, beam_search, greedy
+from nargen.decoding.protocol import pad_rows
+from nargen.latent import QuantizerConfig, VectorQuantizer
+from nargen.models.base import Seq2SeqModule
+
+PRIOR_IDS = SpecialIds(pad=0, bos=1, eos=2)
+PRIOR_OFFSET = 3  # latent word w has prior id w + 3
+
+
+@dataclass
+class LatentOptions:
+    compression: int = 2
+    """c: one latent per 2^c target tokens."""
+    codebook_size: int = 64
+    groups: int = 1
+    """Decomposed quantization; the prior's vocabulary is codebook_size ** groups."""
+    commitment: float = 0.25
+    decay: float = 0.99
+    dead_threshold: float = 0.01
+    latent_layers: int = 2
+    """Bidirectional decoder layers that read the target before compression."""
+    prior_layers: int = 2
+    prior_start_steps: int = 0
+    """Updates before the prior starts learning (the autoencoder first)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.compression <= 4:
+            raise ValueError(f"compression must be 1..4, got {self.compression}")
+        if self.codebook_size ** self.groups > 65536:
+            raise ValueError("codebook_size ** groups must be at most 65536 (the prior's vocabulary)")
+
+    def quantizer(self) -> QuantizerConfig:
+        return QuantizerConfig(codebook_size=self.codebook_size, groups=self.groups,
+                               commitment=self.commitment, decay=self.decay,
+                               dead_threshold=self.dead_threshold)
+
+
+class LatentPrior:
+    """The autoregressive prior over latent words, reading the main encoder's output
+    (the ``Seq2SeqModel`` protocol, so ``nargen.decoding`` greedy/beam run it); a view
+    of modules the ``LatentModule`` owns."""
+
+    def __init__(self, encoder: Seq2SeqTransformer, decoder: Seq2SeqTransformer) -> None:
+        self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, src: torch.Tensor) -> Encoded:
+        return self.encoder.encode(src)
+
+    def decode(self, tgt: torch.Tensor, encoded: Encoded, *, causal: bool = True, cache: Any = None) -> torch.Tensor:
+        return self.decoder.decode(tgt, encoded, causal=causal, cache=cache)
+
+    def new_cache(self, encoded: Encoded, capacity: int):
+        return self.decoder.new_cache(encoded, capacity)
+
+
+class LatentModule(Seq2SeqModule):
+    family = "latent"
+    options_class = LatentOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg, o = self.model_config, self.options
+        d = cfg.d_model
+        # decoder stacks of the core; their own (2-row) embeddings are unused
+        self.latent_reader = Seq2SeqTransformer(
+            replace(cfg, vocab_size=2, encoder_layers=0, decoder_layers=o.latent_layers, share_decoder_kv=False))
+        self.compress = nn.ModuleList(nn.Conv1d(d, d, kernel_size=2, stride=2) for _ in range(o.compression))
+        self.quantizer = VectorQuantizer(d, o.quantizer())
+        self.length_head = nn.Linear(d, 2 ** o.compression)
+        self.prior_decoder = Seq2SeqTransformer(replace(
+            cfg, vocab_size=o.codebook_size ** o.groups + PRIOR_OFFSET, encoder_layers=0,
+            decoder_layers=o.prior_layers, share_decoder_kv=False))
+        self.prior = LatentPrior(self.model, self.prior_decoder)
+        self.chunk = 2 ** o.compression
+
+    # ---- latents --------------------------------------------------------------------
+    def latent_states(self, encoded: Encoded, target: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target read with the source, halved ``c`` times: ``[batch, m, d]`` and the
+        latent mask (``m = ceil(n / 2^c)``)."""
+        h = self.latent_reader.decode_hidden(self.model.embed_tokens(target), encoded, causal=False, tgt_mask=real)
+        mask = real
+        for conv in self.compress:
+            if h.shape[1] % 2:
+                h = F.pad(h, (0, 0, 0, 1))
+                mask = F.pad(mask, (0, 1), value=False)
+            h = conv((h * mask[..., None]).transpose(1, 2)).transpose(1, 2)
+            mask = mask[:, 0::2] | mask[:, 1::2]
+        return h, mask
+
+    def words(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[..., groups]`` to one latent word each."""
+        base = self.options.codebook_size ** torch.arange(self.options.groups, device=codes.device)
+        return (codes * base).sum(-1)
+
+    def codes(self, words: torch.Tensor) -> torch.Tensor:
+        k, g = self.options.codebook_size, self.options.groups
+        return torch.stack([(words // k ** i) % k for i in range(g)], dim=-1)
+
+    def decode_tokens(self, encoded: Encoded, latents: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits of every target position from the source and the latent vectors."""
+        width = int(lengths.max()) if lengths.numel() else 1
+        inputs = latents.repeat_interleave(self.chunk, dim=1)[:, :width]
+        if inputs.shape[1] < width:
+            inputs = F.pad(inputs, (0, 0, 0, width - inputs.shape[1]))
+        real = torch.arange(width, device=lengths.device)[None] < lengths[:, None]
+        inputs = self.model.dropout(self.model.add_positions(inputs))
+        return self.model.output_logits(self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=real))
+
+    def lengths_from(self, latents: torch.Tensor, latent_mask: torch.Tensor) -> torch.Tensor:
+        m = latent_mask.sum(1)
+        last = latents[torch.arange(latents.shape[0], device=latents.device), (m - 1).clamp(min=0)]
+        return self.chunk * (m - 1) + 1 + self.length_head(last).argmax(-1)
+
+    # ---- training -------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token cross-entropy from quantized latents + length of the last chunk +
+        commitment; plus the prior's cross-entropy on the (detached) latent words once
+        ``prior_start_steps`` have passed."""
+        target = batch["tgt_in"][:, 1:]
+        real = target != self.ids.pad
+        lengths = real.sum(1)
+        encoded = self.model.encode(batch["src"])
+        states, latent_mask = self.latent_states(encoded, target, real)
+        q = self.quantizer(states, latent_mask)
+        logits = self.decode_tokens(encoded, q.vectors, lengths).float()
+        token_loss = F.cross_entropy(logits[real], target[real], label_smoothing=self.optim.label_smoothing)
+        m = latent_mask.sum(1)
+        last = q.vectors[torch.arange(len(m), device=m.device), m - 1]
+        length_loss = F.cross_entropy(self.length_head(last).float(), lengths - 1 - self.chunk * (m - 1))
+        loss = token_loss + length_loss + q.commitment_loss
+        if self.training and self._trainer is not None:
+            self.log("codebook_perplexity", q.perplexity, batch_size=len(m))
+            self.log("codebook_live", q.live_share, batch_size=len(m))
+        if self.global_step >= self.options.prior_start_steps:
+            loss = loss + self.prior_loss(encoded, self.words(q.codes).detach(), latent_mask)
+        return loss
+
+    def prior_loss(self, encoded: Encoded, words: torch.Tensor, latent_mask: torch.Tensor) -> torch.Tensor:
+        m = latent_mask.sum(1)
+        ids = (words + PRIOR_OFFSET).masked_fill(~latent_mask, PRIOR_IDS.pad)
+        bos = torch.full_like(ids[:, :1], PRIOR_IDS.bos)
+        tgt_in = torch.cat([bos, ids], 1)
+        tgt_out = torch.cat([ids, torch.full_like(bos, PRIOR_IDS.pad)], 1).scatter(1, m[:, None], PRIOR_IDS.eos)
+        logits = self.prior_decoder.decode(tgt_in, encoded, causal=True).float()
+        return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PRIOR_IDS.pad)
+
+    # ---- inference ------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_from_codes(self, src: torch.Tensor, encoded: Encoded, words: list[list[int]]) -> torch.Tensor:
+        """One parallel decoder pass from latent words (one list per sentence; e.g. the
+        prior's, or ``oracle_words`` of the references for the oracle-latent bound)."""
+        ids = pad_rows([w or [0] for w in words], -1, src.device)
+        latent_mask = ids >= 0
+        latents = self.quantizer.lookup(self.codes(ids.clamp(min=0)))
+        lengths = self.lengths_from(latents, latent_mask)
+        logits = self.decode_tokens(encoded, latents, lengths).float()
+        special = self.tokenizer.special
+        logits[..., [self.ids.pad, self.ids.bos, self.ids.eos, special.mask, special.blank]] = float("-inf")
+        tokens = logits.argmax(-1)
+        real = torch.arange(tokens.shape[1], device=src.device)[None] < lengths[:, None]
+        return tokens.masked_fill(~real, self.ids.pad)
+
+    @torch.no_grad()
+    def oracle_words(self, src: torch.Tensor, target: torch.Tensor) -> list[list[int]]:
+        """The autoencoder's latent words of reference targets (padded ``[batch, n]``)."""
+        real = target != self.ids.pad
+        encoded = self.model.encode(src)
+        states, latent_mask = self.latent_states(encoded, target, real)
+        words = self.words(self.quantizer.nearest(states.reshape(-1, self.options.groups, self.quantizer.part).float())
+                           .reshape(*states.shape[:2], self.options.groups))
+        return [w[mask].tolist() for w, mask in zip(words, latent_mask)]
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """Latent words from the prior (``latent_beam`` 1: greedy), then one pass."""
+        d = self.decode_config
+        beam = options.pop("latent_beam", d.options.get("latent_beam", 1))
+        if options:
+            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        caps = {"ids": PRIOR_IDS, "max_len_a": d.max_len_a / self.chunk,
+                "max_len_b": max(2, d.max_len_b // self.chunk), "max_len": self.model_config.max_len}
+        prior = greedy(self.prior, src, **caps) if beam <= 1 else beam_search(self.prior, src, beam=beam, **caps)
+        words = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in prior.as_lists(PRIOR_IDS.pad)]
+        tokens = self.decode_from_codes(src, self.model.encode(src), words)
+        return DecodeResult(tokens=tokens, passes=prior.passes + 1,
+                            hit_cap=torch.zeros(src.shape[0], dtype=torch.bool, device=src.device))

@@ -1,0 +1,64 @@
+"""The latent family: latent lengths, words and codes, the length rule; it learns the
+reversal task, with oracle latents as the upper bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import train_parallel
+from nargen.core import TransformerConfig
+from nargen.data import read_split
+from nargen.data.batching import pad_sequences
+from nargen.models import LatentModule, load_module
+
+
+def micro_latent(tokenizer, **options) -> LatentModule:
+    cfg = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, absolute_positions=True)
+    return LatentModule(cfg, tokenizer, family_options={"codebook_size": 8, **options}).eval()
+
+
+@pytest.mark.parametrize("compression", [1, 2, 3])
+def test_each_sentence_gets_ceil_n_over_two_to_the_c_latents(tokenizer, compression):
+    module = micro_latent(tokenizer, compression=compression)
+    lengths = [1, 2, 5, 8, 9, 17]
+    target = pad_sequences([torch.arange(6, 6 + n) for n in lengths], 0)
+    encoded = module.model.encode(torch.full((len(lengths), 3), 7))
+    _, mask = module.latent_states(encoded, target, target != 0)
+    assert mask.sum(1).tolist() == [-(-n // 2 ** compression) for n in lengths]
+
+
+def test_words_and_codes_are_inverse(tokenizer):
+    module = micro_latent(tokenizer, groups=2)
+    codes = torch.randint(0, 8, (4, 5, 2))
+    words = module.words(codes)
+    assert words.max() < 64 and torch.equal(module.codes(words), codes)
+
+
+def test_decoded_length_stays_inside_the_last_latent_chunk(tokenizer):
+    module = micro_latent(tokenizer, compression=2)
+    src = torch.full((3, 4), 7)
+    out = module.decode_from_codes(src, module.model.encode(src), [[1], [1, 2, 3], [4, 5]])
+    lengths = (out != 0).sum(1).tolist()
+    for n, m in zip(lengths, [1, 3, 2]):
+        assert 4 * (m - 1) < n <= 4 * m
+
+
+@pytest.mark.slow
+def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(reversal_root, tmp_path_factory):
+    checkpoint = train_parallel(reversal_root, tmp_path_factory, "latent",
+                                "--family_options", "{compression: 1, codebook_size: 32}")
+    module = load_module(checkpoint, family="latent")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    out = module.translate(test.source).texts
+    prior_exact = sum(o == r for o, r in zip(out, test.target)) / len(test.target)
+    ids = module.tokenizer
+    src = pad_sequences([torch.tensor(x + [2]) for x in ids.encode(test.source)], 0)
+    tgt = pad_sequences([torch.tensor(x) for x in ids.encode(test.target)], 0)
+    words = module.oracle_words(src, tgt)
+    oracle = ids.decode([[t for t in row if t] for row in
+                         module.decode_from_codes(src, module.model.encode(src), words).tolist()])
+    oracle_exact = sum(o == r for o, r in zip(oracle, test.target)) / len(test.target)
+    assert oracle_exact >= 0.6, oracle_exact
+    assert prior_exact >= 0.3, prior_exact
+    assert oracle_exact >= prior_exact
