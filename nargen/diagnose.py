@@ -15,6 +15,9 @@ oracle order would buy, and which order a model chooses for itself.
 - Insertion: BLEU and passes of parallel and sequential decoding against
   ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder.
 - CTC and DAG (single pass, no length or order to give): their decoders side by side.
+- Latent: BLEU from the prior's latents (greedy and beam 4) against the autoencoder's
+  latents of the reference (oracle latents: an upper bound), codebook usage (perplexity,
+  live codes) of each, and sequential passes (latents + 1).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ DECODER_VARIANTS = {
     "ctc": [{"beam": 1}, {"beam": 5}],
     "dag": [{"decoder": "greedy"}, {"decoder": "lookahead"}, {"decoder": "viterbi"}],
 }
-FAMILIES = ("nat", "cmlm", "insertion", *DECODER_VARIANTS)
+FAMILIES = ("nat", "cmlm", "insertion", "latent", *DECODER_VARIANTS)
 
 
 @dataclass
@@ -255,6 +258,9 @@ def diagnose(
         report["insertion"] = rows
         report["learned_order"] = orders
 
+    if module.family == "latent":
+        report["latent"] = latent_rows(module, batches, references, log)
+
     if module.family in DECODER_VARIANTS:
         rows = []
         for options in DECODER_VARIANTS[module.family]:
@@ -265,6 +271,33 @@ def diagnose(
             log(f"{module.family} {name}: BLEU {rows[-1]['bleu']}")
         report["decoders"] = rows
     return report
+
+
+def latent_rows(
+    module: Seq2SeqModule, batches: list[Batch], references: list[str], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Prior latents (greedy, beam 4) against oracle latents, with codebook usage."""
+    rows = []
+    for name in ("prior greedy", "prior beam 4", "oracle latents"):
+        used: list[torch.Tensor] = []
+
+        def decode(b: Batch, name: str = name) -> DecodeResult:
+            if name == "oracle latents":
+                words, passes = module.oracle_words(b.src, b.ref), 0
+            else:
+                words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
+            used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
+            tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
+            return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
+
+        decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
+        words = torch.cat(used)
+        codes = module.codes(words)
+        perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
+        rows.append({"latents": name, **scored(module, decoded, references),
+                     "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4)})
+        log(f"latent {name}: BLEU {rows[-1]['bleu']}")
+    return rows
 
 
 def run_with(
@@ -329,6 +362,13 @@ def markdown(report: dict[str, Any]) -> str:
              for r in report["insertion"]],
         )
         signature = report["insertion"][0]["bleu_signature"]
+        out.append("")
+    if "latent" in report:
+        out += ["## Latents: the prior against the reference's own latents", ""]
+        out += _table(["latents", "BLEU", "chrF", "mean passes", "codebook perplexity", "live codes"],
+                      [[r["latents"], r["bleu"], r["chrf"], r["mean_passes"], r["codebook_perplexity"],
+                        r["live_codes"]] for r in report["latent"]])
+        signature = report["latent"][0]["bleu_signature"]
         out.append("")
     if "decoders" in report:
         out += ["## Decoders (one decoder pass each)", ""]

@@ -62,3 +62,9 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(rever
     assert oracle_exact >= 0.6, oracle_exact
     assert prior_exact >= 0.3, prior_exact
     assert oracle_exact >= prior_exact
+    from nargen.diagnose import diagnose
+    report = diagnose(module, test.source[:40], test.target[:40], max_tokens=300)
+    rows = {r["latents"]: r for r in report["latent"]}
+    assert set(rows) == {"prior greedy", "prior beam 4", "oracle latents"}
+    assert rows["oracle latents"]["bleu"] >= rows["prior greedy"]["bleu"]
+    assert 0 < rows["oracle latents"]["live_codes"] <= 1

@@ -190,16 +190,23 @@ class LatentModule(Seq2SeqModule):
                            .reshape(*states.shape[:2], self.options.groups))
         return [w[mask].tolist() for w, mask in zip(words, latent_mask)]
 
+    @torch.no_grad()
+    def prior_words(self, src: torch.Tensor, beam: int = 1) -> tuple[list[list[int]], int]:
+        """Latent words predicted by the prior (greedy, or beam search), and its passes."""
+        d = self.decode_config
+        caps = {"ids": PRIOR_IDS, "max_len_a": d.max_len_a / self.chunk,
+                "max_len_b": max(2, d.max_len_b // self.chunk), "max_len": self.model_config.max_len}
+        prior = greedy(self.prior, src, **caps) if beam <= 1 else beam_search(self.prior, src, beam=beam, **caps)
+        words = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in prior.as_lists(PRIOR_IDS.pad)]
+        return words, prior.passes
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Latent words from the prior (``latent_beam`` 1: greedy), then one pass."""
         d = self.decode_config
         beam = options.pop("latent_beam", d.options.get("latent_beam", 1))
         if options:
             raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
-        caps = {"ids": PRIOR_IDS, "max_len_a": d.max_len_a / self.chunk,
-                "max_len_b": max(2, d.max_len_b // self.chunk), "max_len": self.model_config.max_len}
-        prior = greedy(self.prior, src, **caps) if beam <= 1 else beam_search(self.prior, src, beam=beam, **caps)
-        words = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in prior.as_lists(PRIOR_IDS.pad)]
+        words, passes = self.prior_words(src, beam)
         tokens = self.decode_from_codes(src, self.model.encode(src), words)
-        return DecodeResult(tokens=tokens, passes=prior.passes + 1,
+        return DecodeResult(tokens=tokens, passes=passes + 1,
                             hit_cap=torch.zeros(src.shape[0], dtype=torch.bool, device=src.device))
