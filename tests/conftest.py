@@ -116,6 +116,13 @@ def trained_dag(reversal_root, tmp_path_factory) -> Path:
     return train_parallel(reversal_root, tmp_path_factory, "dag", "--family_options", "{glat_ratio: 0.5}")
 
 
+@pytest.fixture(scope="session")
+def trained_latent(reversal_root, tmp_path_factory) -> Path:
+    """Latent Transformer, one latent per 2 tokens, 32 codes."""
+    return train_parallel(reversal_root, tmp_path_factory, "latent",
+                          "--family_options", "{compression: 1, codebook_size: 32}")
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     """Two checkpoints hold bitwise-equal weights."""
     from nargen.models import read_checkpoint

@@ -34,13 +34,16 @@ SYSTEMS = [
     ("dag", {"decoder": "greedy"}),
     ("dag", {"decoder": "lookahead"}),
     ("dag", {"decoder": "viterbi"}),
+    ("latent", {"latent_beam": 1}),
+    ("latent", {"latent_beam": 3}),
 ]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(trained_run, trained_cmlm, trained_nat, trained_insertion, trained_ctc, trained_dag):
+def checkpoints(trained_run, trained_cmlm, trained_nat, trained_insertion, trained_ctc, trained_dag,
+                trained_latent):
     return {"ar": trained_run / "checkpoints" / "best.ckpt", "cmlm": trained_cmlm, "nat": trained_nat,
-            "insertion": trained_insertion, "ctc": trained_ctc, "dag": trained_dag}
+            "insertion": trained_insertion, "ctc": trained_ctc, "dag": trained_dag, "latent": trained_latent}
 
 
 def source_rows(module, root, n=24) -> list[torch.Tensor]:

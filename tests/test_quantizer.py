@@ -35,6 +35,15 @@ def test_gradient_passes_straight_through_and_commitment_pulls_towards_the_code(
     assert torch.allclose(x.grad, expected, atol=1e-6)
 
 
+def test_a_codebook_vector_quantizes_to_its_own_index_and_known_subcodes_come_back():
+    q = VectorQuantizer(6, QuantizerConfig(codebook_size=5, groups=3)).eval()
+    codes = torch.tensor([[0, 4, 2], [3, 3, 1], [1, 0, 4]])
+    built = torch.cat([q.codebook[g, codes[:, g]] for g in range(3)], dim=-1)  # from known sub-codes
+    assert torch.equal(q(built).codes, codes)
+    single = VectorQuantizer(4, QuantizerConfig(codebook_size=7)).eval()
+    assert torch.equal(single(single.codebook[0]).codes[:, 0], torch.arange(7))
+
+
 def test_kmeans_finds_well_separated_centres():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[10.0, 0], [0, 10.0], [-10.0, 0], [0, -10.0]])
@@ -51,6 +60,18 @@ def test_first_training_batch_initialises_codebook_by_kmeans():
     assert bool(q.initialised)
     assert sorted(q.codebook[0, :, 0].round().tolist()) == [-5.0, 5.0]
     assert out.perplexity.item() == pytest.approx(2.0, rel=1e-3) and out.live_share.item() == 1.0
+
+
+def test_ema_update_moves_a_used_code_toward_the_mean_of_its_vectors():
+    c = QuantizerConfig(codebook_size=2, decay=0.5, kmeans_iters=0, dead_threshold=0.0)
+    q = VectorQuantizer(2, c).train()
+    q.initialised.fill_(True)
+    q.codebook[0] = torch.tensor([[0.0, 0.0], [50.0, 50.0]])
+    q.ema_sum[0] = q.codebook[0].clone()
+    x = torch.tensor([[3.0, 1.0], [5.0, 3.0]])  # both nearest to code 0; their mean is (4, 2)
+    before = torch.dist(q.codebook[0, 0], x.mean(0))
+    q(x)
+    assert torch.dist(q.codebook[0, 0], x.mean(0)) < before
 
 
 def test_ema_update_follows_its_formula():

@@ -116,9 +116,13 @@ class LatentModule(Seq2SeqModule):
         k, g = self.options.codebook_size, self.options.groups
         return torch.stack([(words // k ** i) % k for i in range(g)], dim=-1)
 
-    def decode_tokens(self, encoded: Encoded, latents: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits of every target position from the source and the latent vectors."""
-        width = int(lengths.max()) if lengths.numel() else 1
+    def decode_tokens(
+        self, encoded: Encoded, latents: torch.Tensor, lengths: torch.Tensor, width: int | None = None
+    ) -> torch.Tensor:
+        """Logits ``[batch, width, vocab]`` of every target position (``width``: the
+        longest length by default) from the source and the latent vectors."""
+        if width is None:
+            width = int(lengths.max()) if lengths.numel() else 1
         inputs = latents.repeat_interleave(self.chunk, dim=1)[:, :width]
         if inputs.shape[1] < width:
             inputs = F.pad(inputs, (0, 0, 0, width - inputs.shape[1]))
@@ -142,7 +146,7 @@ class LatentModule(Seq2SeqModule):
         encoded = self.model.encode(batch["src"])
         states, latent_mask = self.latent_states(encoded, target, real)
         q = self.quantizer(states, latent_mask)
-        logits = self.decode_tokens(encoded, q.vectors, lengths).float()
+        logits = self.decode_tokens(encoded, q.vectors, lengths, target.shape[1]).float()
         token_loss = F.cross_entropy(logits[real], target[real], label_smoothing=self.optim.label_smoothing)
         m = latent_mask.sum(1)
         last = q.vectors[torch.arange(len(m), device=m.device), m - 1]
