@@ -350,7 +350,8 @@ def markdown(report: dict[str, Any]) -> str:
         signature = report["length"][0]["bleu_signature"]
         out.append("")
     if "order" in report:
-        out += ["## Order of commitment in mask-predict (BLEU, reference length given)", ""]
+        out += ["## Order of commitment in mask-predict (BLEU, reference length given)", "",
+                "`confidence` is mask-predict's own order, so its row equals the reference-length row above.", ""]
         out += _table(["policy", *header[1:]], _pivot(report["order"], "policy", steps))
         out += ["", "Kept tokens are always the model's own predictions; the policy only chooses "
                 "which are kept after each iteration.", ""]
@@ -401,8 +402,10 @@ def charts(report: dict[str, Any]) -> list[Chart]:
             log_x=len(steps) > 1,
         )
         for key, rows, prefix in (("length", report.get("length", []), "length: "),
-                                  ("policy", report.get("order", []), "")):
+                                  ("policy", report.get("order", []), "order: ")):
             for name in dict.fromkeys(r[key] for r in rows):
+                if key == "length" and name == "reference" and "order" in report:
+                    continue  # the same decoding as the order policy "confidence"
                 mine = [r for r in rows if r[key] == name]
                 chart.lines.append(Line(
                     prefix + name, [r["iterations"] for r in mine], [r["bleu"] for r in mine],

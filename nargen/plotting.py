@@ -58,18 +58,36 @@ def _pyplot():
     return plt
 
 
+def _label_line_ends(fig, ax, ends, gap_points: float = 9.0) -> None:
+    """Label each line at its last point, nudging labels apart vertically so that
+    lines ending close together stay readable."""
+    if not ends:
+        return
+    fig.canvas.draw()  # fixes the axes limits, so data maps to display points
+    to_points = 72.0 / fig.dpi
+    placed = []
+    for line, colour in ends:
+        _, y = ax.transData.transform((line.x[-1], line.y[-1]))
+        placed.append([y * to_points, line, colour])
+    placed.sort(key=lambda p: p[0])
+    for i in range(1, len(placed)):
+        placed[i][0] = max(placed[i][0], placed[i - 1][0] + gap_points)
+    for wanted, line, colour in placed:
+        _, y = ax.transData.transform((line.x[-1], line.y[-1]))
+        ax.annotate(line.label, (line.x[-1], line.y[-1]), xytext=(6, wanted - y * to_points),
+                    textcoords="offset points", va="center", fontsize=8, color=colour)
+
+
 def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
     """Draw ``chart`` and write ``stem.png`` and ``stem.svg``; returns their paths."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.6, 4.6), dpi=120)
+    ends = []
     for line in chart.lines:
         style = "--" if line.dashed else "-"
         (drawn,) = ax.plot(line.x, line.y, style, marker="o", markersize=4, linewidth=1.6)
         if line.x:
-            ax.annotate(
-                line.label, (line.x[-1], line.y[-1]), xytext=(6, 0), textcoords="offset points",
-                va="center", fontsize=8, color=drawn.get_color(),
-            )
+            ends.append((line, drawn.get_color()))
     for point in chart.points:
         colour = "#c33" if point.highlight else "#36c"
         ax.plot([point.x], [point.y], "o", color=colour, markersize=5)
@@ -83,6 +101,7 @@ def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
         ax.minorticks_off()
     if chart.note:
         fig.text(0.01, 0.01, chart.note, fontsize=7, color="#555")
+    _label_line_ends(fig, ax, ends)
     ax.set_title(chart.title, fontsize=10)
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)
