@@ -24,7 +24,7 @@ def test_ddp_on_two_cpu_processes_trains_and_validates(reversal_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nargen.cli.main", "fit", *args],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(run_dir / "logs" / "metrics.csv") as handle:
+    with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:
         logged = [float(row["val_bleu"]) for row in csv.DictReader(handle) if row.get("val_bleu")]
     assert len(logged) == 1 and logged[0] > 20  # it learned something in 120 steps
 

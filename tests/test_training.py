@@ -151,6 +151,6 @@ def test_the_final_step_is_validated_when_max_steps_ends_inside_an_epoch(reversa
     assert config.trainer.val_every_steps is None
     summary = run_fit(config)
     assert summary["steps"] == 30 and summary["epochs"] >= 1  # ended inside a later epoch
-    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
     validated = sorted({int(r["step"]) + 1 for r in rows if r.get("val_bleu")})
     assert validated[-1] == 30 and len(validated) == 2  # the epoch end (17) and the last step

@@ -41,6 +41,12 @@ class TrainerConfig:
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
     progress_bar: bool = True
+    keep_last: int = 0
+    """Also keep the last N periodic checkpoints (``step-*.ckpt``), e.g. for ``nargen average``."""
+    fresh: bool = False
+    """Start over: an existing run folder is moved aside to ``RUN_DIR.previous-N`` (nothing is deleted)."""
+    allow_config_change: bool = False
+    """Resume even when the recipe changed in keys other than the budget and logging ones."""
 
 
 @dataclass

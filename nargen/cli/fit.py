@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from nargen.cli.config import FitConfig, TrainerConfig, to_dict
+from nargen.cli.run_history import check_resume, move_aside
 from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
@@ -64,6 +66,13 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         dirpath=checkpoints, save_top_k=0, save_last=True,
         every_n_train_steps=t.checkpoint_every_steps, enable_version_counter=False,
     )
+    callbacks = [best, last, monitor, ResumeState(), ValidateAtMaxSteps()]
+    if t.keep_last:
+        callbacks.append(ModelCheckpoint(
+            dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
+            save_top_k=t.keep_last, every_n_train_steps=t.checkpoint_every_steps,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        ))
     return L.Trainer(
         default_root_dir=run_dir,
         accelerator=t.accelerator,
@@ -75,9 +84,9 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
-        callbacks=[best, last, monitor, ResumeState(), ValidateAtMaxSteps()],
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=CSVLogger(run_dir, name="logs"),  # a new version_N per attempt: nothing overwritten
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
         num_sanity_val_steps=0,
@@ -97,15 +106,24 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         torch.set_num_threads(t.threads)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = Path(t.run_dir)
+    resolved = to_dict(config)
+    if t.fresh and (moved := move_aside(run_dir)) is not None:
+        print(f"nargen fit: moved the previous run to {moved}", file=sys.stderr)
+    resume = run_dir / "checkpoints" / "last.ckpt"
+    if resume.is_file():
+        check_resume(run_dir, resolved, t.allow_config_change)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    if not (run_dir / "config.yaml").is_file():
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     datamodule = TranslationDataModule(config.data)
     module = build_module(config, datamodule)
     datamodule.max_len = min(datamodule.max_len, module.model_config.max_len)
     monitor = ThroughputMonitor()
     trainer = make_trainer(config, run_dir, monitor)
-    resume = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics
+        trainer.logger.experiment  # creates the version folder
+        (Path(trainer.logger.log_dir) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.is_file() else None)
     summary: dict[str, Any] = {

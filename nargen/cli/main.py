@@ -148,6 +148,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from nargen.models.averaging import average_checkpoints
+
+    out = average_checkpoints(args.ckpts, args.out)
+    print(f"wrote {out}: the mean of {len(args.ckpts)} checkpoints")
+    return 0
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from nargen.distill import distill
 
@@ -235,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nargen",
         description="Non-autoregressive and latent-variable translation on one transformer core: "
-                    "fit, translate, evaluate, diagnose, distill, download, bench.",
+                    "fit, translate, evaluate, diagnose, distill, average, download, bench.",
     )
     parser.add_argument("--version", action="version", version=f"nargen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
     dg.add_argument("--threads", type=int, default=0)
 
+    av = sub.add_parser("average", help="average checkpoints' weights into one checkpoint")
+    av.add_argument("ckpts", nargs="+", help="checkpoints of one run, e.g. runs/X/checkpoints/step-*.ckpt")
+    av.add_argument("--out", required=True, help="the averaged checkpoint to write")
+
     dl = sub.add_parser("download", help="fetch a named corpus (needs a network)")
     dl.add_argument("corpus", choices=sorted(NAMED_CORPORA))
     dl.add_argument("--root", help="target folder (default $NARGEN_DATA or data/<corpus>)")
@@ -341,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fit":
             return cmd_fit(args, extra)
         return {"translate": cmd_translate, "evaluate": cmd_evaluate, "distill": cmd_distill,
-                "diagnose": cmd_diagnose,
+                "diagnose": cmd_diagnose, "average": cmd_average,
                 "download": cmd_download, "bench": cmd_bench}[args.command](args)
     except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
         print(f"nargen {args.command}: error: {err}", file=sys.stderr)
