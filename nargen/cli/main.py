@@ -13,7 +13,7 @@ import torch
 from nargen.cli.config import ConfigError, load_fit_config
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
-from nargen.data.corpus import decode_lines, read_lines
+from nargen.data.corpus import read_lines
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
 
@@ -85,16 +85,41 @@ def format_record(record: dict) -> str:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    module = load_module(args.ckpt, map_location=_device())
-    lines = decode_lines(sys.stdin.buffer.read(), "<stdin>")
-    result = module.translate(lines, **_decode_options(args, module))
-    for index in result.truncated:
-        print(f"warning: input line {index + 1} is longer than the model's maximum "
-              f"({module.model_config.max_len - 1} tokens) and was cut", file=sys.stderr)
-    out = sys.stdout
-    for text in result.texts:
-        out.write(text.replace("\n", " ") + "\n")
-    out.flush()
+    from nargen.cli.streaming import line_chunks
+
+    module = load_module(args.ckpt, map_location=args.device or _device())
+    options = _decode_options(args, module)
+    if args.nbest > 1:
+        if module.family != "autoregressive" or options.get("beam", module.decode_config.beam) < args.nbest:
+            raise ConfigError(f"--nbest {args.nbest} needs an autoregressive checkpoint and --beam >= {args.nbest}")
+    if args.history:
+        if unknown_options(module, ["keep_history"]):
+            raise ConfigError(f"--history does not apply to a {module.family!r} checkpoint")
+        options["keep_history"] = True
+    jsonl = args.output_format == "jsonl"
+    source = open(args.input, "rb") if args.input else sys.stdin.buffer
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    done = 0
+    try:
+        for lines in line_chunks(source, args.chunk_lines, args.input or "<stdin>"):
+            result = module.translate(lines, details=jsonl, **options)
+            for index in result.truncated:
+                print(f"warning: input line {done + index + 1} is longer than the model's maximum "
+                      f"({module.model_config.max_len - 1} tokens) and was cut", file=sys.stderr)
+            for i, text in enumerate(result.texts):
+                if jsonl:
+                    record = {"text": text, **result.details[i]}
+                    record["nbest"] = record["nbest"][: args.nbest] if args.nbest > 1 else []
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    out.write(text.replace("\n", " ") + "\n")
+            out.flush()
+            done += len(lines)
+    finally:
+        if args.input:
+            source.close()
+        if args.output:
+            out.close()
     return 0
 
 
@@ -273,8 +298,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
 
-    tr = sub.add_parser("translate", help="stdin to stdout, one output line per input line")
+    tr = sub.add_parser("translate", help="one output line per input line, streamed as input arrives")
     decoding(tr)
+    tr.add_argument("-i", "--input", help="input file (default: stdin)")
+    tr.add_argument("-o", "--output", help="output file (default: stdout)")
+    tr.add_argument("--output-format", choices=["text", "jsonl"], default="text",
+                    help="jsonl: one object per line with text, tokens, score, passes, history, nbest")
+    tr.add_argument("--nbest", type=int, default=1, help="autoregressive beam: hypotheses per line (jsonl)")
+    tr.add_argument("--history", action="store_true",
+                    help="cmlm, insertion: the text after each refinement pass (jsonl)")
+    tr.add_argument("--chunk-lines", type=int, default=64,
+                    help="most input lines translated together (fewer when input is slow)")
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU if any)")
 
     ev = sub.add_parser("evaluate", help="sacreBLEU, chrF and speed on a test set")
     decoding(ev)

@@ -11,8 +11,8 @@ from nargen.models import CheckpointError, Seq2SeqModule, load_module
 FAMILY_DECODE_OPTIONS = {
     "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b", "draft", "block"},
     "nat": {"length_beam", "rerank"},
-    "cmlm": {"iterations", "length_beam", "rerank", "early_stop"},
-    "insertion": {"parallel", "max_len_a", "max_len_b"},
+    "cmlm": {"iterations", "length_beam", "rerank", "early_stop", "keep_history"},
+    "insertion": {"parallel", "max_len_a", "max_len_b", "keep_history"},
     "ctc": {"beam", "length_penalty"},
     "dag": {"decoder", "length_penalty"},
     "latent": {"latent_beam"},

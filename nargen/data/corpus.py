@@ -25,17 +25,17 @@ def read_lines(path: str | Path) -> list[str]:
     return decode_lines(raw, str(path))
 
 
-def decode_lines(raw: bytes, name: str) -> list[str]:
+def decode_lines(raw: bytes, name: str, first_line: int = 1) -> list[str]:
     r"""Split UTF-8 bytes into lines: ``\n`` ends a line, a trailing ``\r`` is dropped,
     a leading byte-order mark is dropped. A bad line raises ``CorpusError`` naming
-    ``name`` and the 1-based line number."""
+    ``name`` and the 1-based line number (``raw`` starting at line ``first_line``)."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     chunks = raw.split(b"\n")
     if chunks[-1] == b"":
         chunks.pop()
     lines = []
-    for number, chunk in enumerate(chunks, start=1):
+    for number, chunk in enumerate(chunks, start=first_line):
         if chunk.endswith(b"\r"):
             chunk = chunk[:-1]
         try:

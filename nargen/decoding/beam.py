@@ -105,12 +105,14 @@ def beam_search(
             )
 
     best: list[list[int]] = []
-    best_scores, hit_cap = [], []
+    best_scores, hit_cap, nbest = [], [], []
     for hyps in finished:
-        score, tokens, capped = max(hyps, key=lambda h: h[0])
+        ranked = sorted(hyps, key=lambda h: -h[0])  # stable: equal scores keep their order
+        score, tokens, capped = ranked[0]
         best.append(tokens)
         best_scores.append(score)
         hit_cap.append(capped)
+        nbest.append([(t, s) for s, t, _ in ranked])
     width = max((len(t) for t in best), default=0)
     out = torch.full((batch, width), ids.pad, dtype=torch.long, device=device)
     for i, tokens in enumerate(best):
@@ -120,4 +122,5 @@ def beam_search(
         passes=passes,
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device),
         scores=torch.tensor(best_scores, device=device),
+        nbest=nbest,
     )

@@ -63,6 +63,8 @@ class DecodeResult:
     scores: torch.Tensor | None = None
     history: list[torch.Tensor] = field(default_factory=list)
     schedule: torch.Tensor | None = None
+    nbest: list[list[tuple[list[int], float]]] = field(default_factory=list)
+    """Beam search: each row's finished hypotheses ``(tokens, score)``, best first."""
     counts: dict[str, int] = field(default_factory=dict)
     """Decoder-specific tallies that add up over batches (speculative decoding: each
     model's passes, tokens proposed and accepted)."""

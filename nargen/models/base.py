@@ -76,6 +76,11 @@ class Translation:
     """0-based indices of inputs cut to the model's maximum length."""
     counts: dict[str, int] = field(default_factory=dict)
     """The decoder's ``DecodeResult.counts`` summed over batches."""
+    details: list[dict[str, Any]] = field(default_factory=list)
+    """With ``details=True``, per input line: ``tokens`` (output ids), ``score`` (None
+    where the decoder has none), ``passes`` (sequential passes of the batch that held
+    the line), ``history`` (texts after each refinement pass, when the decoder keeps
+    it), ``nbest`` (beam search: ``{text, tokens, score}``, best first)."""
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -202,11 +207,12 @@ class Seq2SeqModule(L.LightningModule):
 
     # ---- inference --------------------------------------------------------------------
     @torch.no_grad()
-    def translate(self, sentences: list[str], **options: Any) -> Translation:
+    def translate(self, sentences: list[str], *, details: bool = False, **options: Any) -> Translation:
         """Translate raw sentences in source-token-budget batches; one output each.
 
         Empty inputs give empty outputs; inputs longer than the model's maximum are cut
-        (their indices are reported in ``truncated``). Options go to ``generate``.
+        (their indices are reported in ``truncated``). Options go to ``generate``;
+        ``details`` adds per-line tokens, scores, history and n-best lists.
         """
         was_training = self.training
         if was_training:  # eval()/train() walk every submodule: not on each call
@@ -216,6 +222,9 @@ class Seq2SeqModule(L.LightningModule):
         truncated = [i for i, ids in enumerate(encoded) if len(ids) > limit]
         encoded = [ids[:limit] for ids in encoded]
         texts = [""] * len(sentences)
+        info: list[dict[str, Any]] = [
+            {"tokens": [], "score": None, "passes": 0, "history": [], "nbest": []} for _ in sentences
+        ] if details else []
         todo = [i for i, ids in enumerate(encoded) if ids]
         max_tokens = options.pop("max_tokens", self.decode_config.max_tokens)
         batches = token_budget_batches([len(encoded[i]) + 1 for i in todo], max_tokens)
@@ -231,11 +240,32 @@ class Seq2SeqModule(L.LightningModule):
             for key, value in result.counts.items():
                 counts[key] = counts.get(key, 0) + value
             hit_cap += int(result.hit_cap.sum())
-            for i, text in zip(rows, self.tokenizer.decode(result.as_lists(self.ids.pad))):
+            outputs = result.as_lists(self.ids.pad)
+            for i, text in zip(rows, self.tokenizer.decode(outputs)):
                 texts[i] = text
+            if details:
+                self._add_details(info, rows, outputs, result)
         if was_training:
             self.train()
-        return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated, counts=counts)
+        return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated,
+                           counts=counts, details=info)
+
+    def _add_details(
+        self, info: list[dict[str, Any]], rows: list[int], outputs: list[list[int]], result: DecodeResult
+    ) -> None:
+        pad = self.ids.pad
+        history = [self.tokenizer.decode([[t for t in row if t != pad] for row in h.tolist()])
+                   for h in result.history]
+        for j, i in enumerate(rows):
+            info[i]["tokens"] = outputs[j]
+            info[i]["passes"] = result.passes
+            if result.scores is not None:
+                info[i]["score"] = float(result.scores[j])
+            info[i]["history"] = [texts[j] for texts in history]
+            if result.nbest:
+                hyps = result.nbest[j]
+                info[i]["nbest"] = [{"text": text, "tokens": tokens, "score": score} for text, (tokens, score)
+                                    in zip(self.tokenizer.decode([t for t, _ in hyps]), hyps)]
 
     # ---- checkpoint metadata ----------------------------------------------------------
     def metadata(self) -> dict[str, Any]:

@@ -165,6 +165,7 @@ class InsertionModule(Seq2SeqModule):
         """Parallel insertion decoding by default; ``parallel=False`` for sequential."""
         d = self.decode_config
         parallel = options.pop("parallel", d.options.get("parallel", True))
+        keep_history = options.pop("keep_history", False)
         common = {
             "max_len_a": options.pop("max_len_a", d.max_len_a),
             "max_len_b": options.pop("max_len_b", d.max_len_b),
@@ -174,5 +175,5 @@ class InsertionModule(Seq2SeqModule):
         special = self.tokenizer.special
         return insertion_decode(
             self, src, parallel=parallel, ids=self.ids, max_len=self.model_config.max_len,
-            banned=(special.mask, special.blank), **common,
+            banned=(special.mask, special.blank), keep_history=keep_history, **common,
         )

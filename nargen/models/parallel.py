@@ -154,11 +154,12 @@ class ParallelModule(Seq2SeqModule):
         length_beam = options.pop("length_beam", self.decode_config.options.get("length_beam", 1))
         rerank: Reranker | None = options.pop("rerank", None)
         early_stop = options.pop("early_stop", self.decode_config.options.get("early_stop", False))
+        keep_history = options.pop("keep_history", False)
         if options:
             raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
         return mask_predict(
             self, src, iterations=iterations, length_beam=length_beam, rerank=rerank,
-            early_stop=early_stop, **self.mask_predict_settings(),
+            early_stop=early_stop, keep_history=keep_history, **self.mask_predict_settings(),
         )
 
     def mask_predict_settings(self) -> dict[str, Any]:
