@@ -31,8 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from nargen.data.batching import pad_sequences, token_budget_batches
-from nargen.data.tokenizer import EOS
+from nargen.data.batching import token_budget_batches
 from nargen.decoding import DecodeResult, mask_predict
 from nargen.decoding.remask import (
     RemaskPolicy, by_priority, confidence, left_to_right, oracle, oracle_all, random_order,
@@ -69,15 +68,14 @@ def make_batches(
     """Source-token-budget batches holding each sentence's source and reference ids
     (both cut to the model's maximum length)."""
     limit = module.model_config.max_len - 1
-    src_ids = [ids[:limit] for ids in module.tokenizer.encode(sources)]
+    src_ids = module.source_ids(sources)
     ref_ids = [ids[:limit] for ids in module.tokenizer.encode(references)]
-    pad = module.ids.pad
     batches = []
-    for rows in token_budget_batches([len(s) + 1 for s in src_ids], max_tokens):
-        src = pad_sequences([torch.tensor(src_ids[i] + [EOS]) for i in rows], pad)
-        ref = pad_sequences([torch.tensor(ref_ids[i] or [pad], dtype=torch.long) for i in rows], pad)
-        lengths = torch.tensor([max(1, len(ref_ids[i])) for i in rows])
-        batches.append(Batch(rows, src.to(module.device), ref.to(module.device), lengths.to(module.device)))
+    for rows in token_budget_batches([len(s) for s in src_ids], max_tokens):
+        src = module.source_tensor([src_ids[i] for i in rows])
+        ref = module.source_tensor([ref_ids[i] or [module.ids.pad] for i in rows])
+        lengths = torch.tensor([max(1, len(ref_ids[i])) for i in rows], device=module.device)
+        batches.append(Batch(rows, src, ref, lengths))
     return batches
 
 

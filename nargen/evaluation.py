@@ -9,7 +9,6 @@ from typing import Any
 import sacrebleu
 import torch
 
-from nargen.data.batching import pad_sequences
 from nargen.memory import peak_bytes, reset_peak
 from nargen.models.base import Seq2SeqModule
 
@@ -37,10 +36,8 @@ def kv_cache_footprint(module: Seq2SeqModule, sources: list[str], steps: int = 1
     """Measured from the cache tensors after ``steps`` greedy steps on up to 8 sentences:
     self-attention K/V bytes per generated token per sentence, and cross-attention K/V
     bytes per source token (autoregressive models)."""
-    pad, eos = module.ids.pad, module.ids.eos
-    rows = [torch.tensor(ids[: module.model_config.max_len - 1] + [eos])
-            for ids in module.tokenizer.encode(sources[:8])]
-    src = pad_sequences(rows, pad).to(module.device)
+    pad = module.ids.pad
+    src = module.encode_batch(sources[:8])
     model = module.model
     encoded = model.encode(src)
     cache = model.new_cache(encoded, steps + 1)

@@ -230,16 +230,16 @@ def bench_systems(args: argparse.Namespace) -> int:
 
 
 def bench_kv_cache(args: argparse.Namespace) -> int:
-    from nargen.data.batching import pad_sequences, token_budget_batches
+    from nargen.data.batching import token_budget_batches
     from nargen.decoding import greedy
 
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt, map_location=_device())
     sources = read_lines(args.src)[: args.sentences]
-    ids = [x[: module.model_config.max_len - 1] + [module.ids.eos] for x in module.tokenizer.encode(sources)]
+    ids = module.source_ids(sources)
     batches = token_budget_batches([len(x) for x in ids], args.max_tokens)
-    srcs = [pad_sequences([torch.tensor(ids[i]) for i in b], module.ids.pad).to(module.device) for b in batches]
+    srcs = [module.source_tensor([ids[i] for i in b]) for b in batches]
     d = module.decode_config
     settings = {"ids": module.ids, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b,
                 "max_len": module.model_config.max_len}

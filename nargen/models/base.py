@@ -206,6 +206,20 @@ class Seq2SeqModule(L.LightningModule):
         self.log("val_bleu", bleu.score, prog_bar=True, sync_dist=True)
 
     # ---- inference --------------------------------------------------------------------
+    def source_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of raw source texts as the model reads them: cut to its maximum
+        length, EOS appended."""
+        limit = self.model_config.max_len - 1
+        return [ids[:limit] + [EOS] for ids in self.tokenizer.encode(texts)]
+
+    def source_tensor(self, ids: list[list[int]]) -> torch.Tensor:
+        """Right-padded ``[batch, longest]`` source tensor on the module's device."""
+        return pad_sequences([torch.tensor(x, dtype=torch.long) for x in ids], PAD).to(self.device)
+
+    def encode_batch(self, texts: list[str]) -> torch.Tensor:
+        """Raw source texts to the padded tensor ``generate`` and the decoders take."""
+        return self.source_tensor(self.source_ids(texts))
+
     @torch.no_grad()
     def translate(self, sentences: list[str], *, details: bool = False, **options: Any) -> Translation:
         """Translate raw sentences in source-token-budget batches; one output each.
@@ -232,9 +246,7 @@ class Seq2SeqModule(L.LightningModule):
         counts: dict[str, int] = {}
         for batch in batches:
             rows = [todo[j] for j in batch]
-            src = pad_sequences(
-                [torch.tensor(encoded[i] + [EOS]) for i in rows], PAD
-            ).to(self.device)
+            src = self.source_tensor([encoded[i] + [EOS] for i in rows])
             result = self.generate(src, **options)
             passes += result.passes
             for key, value in result.counts.items():
