@@ -127,7 +127,7 @@ def test_diagnose_refuses_an_autoregressive_checkpoint(trained_run, reversal_roo
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
                  "--out", str(tmp_path)])
     assert code == 2
-    assert "nat, cmlm, insertion, ctc, dag" in capsys.readouterr().err
+    assert "takes nat, cmlm, insertion, latent, ctc, dag checkpoints" in capsys.readouterr().err
 
 
 def test_batches_keep_each_reference_with_its_source(cmlm, test_split):

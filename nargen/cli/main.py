@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--chunk-lines", type=int, default=2000)
 
     dg = sub.add_parser("diagnose", help="oracle length, oracle order and the learned order of a parallel checkpoint")
-    dg.add_argument("--ckpt", required=True, help="nat, cmlm, insertion, ctc or dag checkpoint")
+    dg.add_argument("--ckpt", required=True, help="nat, cmlm, insertion, latent, ctc or dag checkpoint")
     dg.add_argument("--src", required=True)
     dg.add_argument("--ref", required=True)
     dg.add_argument("--out", required=True, help="folder for diagnose.json, diagnose.md and the plots")
