@@ -143,6 +143,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_written(files: list[Path], missing_plots: str | None) -> None:
+    """Name the files a report wrote, and why it has no plots when it has none."""
+    if missing_plots:
+        print(f"no plots: {missing_plots}", file=sys.stderr)
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from nargen.diagnose import diagnose, markdown, write_report
 
@@ -165,11 +172,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from err
     report.update({"checkpoint": str(args.ckpt), "source": str(args.src), "reference": str(args.ref),
                    "teacher": str(args.teacher_ckpt) if args.teacher_ckpt else None})
-    files, missing = write_report(report, args.out)
     print(markdown(report))
-    if missing:
-        print(f"no plots: {missing}", file=sys.stderr)
-    print("wrote " + ", ".join(str(f) for f in files))
+    report_written(*write_report(report, args.out))
     return 0
 
 
@@ -221,11 +225,8 @@ def bench_systems(args: argparse.Namespace) -> int:
     if args.threads:
         spec.threads = args.threads
     result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
-    files, missing = write_report(result, args.out)
     print(markdown_table(result))
-    if missing:
-        print(f"no plots: {missing}", file=sys.stderr)
-    print("wrote " + ", ".join(str(f) for f in files))
+    report_written(*write_report(result, args.out))
     return 0
 
 
