@@ -36,9 +36,13 @@ class Translator:
         self.module = module.eval()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None) -> "Translator":
-        """Load ``path``; ``device`` defaults to a GPU when there is one, as the CLI does."""
-        return cls(load_module(path, map_location=device))
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+    ) -> "Translator":
+        """Load ``path``; ``device`` defaults to a GPU when there is one, as the CLI does;
+        ``dtype`` (e.g. ``torch.bfloat16``) casts the weights."""
+        module = load_module(path, map_location=device)
+        return cls(module if dtype is None else module.to(dtype=dtype))
 
     @property
     def family(self) -> str:
@@ -48,7 +52,12 @@ class Translator:
         """The padded source tensor the decoders in ``nargen.decoding`` take."""
         return self.module.encode_batch(texts)
 
+    def decoder_settings(self) -> dict[str, Any]:
+        """The checkpoint's own settings for its family's decoder in ``nargen.decoding``."""
+        return self.module.decoder_settings()
+
     def translate(self, texts: list[str], **options: Any) -> list[TranslatedLine]:
-        """One ``TranslatedLine`` per input text, in order."""
+        """One ``TranslatedLine`` per input text, in order; ``options`` are the family's
+        decoder options (``nargen fit --help`` lists them under ``decode.options``)."""
         result = self.module.translate(texts, details=True, **options)
         return [TranslatedLine(text=text, **info) for text, info in zip(result.texts, result.details)]

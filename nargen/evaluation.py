@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from typing import Any
 
 import sacrebleu
 import torch
+from tqdm import tqdm
 
 from nargen.memory import peak_bytes, reset_peak
 from nargen.models.base import Seq2SeqModule
@@ -80,17 +82,20 @@ def evaluate(
     *,
     latency_sentences: int | None = None,
     warmup: int = 8,
+    progress: bool = False,
     **options: Any,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate ``sources`` batched (timed), score against ``references``, then time
-    ``latency_sentences`` sentences one at a time (batch size 1). Returns the record and the translations."""
+    ``latency_sentences`` sentences one at a time (batch size 1). ``progress`` shows a
+    bar for each of the two on stderr. Returns the record and the translations."""
     if len(sources) != len(references):
         raise ValueError(f"{len(sources)} sources but {len(references)} references")
     module.eval()
     module.translate(sources[:warmup], **options)
     reset_peak(module.device)
+    bar = tqdm(total=len(sources), desc="batched", unit="sent", disable=not progress, file=sys.stderr)
     start = time.perf_counter()
-    result = module.translate(sources, **options)
+    result = module.translate(sources, progress=bar.update, **options)
     batched_seconds = time.perf_counter() - start
     peak = peak_bytes(module.device)
     tokens = module.tokenizer.encode(result.texts)
@@ -116,7 +121,8 @@ def evaluate(
         record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
     times, passes = [], 0
-    for sentence in sources[:n]:
+    bar.close()
+    for sentence in tqdm(sources[:n], desc="batch-1", unit="sent", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
         one = module.translate([sentence], **options)
         times.append(time.perf_counter() - start)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nargen.cli.main import main
+from nargen.models import load_module
 
 
 def run_cli(args: list[str], stdin: bytes = b"", monkeypatch=None, capsys=None):
@@ -82,17 +83,25 @@ def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trainer.max_stepz", "3"], "unknown key config.trainer.max_stepz"),
-    (["--optim.lr", "fast"], "config.optim.lr must be float"),
+    (["--trainer.max_stepz", "3"], "--trainer.max_stepz"),
+    (["--optim.lr", "fast"], 'optim.lr": Expected a <class \'float\'>. Got value: fast'),
+    (["--data.vocab_size", "many"], "data.vocab_size"),
     (["--config", "does/not/exist.yaml"], "exist.yaml: no such recipe"),
     (["--model", "{preset: huge}"], "unknown model preset 'huge'"),
     (["--model", "{preset: tiny, n_kv_heads: 3}"], "n_kv_heads=3 must divide n_heads=4"),
     (["--family", "diffusion"], "unknown family 'diffusion'"),
     (["--family", "nat", "--family_options", "{decoder_input: noise}"], "decoder_input must be"),
     (["--family", "cmlm", "--decode.validation", "{iteratons: 4}"],
-     "config.decode.validation: iteratons does not apply to the 'cmlm' family"),
+     "decode.validation: iteratons does not apply to the 'cmlm' family"),
     (["--family", "nat", "--eval.decodes", "[{iterations: 4}]"],
-     "config.eval.decodes[0]: iterations does not apply to the 'nat' family"),
+     "eval.decodes[0]: iterations does not apply to the 'nat' family"),
+    (["--family", "autoregressive", "--decode.options.iterations", "4"],
+     "decode.options: iterations does not apply to the 'autoregressive' family"),
+    (["--family", "cmlm", "--decode.options.beam", "4"],
+     "decode.options: beam does not apply to the 'cmlm' family"),
+    (["--family", "cmlm", "--decode.options.iterations", "many"], "decode.options: iterations must be int, got 'many'"),
+    (["--family", "cmlm", "--decode.options.rerank", "x"], "decode.options: rerank does not apply to the 'cmlm' family"),
+    (["--family", "nat", "--family_options.decoder_input", "no"], "family_options"),
 ])
 def test_fit_rejects_bad_configuration_by_name(args, message, capsys, tmp_path):
     code = main(["fit", "--trainer.run_dir", str(tmp_path), *args])
@@ -126,6 +135,118 @@ def test_fit_takes_the_recipe_as_its_first_argument_and_version_is_printed(tmp_p
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("nargen ")
+
+
+def test_override_values_are_typed_by_their_key_not_by_yaml_1_1():
+    from nargen.cli.config import load_fit_config
+
+    config = load_fit_config(None, ["--data.src_lang", "no", "--data.tgt_lang", "on", "--optim.lr", "3e-3"])
+    assert config.data.src_lang == "no" and config.data.tgt_lang == "on"
+    assert config.optim.lr == 0.003
+
+
+def test_a_bad_value_in_the_recipe_file_names_the_file(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("family: cmlm\ntrainer:\n  max_steps: lots\n")
+    assert main(["fit", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert str(recipe) in err and "trainer.max_steps" in err
+
+
+def test_fit_help_lists_every_key_with_type_default_and_doc(capsys):
+    import dataclasses
+
+    from nargen.cli.config import EvalConfig, TrainerConfig
+    from nargen.data import DataConfig
+    from nargen.models import DecodeConfig, OptimConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for key in ("--family", "--family_options", "--model", "--config", "--print-config"):
+        assert key in out
+    for section, cls in (("data", DataConfig), ("optim", OptimConfig), ("decode", DecodeConfig),
+                         ("trainer", TrainerConfig), ("eval", EvalConfig)):
+        for key in dataclasses.fields(cls):
+            assert f"--{section}.{key.name}" in out
+    assert "(type: int, default: 0)" in out  # e.g. trainer.keep_last
+    assert "Also keep the last N periodic checkpoints" in out  # a field's doc line
+    assert "cmlm: iterations=10, length_beam=1" in out  # each family's decoder options
+
+
+def test_print_config_prints_a_recipe_that_reads_back_the_same(tmp_path, capsys):
+    import yaml
+
+    from nargen.cli.config import load_fit_config
+
+    args = ["recipes/multi30k/cmlm_tiny.yaml", "--decode.options.iterations", "4", "--data.src_lang", "no"]
+    assert main(["fit", *args, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["decode"]["options"]["iterations"] == 4
+    (tmp_path / "resolved.yaml").write_text(printed)
+    assert load_fit_config(tmp_path / "resolved.yaml", []) == load_fit_config(args[0], args[1:])
+
+
+def test_old_checkpoints_keep_their_decoder_settings():
+    from nargen.models.base import decode_config_from_metadata
+
+    old = {"beam": 4, "length_penalty": 0.6, "max_len_a": 1.2, "max_len_b": 5, "max_tokens": 100,
+           "options": {}, "validation": {}}
+    ar = decode_config_from_metadata("autoregressive", old)
+    assert ar.options == {"beam": 4, "length_penalty": 0.6, "max_len_a": 1.2, "max_len_b": 5}
+    assert ar.max_tokens == 100
+    cmlm = decode_config_from_metadata("cmlm", {**old, "options": {"iterations": 4}})
+    assert cmlm.options == {"iterations": 4}  # the autoregressive settings did not apply to it
+
+
+@pytest.mark.slow
+def test_sampling_with_top_1_is_greedy_and_a_seed_repeats_a_draw(trained_run):
+    from nargen.decoding import greedy, sample
+
+    module = load_module(trained_run / "checkpoints" / "best.ckpt")
+    src = module.encode_batch(["ka lo mi", "nu pe ro su", "za bu"])
+    settings = module.decoder_settings()
+    assert torch.equal(sample(module.model, src, top_k=1, **settings).tokens,
+                       greedy(module.model, src, **settings).tokens)
+    a = sample(module.model, src, temperature=3.0, seed=7, **settings).tokens
+    assert torch.equal(a, sample(module.model, src, temperature=3.0, seed=7, **settings).tokens)
+    draws = {tuple(sample(module.model, src, temperature=3.0, seed=s, **settings).tokens.flatten().tolist())
+             for s in range(8)}
+    assert len(draws) > 1  # a hot distribution does not always give the same output
+
+
+@pytest.mark.slow
+def test_translate_options_a_family_does_not_take_are_named(trained_run, trained_cmlm, capsys, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("ka lo mi\n")
+    assert main(["translate", "--ckpt", str(trained_cmlm), "-i", str(source), "--sampling"]) == 2
+    assert "--sampling does not apply to a 'cmlm' checkpoint" in capsys.readouterr().err
+    module = load_module(trained_cmlm)
+    with pytest.raises(ValueError, match="beam does not apply to the 'cmlm' family"):
+        module.translate(["ka lo mi"], beam=4)
+    with pytest.raises(ValueError, match="iterations must be int"):
+        module.translate(["ka lo mi"], iterations="4")
+
+
+@pytest.mark.slow
+def test_translate_in_bf16_keeps_one_line_per_input(trained_run, tmp_path):
+    source, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("ka lo mi\n\nnu pe ro su\n")
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    assert main(["translate", "--ckpt", str(ckpt), "--dtype", "bf16", "-i", str(source), "-o", str(out)]) == 0
+    lines = out.read_text().split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # three lines, the empty one kept
+    assert lines[0].split() == ["mi", "lo", "ka"]
+
+
+@pytest.mark.slow
+def test_evaluate_shows_progress_when_asked(trained_run, reversal_root, capsys):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    assert main(["evaluate", "--ckpt", str(ckpt), "--src", str(reversal_root / "test.src"),
+                 "--ref", str(reversal_root / "test.tgt"), "--latency-sentences", "5", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "batched" in err and "batch-1" in err
 
 
 @pytest.mark.slow
@@ -164,9 +285,8 @@ def test_translate_jsonl_nbest_matches_beam_search_and_files_keep_alignment(trai
     module = load_module(ckpt)
     for record, line in zip((records[0], records[2]), ("ka lo mi", "nu pe ro su")):
         src = pad_sequences([torch.tensor(module.tokenizer.encode([line])[0] + [module.ids.eos])], 0)
-        d = module.decode_config
-        direct = beam_search(module.model, src, beam=3, ids=module.ids, length_penalty=d.length_penalty,
-                             max_len_a=d.max_len_a, max_len_b=d.max_len_b, max_len=module.model_config.max_len)
+        direct = beam_search(module.model, src, beam=3, length_penalty=module.decode_options()["length_penalty"],
+                             **module.decoder_settings())
         assert [h["tokens"] for h in record["nbest"]] == [t for t, _ in direct.nbest[0]]
         # batched with the other line there, alone here: scores agree within float tolerance
         assert [h["score"] for h in record["nbest"]] == pytest.approx([s for _, s in direct.nbest[0]], abs=1e-4)

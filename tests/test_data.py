@@ -155,8 +155,15 @@ def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
 
 def test_download_failure_names_the_url(tmp_path):
     _, corpus = _fake_remote(tmp_path)
-    with pytest.raises(CorpusError, match="train.fr.gz"):
-        download(corpus, tmp_path / "local", ["train"], ["fr"])
+    with pytest.raises(CorpusError, match="download of .*train.fr.gz failed"):
+        download(corpus, tmp_path / "local", ["train"], ["fr"], allow_unchecked=True)
+
+
+def test_download_refuses_files_without_a_checksum_before_fetching_any(tmp_path):
+    _, corpus = _fake_remote(tmp_path)
+    with pytest.raises(CorpusError, match="no sha256 known for train.fr.gz"):
+        download(corpus, tmp_path / "local", ["train"], ["de", "fr"])
+    assert not (tmp_path / "local").exists()  # not even the checked German file
 
 
 def test_multi30k_is_registered_with_checksums():

@@ -61,3 +61,13 @@ def test_keep_last_keeps_periodic_checkpoints_and_averaging_them_is_their_mean(r
     average_checkpoints([kept[0], kept[0], kept[0]], same)
     for name, value in read_checkpoint(same)["state_dict"].items():
         assert torch.equal(value, a[name])
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_beside_the_csv_metrics(reversal_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    run_dir = tmp_path / "run"
+    run_fit(reversal_config(reversal_root, run_dir, tmp_path / "c", 10, "--trainer.tensorboard", "true",
+                            "--trainer.log_every_n_steps", "5"))
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()

@@ -48,9 +48,7 @@ def ar_and_sources(trained_run, reversal_root):
 
 
 def settings(module):
-    d = module.decode_config
-    return {"ids": module.ids, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b,
-            "max_len": module.model_config.max_len}
+    return module.decoder_settings()
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_training_resumes_from_last_checkpoint(reversal_root, tmp_path):
 
 
 @pytest.mark.parametrize("family, options, model, decode", [
-    ("autoregressive", {}, {"n_kv_heads": 1}, {"beam": 3, "length_penalty": 0.8}),
+    ("autoregressive", {}, {"n_kv_heads": 1}, {"options": {"beam": 3, "length_penalty": 0.8}}),
     ("nat", {"decoder_input": "copy", "length_loss_weight": 0.3, "max_length_offset": 16},
      {"absolute_positions": True}, {"options": {"length_beam": 3}}),
     ("nat", {"decoder_input": "mask"}, {"share_decoder_kv": True}, {}),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from nargen.cli.config import ConfigError, build, read_yaml
+from nargen.cli.config import ConfigError, load_dataclass, read_yaml
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
@@ -65,10 +65,10 @@ class BenchSpec:
 def load_bench_spec(path: str | Path) -> tuple[BenchSpec, list[SystemSpec]]:
     """Read a bench spec (YAML), naming the file and key of anything wrong."""
     values = read_yaml(path, "bench spec")
-    spec = build(BenchSpec, values, str(path))
+    spec = load_dataclass(BenchSpec, values, str(path))
     if not spec.systems:
         raise ConfigError(f"{path}: no systems listed")
-    systems = [build(SystemSpec, s, f"{path}: systems[{i}]") for i, s in enumerate(spec.systems)]
+    systems = [load_dataclass(SystemSpec, s, f"{path}: systems[{i}]") for i, s in enumerate(spec.systems)]
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: system names repeat: {', '.join(sorted(set(n for n in names if names.count(n) > 1)))}")

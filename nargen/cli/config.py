@@ -1,14 +1,18 @@
-"""Recipe files: YAML, dotted command-line overrides, typed sections."""
+"""Recipes: typed dataclass sections, read from YAML and ``--section.key VALUE`` overrides
+by jsonargparse (keys, types, defaults and docs in ``nargen fit --help``)."""
 
 from __future__ import annotations
 
-import copy
+import argparse
 import dataclasses
+import importlib.util
+from argparse import ArgumentError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
 
 from nargen.data import DataConfig
 from nargen.models import DecodeConfig, OptimConfig
@@ -47,6 +51,8 @@ class TrainerConfig:
     """Start over: an existing run folder is moved aside to ``RUN_DIR.previous-N`` (nothing is deleted)."""
     allow_config_change: bool = False
     """Resume even when the recipe changed in keys other than the budget and logging ones."""
+    tensorboard: bool = False
+    """Also log to TensorBoard, in ``RUN_DIR/tensorboard`` (needs ``pip install tensorboard``)."""
 
 
 @dataclass
@@ -60,9 +66,16 @@ class EvalConfig:
 
 @dataclass
 class FitConfig:
+    """A recipe: family and model, data, optimizer, decoding, trainer, test evaluation"""
+
     family: str = "autoregressive"
+    """autoregressive, nat, cmlm, insertion, ctc, dag or latent."""
     family_options: dict[str, Any] = field(default_factory=dict)
+    """Settings only the family has (e.g. ``{order: balanced_tree}`` for insertion,
+    ``{upsample: 4.0, glat_ratio: 0.5}`` for dag); checked against the family."""
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "tiny"})
+    """``preset`` (micro, tiny, small, base) plus any ``TransformerConfig`` field to change
+    (e.g. ``n_kv_heads``, ``dropout``, ``absolute_positions``)."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -70,83 +83,92 @@ class FitConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--trainer.max_steps", "20", "--data.root=DIR"]`` to a nested dict (YAML values)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"expected --section.key VALUE, got {arg!r}")
-        if "=" in arg:
-            key, raw = arg[2:].split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"override {arg} has no value")
-            key, raw = arg[2:], args[i + 1]
-            i += 2
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (types and defaults) with the epilog's lines kept as written."""
 
 
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def _parser(cls: type, prog: str, description: str) -> ArgumentParser:
+    """A jsonargparse parser whose keys, types, defaults and help are ``cls``'s fields."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False,
+                            default_meta=False, formatter_class=_HelpFormatter, print_config=None)
+    parser.add_class_arguments(cls, fail_untyped=False, sub_configs=True)
+    return parser
 
 
-def build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``values``, naming any unknown key."""
+def fit_parser() -> ArgumentParser:
+    """``nargen fit``'s parser: a recipe (``--config``) and every key of :class:`FitConfig`."""
+    parser = _parser(FitConfig, "nargen fit", "Train a recipe and print its test BLEU. Every "
+                     "recipe key can be given as --section.key VALUE (after the recipe, which "
+                     "may also come first: nargen fit RECIPE.yaml).")
+    parser.epilog = decoder_options_help()
+    parser.add_argument("--config", action="config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved recipe (YAML, re-usable as --config) and exit")
+    return parser
+
+
+def decoder_options_help() -> str:
+    """Each family's decoder options (``decode.options``) with their defaults."""
+    from nargen.models import FAMILIES
+
+    lines = ["decoder options (decode.options, decode.validation, eval.decodes; the same "
+             "names as translate's flags and the Python API's keywords), by family:"]
+    for name in sorted(FAMILIES):
+        family = FAMILIES[name]
+        options = ", ".join(f"{k}={v!r}" for k, v in family.decode_defaults.items()
+                            if k not in family.call_only_options)
+        lines.append(f"  {name}: {options}")
+    return "\n".join(lines)
+
+
+def _message(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def parse_fit_args(args: list[str]) -> tuple[FitConfig, bool]:
+    """The checked recipe that ``nargen fit ARGS`` names, and whether ``--print-config``
+    was asked for. Unknown keys and bad values are named before any data is read: in the
+    recipe file when it is wrong on its own, else in the command line."""
+    args = list(args)
+    if args and not args[0].startswith("-"):
+        args[0:1] = ["--config", args[0]]  # nargen fit RECIPE.yaml
+    parser = fit_parser()
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--config":
+            path = Path(args[i + 1])
+            read_yaml(path, "recipe")  # names a missing or non-mapping file
+            try:
+                parser.parse_path(path)
+            except (ArgumentError, ValueError, TypeError) as err:
+                raise ConfigError(f"{path}: {_message(err)}") from None
+    try:
+        namespace = parser.parse_args(args)
+    except (ArgumentError, ValueError, TypeError) as err:
+        raise ConfigError(f"command line: {_message(err)}") from None
+    print_config = namespace.pop("print_config")
+    namespace.pop("config", None)
+    config = FitConfig(**vars(parser.instantiate(namespace)))
+    check_family_and_model(config)
+    if config.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("trainer.tensorboard needs the tensorboard package: pip install tensorboard")
+    return config, print_config
+
+
+def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
+    """Read a recipe (if given), apply ``--section.key VALUE`` overrides, check every key."""
+    return parse_fit_args((["--config", str(path)] if path is not None else []) + list(overrides))[0]
+
+
+def load_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, type-checked; errors name ``where``."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping, got {values!r}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {where}.{key} (known: {', '.join(known)})")
-        sub = known[key].type
-        sub_cls = _dataclass_named(sub)
-        if sub_cls:
-            kwargs[key] = build(sub_cls, value, f"{where}.{key}")
-        else:
-            kwargs[key] = _coerce(value, str(sub), f"{where}.{key}")
+    parser = _parser(cls, where, "")
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from err
-
-
-def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """Numbers YAML reads as strings (``3e-3``) become the float or int the field wants."""
-    if not isinstance(value, str) or "str" in annotation or "Any" in annotation:
-        return value
-    for name, kind in (("float", float), ("int", int)):
-        if name in annotation:
-            try:
-                return kind(value)
-            except ValueError:
-                raise ConfigError(f"{where} must be {name}, got {value!r}") from None
-    return value
-
-
-def _dataclass_named(type_name: Any) -> type | None:
-    for candidate in (DataConfig, OptimConfig, DecodeConfig, TrainerConfig, EvalConfig):
-        if type_name in (candidate, candidate.__name__):
-            return candidate
-    return None
+        return cls(**vars(parser.instantiate(parser.parse_object(values))))
+    except (ArgumentError, ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {_message(err)}") from None
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -163,15 +185,6 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return values
 
 
-def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
-    """Read a recipe (if given), apply overrides, and check every key."""
-    values = read_yaml(path, "recipe") if path is not None else {}
-    values = merge(values, parse_overrides(overrides))
-    config = build(FitConfig, values, "config")
-    check_family_and_model(config)
-    return config
-
-
 def check_family_and_model(config: FitConfig) -> None:
     """Fail before any data is read when the family, its options or the model are wrong."""
     from nargen.core import TransformerConfig
@@ -179,23 +192,20 @@ def check_family_and_model(config: FitConfig) -> None:
 
     if config.family not in FAMILIES:
         raise ConfigError(f"unknown family {config.family!r} (known: {', '.join(sorted(FAMILIES))})")
-    try:
-        FAMILIES[config.family].options_class(**config.family_options)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config.family_options: {err}") from None
-    from nargen.cli.options import FAMILY_DECODE_OPTIONS
+    load_dataclass(FAMILIES[config.family].options_class, config.family_options, "family_options")
+    from nargen.models.base import check_decode_options
 
-    allowed = FAMILY_DECODE_OPTIONS[config.family] - {"rerank", "draft"}
-    named = [("config.decode.options", config.decode.options),
-             ("config.decode.validation", config.decode.validation)]
-    named += [(f"config.eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]
+    family = FAMILIES[config.family]
+    named = [("decode.options", config.decode.options), ("decode.validation", config.decode.validation)]
+    named += [(f"eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]
     for where, options in named:
-        if not isinstance(options, dict):
-            raise ConfigError(f"{where} must be a mapping, got {options!r}")
-        unknown = sorted(set(options) - allowed - ({"max_tokens"} if "eval" in where else set()))
-        if unknown:
-            raise ConfigError(f"{where}: {', '.join(unknown)} does not apply to the "
-                              f"{config.family!r} family (known: {', '.join(sorted(allowed))})")
+        if isinstance(options, dict) and "eval" in where:
+            options = {k: v for k, v in options.items() if k != "max_tokens"}
+        try:
+            check_decode_options(config.family, family.decode_defaults, options, where,
+                                 family.call_only_options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     model = dict(config.model)
     try:
         TransformerConfig.from_preset(model.pop("preset", "tiny"), **model)

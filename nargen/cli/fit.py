@@ -12,7 +12,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from nargen.cli.config import FitConfig, TrainerConfig, to_dict
 from nargen.cli.run_history import check_resume, move_aside
@@ -55,6 +55,15 @@ def max_epochs(t: TrainerConfig) -> int | None:
     return -1 if t.max_steps > 0 or t.max_time_minutes else None
 
 
+def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
+    """CSV metrics in ``RUN_DIR/logs/version_N`` (a new version per attempt: nothing is
+    overwritten), and optionally TensorBoard event files in ``RUN_DIR/tensorboard``."""
+    out: list[Logger] = [CSVLogger(run_dir, name="logs")]
+    if tensorboard:
+        out.append(TensorBoardLogger(run_dir, name="tensorboard"))
+    return out
+
+
 def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
     t = config.trainer
     checkpoints = run_dir / "checkpoints"
@@ -86,7 +95,7 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         accumulate_grad_batches=t.accumulate_grad_batches,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(run_dir, name="logs"),  # a new version_N per attempt: nothing overwritten
+        logger=loggers(run_dir, t.tensorboard),
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
         num_sanity_val_steps=0,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nargen.cli.config import ConfigError, load_fit_config
+from nargen.cli.config import ConfigError, parse_fit_args, to_dict
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import read_lines
@@ -20,6 +20,19 @@ from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _load_for_decoding(args: argparse.Namespace, device: str | None = None) -> Seq2SeqModule:
+    """The checkpoint on ``device`` (default: a GPU if any) in ``--dtype``."""
+    module = load_module(args.ckpt, map_location=device or _device())
+    if args.dtype != "fp32":
+        if module.device.type == "cpu" and args.dtype == "fp16":
+            raise ConfigError("--dtype fp16 needs a GPU (bf16 runs on CPU too)")
+        module.to(dtype=DTYPES[args.dtype])
+    return module
 
 
 def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
@@ -45,9 +58,14 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["draft"] = load_drafter(args.draft_ckpt, module, args.ckpt)
     if args.block is not None:
         options["block"] = args.block
+    if args.sampling:
+        options.update(sampling=True, temperature=args.temperature, top_k=args.top_k)
+        if args.seed is not None:
+            options["seed"] = args.seed
     unknown = unknown_options(module, list(options))
     if unknown:
         flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential", "draft": "draft-ckpt"}
+        unknown = [name for name in unknown if name not in ("temperature", "top_k", "seed")]
         flags = ", ".join("--" + flag_of.get(name, name).replace("_", "-") for name in unknown)
         raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
     if args.max_tokens:
@@ -55,10 +73,17 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
     return options
 
 
-def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
+def cmd_fit(argv: list[str]) -> int:
+    """``nargen fit``: jsonargparse reads the recipe and overrides (``--help`` lists every key)."""
+    import yaml
+
     from nargen.cli.fit import run_fit
 
-    summary = run_fit(load_fit_config(args.config, extra))
+    config, print_config = parse_fit_args(argv)
+    if print_config:
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    summary = run_fit(config)
     if summary is None:  # not the main process of a multi-process run
         return 0
     print(json.dumps({k: v for k, v in summary.items() if k != "test"}, indent=2))
@@ -87,10 +112,10 @@ def format_record(record: dict) -> str:
 def cmd_translate(args: argparse.Namespace) -> int:
     from nargen.cli.streaming import line_chunks
 
-    module = load_module(args.ckpt, map_location=args.device or _device())
+    module = _load_for_decoding(args, args.device)
     options = _decode_options(args, module)
     if args.nbest > 1:
-        if module.family != "autoregressive" or options.get("beam", module.decode_config.beam) < args.nbest:
+        if module.family != "autoregressive" or module.decode_options(options)["beam"] < args.nbest:
             raise ConfigError(f"--nbest {args.nbest} needs an autoregressive checkpoint and --beam >= {args.nbest}")
     if args.history:
         if unknown_options(module, ["keep_history"]):
@@ -128,12 +153,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    module = load_module(args.ckpt, map_location=_device())
+    module = _load_for_decoding(args)
     sources, refs = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(refs):
         raise CorpusError(f"{args.src} has {len(sources)} lines, {args.ref} has {len(refs)}")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     record, texts = evaluate(
-        module, sources, refs, latency_sentences=args.latency_sentences,
+        module, sources, refs, latency_sentences=args.latency_sentences, progress=progress,
         **_decode_options(args, module),
     )
     record.update({"checkpoint": str(args.ckpt), "src": str(args.src), "ref": str(args.ref)})
@@ -188,7 +214,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from nargen.distill import distill
 
-    module = load_module(args.ckpt, map_location=_device())
+    module = _load_for_decoding(args)
     src, tgt = args.pair.split("-")
     root = Path(args.root) if args.root else default_root(args.corpus)
     target = distill(
@@ -204,7 +230,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     corpus = NAMED_CORPORA[args.corpus]
     root = Path(args.root) if args.root else default_root(args.corpus)
     src, tgt = args.pair.split("-")
-    fetched = download(corpus, root, args.splits, [src, tgt], base_url=args.base_url)
+    fetched = download(corpus, root, args.splits, [src, tgt], base_url=args.base_url,
+                       allow_unchecked=args.allow_unchecked)
     print(f"{root}: fetched {len(fetched)} files" + (f" ({', '.join(p.name for p in fetched)})" if fetched else " (all present)"))
     return 0
 
@@ -237,13 +264,13 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt, map_location=_device())
+    if module.family != "autoregressive":
+        raise ConfigError(f"{args.ckpt}: kv-cache measures autoregressive greedy decoding; this is a {module.family!r} checkpoint")
     sources = read_lines(args.src)[: args.sentences]
     ids = module.source_ids(sources)
     batches = token_budget_batches([len(x) for x in ids], args.max_tokens)
     srcs = [module.source_tensor([ids[i] for i in b]) for b in batches]
-    d = module.decode_config
-    settings = {"ids": module.ids, "max_len_a": d.max_len_a, "max_len_b": d.max_len_b,
-                "max_len": module.model_config.max_len}
+    settings = module.decoder_settings()
     outputs, seconds = {}, {}
     for use_cache in (True, False):
         greedy(module.model, srcs[0][:4], use_cache=use_cache, **settings)  # warm-up, same settings
@@ -274,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nargen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="train a recipe; any key overridable as --section.key VALUE")
-    fit.add_argument("--config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml "
-                     "(or give it first: nargen fit RECIPE.yaml)")
+    # fit has its own parser (nargen.cli.config.fit_parser); listed here for --help
+    sub.add_parser("fit", add_help=False,
+                   help="train a recipe (nargen fit RECIPE.yaml); any key overridable as --section.key VALUE")
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
@@ -297,7 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autoregressive greedy: speculative decoding with this drafter "
                             "(autoregressive, nat or cmlm checkpoint); same output, fewer passes")
         p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
+        p.add_argument("--sampling", action="store_true",
+                       help="autoregressive, latent (its prior): draw tokens instead of the argmax")
+        p.add_argument("--temperature", type=float, default=1.0, help="sampling: softmax temperature")
+        p.add_argument("--top-k", type=int, default=0, help="sampling: draw among the k most likely (0 = all)")
+        p.add_argument("--seed", type=int, default=None, help="sampling: seed for a repeatable draw")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                       help="weights and activations: fp32, bf16 (GPU, or CPU) or fp16 (GPU)")
 
     tr = sub.add_parser("translate", help="one output line per input line, streamed as input arrives")
     decoding(tr)
@@ -321,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: all)")
     ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bars on stderr (default: when stderr is a terminal)")
 
     di = sub.add_parser("distill", help="translate a corpus with a teacher (resumable)")
     decoding(di)
@@ -359,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--pair", default="de-en")
     dl.add_argument("--splits", nargs="+", default=["train", "val", "test_2016_flickr"])
     dl.add_argument("--base-url", default=None, help="mirror to fetch from")
+    dl.add_argument("--allow-unchecked", action="store_true",
+                    help="fetch files the sha256 table does not list (other pairs or splits)")
 
     be = sub.add_parser("bench", help="quality and speed benchmarks")
     what = be.add_subparsers(dest="what", required=True)
@@ -380,14 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) > 1 and argv[0] == "fit" and not argv[1].startswith("-"):
-        argv[1:2] = ["--config", argv[1]]  # nargen fit RECIPE.yaml
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "fit":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if argv[:1] == ["fit"]:
+        try:
+            return cmd_fit(argv[1:])
+        except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
+            print(f"nargen fit: error: {err}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
     try:
-        if args.command == "fit":
-            return cmd_fit(args, extra)
         return {"translate": cmd_translate, "evaluate": cmd_evaluate, "distill": cmd_distill,
                 "diagnose": cmd_diagnose, "average": cmd_average,
                 "download": cmd_download, "bench": cmd_bench}[args.command](args)

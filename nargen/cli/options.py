@@ -8,21 +8,9 @@ from nargen.decoding import autoregressive_reranker
 from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, ParallelDrafter
 from nargen.models import CheckpointError, Seq2SeqModule, load_module
 
-FAMILY_DECODE_OPTIONS = {
-    "autoregressive": {"beam", "length_penalty", "max_len_a", "max_len_b", "draft", "block"},
-    "nat": {"length_beam", "rerank"},
-    "cmlm": {"iterations", "length_beam", "rerank", "early_stop", "keep_history"},
-    "insertion": {"parallel", "max_len_a", "max_len_b", "keep_history"},
-    "ctc": {"beam", "length_penalty"},
-    "dag": {"decoder", "length_penalty"},
-    "latent": {"latent_beam"},
-}
-
-
 def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
     """The names in ``names`` that ``module``'s family does not take."""
-    allowed = FAMILY_DECODE_OPTIONS[module.family]
-    return [name for name in names if name not in allowed]
+    return [name for name in names if name not in module.decode_defaults]
 
 
 def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:

@@ -83,13 +83,23 @@ def download(
     splits: list[str],
     langs: list[str],
     base_url: str | None = None,
+    allow_unchecked: bool = False,
 ) -> list[Path]:
     """Fetch ``{split}.{lang}.gz`` files into ``root`` unless already there.
 
-    Files with a known sha256 are verified (a mismatch deletes the download and raises).
-    Each file is written to a temporary name and renamed, so an interrupted download
-    never leaves a truncated file behind. Returns the paths fetched.
+    Every file is verified against the corpus's sha256 table (a mismatch deletes the
+    download and raises); a file the table does not list is refused before anything
+    is fetched, unless ``allow_unchecked``. Each file is written to a temporary name and
+    renamed, so an interrupted download never leaves a truncated file behind. Returns
+    the paths fetched.
     """
+    unknown = [corpus.filename(s, lang) for s in splits for lang in langs
+               if corpus.filename(s, lang) not in corpus.sha256]
+    if unknown and not allow_unchecked:
+        raise CorpusError(
+            f"{corpus.name}: no sha256 known for {', '.join(unknown)} (checked files: "
+            f"{', '.join(sorted(corpus.sha256))}); fetch them unchecked with --allow-unchecked"
+        )
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     fetched = []

@@ -7,7 +7,7 @@ the number of sequential decoder passes it used.
 from nargen.decoding.beam import beam_search
 from nargen.decoding.ctc import CTCModel, ctc_beam, ctc_collapse, ctc_greedy
 from nargen.decoding.dag import DAGModel, dag_greedy, dag_lookahead, dag_viterbi
-from nargen.decoding.greedy import greedy
+from nargen.decoding.greedy import greedy, sample
 from nargen.decoding.insertion import InsertionModel, insertion_decode
 from nargen.decoding.mask_predict import (
     ParallelModel, Reranker, autoregressive_reranker, length_beam, mask_predict,
@@ -18,6 +18,6 @@ from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, Parallel
 __all__ = [
     "CTCModel", "DAGModel", "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
     "beam_search", "ctc_beam", "ctc_collapse", "ctc_greedy",
-    "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "insertion_decode", "length_beam", "length_caps", "mask_predict",
+    "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "sample", "insertion_decode", "length_beam", "length_caps", "mask_predict",
     "AutoregressiveDrafter", "Drafter", "ParallelDrafter", "speculative",
 ]

@@ -1,6 +1,8 @@
-"""Greedy autoregressive decoding, with or without the KV cache."""
+"""Greedy autoregressive decoding (with or without the KV cache) and ancestral sampling."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 
@@ -17,11 +19,13 @@ def greedy(
     max_len_b: int = 10,
     max_len: int = 256,
     use_cache: bool = True,
+    pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DecodeResult:
     """Pick the most likely token at each step until every row has emitted EOS.
 
     ``use_cache=False`` re-runs the decoder over the whole prefix each step (for
-    checking the cache and measuring what it saves).
+    checking the cache and measuring what it saves). ``pick`` replaces the argmax: it
+    maps a step's logits (batch x vocab) to the next tokens (see :func:`sample`).
     """
     batch = src.shape[0]
     encoded = model.encode(src)
@@ -38,7 +42,7 @@ def greedy(
         logits = model.decode(inputs, encoded, causal=True, cache=cache)[:, -1]
         passes += 1
         logits[:, [ids.pad, ids.bos]] = float("-inf")
-        next_tokens = logits.argmax(dim=-1)
+        next_tokens = logits.argmax(dim=-1) if pick is None else pick(logits)
         at_cap = (step >= caps) & ~finished
         hit_cap |= at_cap & (next_tokens != ids.eos)
         next_tokens = torch.where(at_cap, torch.full_like(next_tokens, ids.eos), next_tokens)
@@ -52,3 +56,36 @@ def greedy(
     width = int((tokens != ids.pad).sum(1).max()) if batch else 0
     tokens = tokens[:, :width]
     return DecodeResult(tokens=tokens, passes=passes, hit_cap=hit_cap)
+
+
+def sample(
+    model: Seq2SeqModel,
+    src: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    **settings: Any,
+) -> DecodeResult:
+    """Ancestral sampling: each step draws the next token from the softmax of the
+    logits divided by ``temperature``, restricted to the ``top_k`` most likely tokens
+    (0: all). ``seed`` makes the draw repeatable; ``settings`` as for :func:`greedy`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    generator = torch.Generator(device=src.device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / temperature
+        if 0 < top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return greedy(model, src, pick=pick, **settings)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nargen.decoding import DecodeResult, beam_search, greedy
+from nargen.decoding import DecodeResult, beam_search, greedy, sample
 from nargen.decoding.speculative import speculative
 from nargen.models.base import Seq2SeqModule
 
@@ -16,6 +16,12 @@ class AutoregressiveModule(Seq2SeqModule):
     """Left-to-right decoder trained with label-smoothed cross-entropy; greedy or beam."""
 
     family = "autoregressive"
+    decode_defaults = {
+        "beam": 1, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10,
+        "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None,
+        "draft": None, "block": 4,
+    }
+    call_only_options = frozenset({"draft"})
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(batch["src"], batch["tgt_in"], causal=True)
@@ -28,23 +34,24 @@ class AutoregressiveModule(Seq2SeqModule):
         """Greedy for ``beam=1``, else beam search; options override ``decode_config``.
         With ``draft`` (a ``nargen.decoding.speculative.Drafter``), greedy runs as
         speculative decoding in blocks of ``block`` (default 4) drafted tokens."""
-        d = self.decode_config
-        beam = options.pop("beam", d.beam)
-        common = {
-            "ids": self.ids,
-            "max_len_a": options.pop("max_len_a", d.max_len_a),
-            "max_len_b": options.pop("max_len_b", d.max_len_b),
-            "max_len": self.model_config.max_len,
-        }
-        length_penalty = options.pop("length_penalty", d.length_penalty)
-        draft = options.pop("draft", None)
-        block = options.pop("block", 4)
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
-        if draft is not None:
+        o = self.decode_options(options)
+        beam, common = o["beam"], self.decoder_settings(o)
+        if o["sampling"]:
+            if beam > 1 or o["draft"] is not None:
+                raise ValueError("sampling draws one output token by token: use beam 1 and no draft")
+            return sample(self.model, src, temperature=o["temperature"], top_k=o["top_k"],
+                          seed=o["seed"], **common)
+        if o["draft"] is not None:
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
-            return speculative(self.model, src, draft, block=block, **common)
+            return speculative(self.model, src, o["draft"], block=o["block"], **common)
         if beam <= 1:
             return greedy(self.model, src, **common)
-        return beam_search(self.model, src, beam=beam, length_penalty=length_penalty, **common)
+        return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"], **common)
+
+    def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """This checkpoint's special ids and output-length caps, for research code calling
+        ``nargen.decoding.greedy``, ``beam_search``, ``sample`` or ``speculative``."""
+        o = self.decode_options(options)
+        return {"ids": self.ids, "max_len_a": o["max_len_a"], "max_len_b": o["max_len_b"],
+                "max_len": self.model_config.max_len}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import lightning as L
 import sacrebleu
@@ -36,17 +36,57 @@ class OptimConfig:
 class DecodeConfig:
     """Decoding settings used for validation and as ``translate`` defaults."""
 
-    beam: int = 1
-    length_penalty: float = 1.0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    max_tokens: int = 2500
-    """Source-token budget of a translation batch."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Family-specific decoder options."""
+    """The family's decoder options (``nargen fit --help`` of the family: e.g. ``beam``,
+    ``length_penalty`` for autoregressive, ``iterations``, ``length_beam`` for cmlm);
+    checked against the family's own list, names and types."""
     validation: dict[str, Any] = field(default_factory=dict)
     """Options overriding the above while validating during training (e.g. fewer
     iterations or a smaller length beam, so validation does not eat the training time)."""
+    max_tokens: int = 2500
+    """Source-token budget of a translation batch."""
+
+
+# Decoder settings that lived beside ``options`` in checkpoints written before all of a
+# family's options moved into it; read into ``options`` for the families that used them.
+_LEGACY_DECODE_KEYS = {
+    "autoregressive": ("beam", "length_penalty", "max_len_a", "max_len_b"),
+    "insertion": ("max_len_a", "max_len_b"),
+    "latent": ("max_len_a", "max_len_b"),
+}
+
+
+def decode_config_from_metadata(family: str, values: dict[str, Any]) -> DecodeConfig:
+    """A checkpoint's decode settings, including those of older checkpoints."""
+    values = dict(values)
+    options = dict(values.pop("options", {}))
+    for key in ("beam", "length_penalty", "max_len_a", "max_len_b"):
+        if key in values and (value := values.pop(key)) is not None and key in _LEGACY_DECODE_KEYS.get(family, ()):
+            options.setdefault(key, value)
+    return DecodeConfig(options=options, **values)
+
+
+def check_decode_options(family: str, defaults: dict[str, Any], options: dict[str, Any],
+                         where: str, call_only: frozenset[str] = frozenset()) -> None:
+    """Raise ``ValueError`` naming ``where``, the family and the option when ``options``
+    holds a name the family does not take (or only a caller can pass, ``call_only``), or
+    a value of the wrong type (the type of the option's default)."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where} must be a mapping, got {options!r}")
+    takes = sorted(set(defaults) - call_only)
+    for name, value in options.items():
+        if name not in defaults or name in call_only:
+            raise ValueError(f"{where}: {name} does not apply to the {family!r} family "
+                             f"(it takes: {', '.join(takes)})")
+        default = defaults[name]
+        if default is None:
+            continue
+        kind = type(default)
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
 
 
 def inverse_sqrt_schedule(warmup_steps: int):
@@ -92,6 +132,10 @@ class Seq2SeqModule(L.LightningModule):
 
     family: ClassVar[str] = ""
     options_class: ClassVar[type] = FamilyOptions
+    decode_defaults: ClassVar[dict[str, Any]] = {}
+    """Every decoder option the family takes, with its default (``None``: any value)."""
+    call_only_options: ClassVar[frozenset[str]] = frozenset()
+    """Options only code can pass (a loaded reranker or drafter), not a recipe."""
 
     def __init__(
         self,
@@ -221,12 +265,16 @@ class Seq2SeqModule(L.LightningModule):
         return self.source_tensor(self.source_ids(texts))
 
     @torch.no_grad()
-    def translate(self, sentences: list[str], *, details: bool = False, **options: Any) -> Translation:
+    def translate(
+        self, sentences: list[str], *, details: bool = False,
+        progress: Callable[[int], Any] | None = None, **options: Any,
+    ) -> Translation:
         """Translate raw sentences in source-token-budget batches; one output each.
 
         Empty inputs give empty outputs; inputs longer than the model's maximum are cut
         (their indices are reported in ``truncated``). Options go to ``generate``;
-        ``details`` adds per-line tokens, scores, history and n-best lists.
+        ``details`` adds per-line tokens, scores, history and n-best lists;
+        ``progress`` is called with the number of sentences each batch finished.
         """
         was_training = self.training
         if was_training:  # eval()/train() walk every submodule: not on each call
@@ -257,6 +305,8 @@ class Seq2SeqModule(L.LightningModule):
                 texts[i] = text
             if details:
                 self._add_details(info, rows, outputs, result)
+            if progress is not None:
+                progress(len(rows))
         if was_training:
             self.train()
         return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated,
@@ -278,6 +328,20 @@ class Seq2SeqModule(L.LightningModule):
                 hyps = result.nbest[j]
                 info[i]["nbest"] = [{"text": text, "tokens": tokens, "score": score} for text, (tokens, score)
                                     in zip(self.tokenizer.decode([t for t, _ in hyps]), hyps)]
+
+    def decoder_settings(self) -> dict[str, Any]:
+        """This checkpoint's own settings (special ids, length limits, banned ids) for
+        the family's decoder in ``nargen.decoding``, so research code calling it directly
+        decodes as ``generate`` and the CLI do."""
+        return {"ids": self.ids}
+
+    def decode_options(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The decoder settings a call uses: the family's defaults, then this checkpoint's
+        ``decode.options``, then ``options``. An option the family does not take, or a
+        value of the wrong type, raises ``ValueError`` naming the family and the option."""
+        options = dict(options or {})
+        check_decode_options(self.family, self.decode_defaults, options, "decoding")
+        return {**self.decode_defaults, **self.decode_config.options, **options}
 
     # ---- checkpoint metadata ----------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -304,7 +368,7 @@ class Seq2SeqModule(L.LightningModule):
             TransformerConfig.from_dict(meta["model_config"]),
             Tokenizer(meta["tokenizer"]),
             OptimConfig(**optim),
-            DecodeConfig(**meta["decode"]),
+            decode_config_from_metadata(meta["family"], meta["decode"]),
             meta.get("data_signature"),
             meta.get("family_options"),
         )

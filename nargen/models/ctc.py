@@ -36,6 +36,7 @@ class CTCModule(Seq2SeqModule):
 
     family = "ctc"
     options_class = CTCOptions
+    decode_defaults = {"beam": 1, "length_penalty": 0.0}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,14 +91,15 @@ class CTCModule(Seq2SeqModule):
         return glance_positions(errors, frames, ratio), aligned
 
     # ---- inference ------------------------------------------------------------------
+    def decoder_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``ctc_greedy`` and ``ctc_beam`` for this checkpoint."""
+        return {"blank": self.blank, "ids": self.ids, "banned": (self.tokenizer.special.mask,)}
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Greedy collapse (``beam`` 1, the default) or prefix beam search."""
-        d = self.decode_config.options
-        beam = options.pop("beam", d.get("beam", 1))
-        length_penalty = options.pop("length_penalty", d.get("length_penalty", 0.0))
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
-        common = {"blank": self.blank, "ids": self.ids, "banned": (self.tokenizer.special.mask,)}
+        o = self.decode_options(options)
+        beam, length_penalty = o["beam"], o["length_penalty"]
+        common = self.decoder_settings()
         if beam == 1:
             return ctc_greedy(self, src, **common)
         return ctc_beam(self, src, beam=beam, length_penalty=length_penalty, **common)

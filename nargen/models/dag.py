@@ -100,6 +100,7 @@ class DAGModule(Seq2SeqModule):
 
     family = "dag"
     options_class = DAGOptions
+    decode_defaults = {"decoder": "lookahead", "length_penalty": 1.0}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -179,17 +180,18 @@ class DAGModule(Seq2SeqModule):
         return reveal, tokens
 
     # ---- inference ------------------------------------------------------------------
+    def decoder_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``dag_greedy``, ``dag_lookahead`` and ``dag_viterbi``."""
+        return {"ids": self.ids, "banned": (self.tokenizer.special.mask, self.tokenizer.special.blank)}
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """``decoder``: ``greedy``, ``lookahead`` (default) or ``viterbi`` (with
         ``length_penalty``, default 1)."""
-        d = self.decode_config.options
-        decoder = options.pop("decoder", d.get("decoder", "lookahead"))
-        length_penalty = options.pop("length_penalty", d.get("length_penalty", 1.0))
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        o = self.decode_options(options)
+        decoder, length_penalty = o["decoder"], o["length_penalty"]
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
-        common = {"ids": self.ids, "banned": (self.tokenizer.special.mask, self.tokenizer.special.blank)}
+        common = self.decoder_settings()
         if decoder == "viterbi":
             return dag_viterbi(self, src, length_penalty=length_penalty, **common)
         return (dag_greedy if decoder == "greedy" else dag_lookahead)(self, src, **common)

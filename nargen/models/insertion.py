@@ -107,6 +107,7 @@ class InsertionModule(Seq2SeqModule):
 
     family = "insertion"
     options_class = InsertionOptions
+    decode_defaults = {"parallel": True, "max_len_a": 1.5, "max_len_b": 10, "keep_history": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,17 +164,13 @@ class InsertionModule(Seq2SeqModule):
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Parallel insertion decoding by default; ``parallel=False`` for sequential."""
-        d = self.decode_config
-        parallel = options.pop("parallel", d.options.get("parallel", True))
-        keep_history = options.pop("keep_history", False)
-        common = {
-            "max_len_a": options.pop("max_len_a", d.max_len_a),
-            "max_len_b": options.pop("max_len_b", d.max_len_b),
-        }
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+        o = self.decode_options(options)
+        return insertion_decode(self, src, parallel=o["parallel"], keep_history=o["keep_history"],
+                                **self.decoder_settings(o))
+
+    def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``insertion_decode`` (ids, length caps, banned ids)."""
+        o = self.decode_options(options)
         special = self.tokenizer.special
-        return insertion_decode(
-            self, src, parallel=parallel, ids=self.ids, max_len=self.model_config.max_len,
-            banned=(special.mask, special.blank), keep_history=keep_history, **common,
-        )
+        return {"ids": self.ids, "max_len": self.model_config.max_len, "banned": (special.mask, special.blank),
+                "max_len_a": o["max_len_a"], "max_len_b": o["max_len_b"]}

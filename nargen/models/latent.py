@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nargen.core import Encoded, Seq2SeqTransformer
-from nargen.decoding import DecodeResult, SpecialIds, beam_search, greedy
+from nargen.decoding import DecodeResult, SpecialIds, beam_search, greedy, sample
 from nargen.decoding.protocol import pad_rows
 from nargen.latent import QuantizerConfig, VectorQuantizer
 from nargen.models.base import Seq2SeqModule
@@ -76,6 +76,8 @@ class LatentPrior:
 class LatentModule(Seq2SeqModule):
     family = "latent"
     options_class = LatentOptions
+    decode_defaults = {"latent_beam": 1, "max_len_a": 1.5, "max_len_b": 10,
+                       "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -195,22 +197,32 @@ class LatentModule(Seq2SeqModule):
         return [w[mask].tolist() for w, mask in zip(words, latent_mask)]
 
     @torch.no_grad()
-    def prior_words(self, src: torch.Tensor, beam: int = 1) -> tuple[list[list[int]], int]:
-        """Latent words predicted by the prior (greedy, or beam search), and its passes."""
-        d = self.decode_config
-        caps = {"ids": PRIOR_IDS, "max_len_a": d.max_len_a / self.chunk,
-                "max_len_b": max(2, d.max_len_b // self.chunk), "max_len": self.model_config.max_len}
-        prior = greedy(self.prior, src, **caps) if beam <= 1 else beam_search(self.prior, src, beam=beam, **caps)
+    def prior_words(self, src: torch.Tensor, beam: int = 1, **options: Any) -> tuple[list[list[int]], int]:
+        """Latent words predicted by the prior (greedy, beam search, or with ``sampling``
+        drawn at ``temperature`` from the ``top_k`` most likely), and its passes."""
+        o = self.decode_options(options)
+        caps = self.decoder_settings(o)
+        if o["sampling"]:
+            prior = sample(self.prior, src, temperature=o["temperature"], top_k=o["top_k"], seed=o["seed"], **caps)
+        elif beam <= 1:
+            prior = greedy(self.prior, src, **caps)
+        else:
+            prior = beam_search(self.prior, src, beam=beam, **caps)
         words = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in prior.as_lists(PRIOR_IDS.pad)]
         return words, prior.passes
 
+    def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The prior's ids and length caps (in latents), for ``greedy``, ``beam_search``
+        or ``sample`` over ``self.prior``."""
+        o = self.decode_options(options)
+        return {"ids": PRIOR_IDS, "max_len_a": o["max_len_a"] / self.chunk,
+                "max_len_b": max(2, o["max_len_b"] // self.chunk), "max_len": self.model_config.max_len}
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Latent words from the prior (``latent_beam`` 1: greedy), then one pass."""
-        d = self.decode_config
-        beam = options.pop("latent_beam", d.options.get("latent_beam", 1))
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
-        words, passes = self.prior_words(src, beam)
+        beam = self.decode_options(options)["latent_beam"]  # also checks every option
+        prior_options = {k: v for k, v in options.items() if k != "latent_beam"}
+        words, passes = self.prior_words(src, beam, **prior_options)
         tokens = self.decode_from_codes(src, self.model.encode(src), words)
         return DecodeResult(tokens=tokens, passes=passes + 1,
                             hit_cap=torch.zeros(src.shape[0], dtype=torch.bool, device=src.device))

@@ -150,17 +150,19 @@ class ParallelModule(Seq2SeqModule):
         errors = ((logits.argmax(-1) != target) & real).sum(1)
         return glance_positions(errors.clamp(max=real.sum(1) - 1), real, ratio)
 
-    def _decode(self, src: torch.Tensor, iterations: int, options: dict[str, Any]) -> DecodeResult:
-        length_beam = options.pop("length_beam", self.decode_config.options.get("length_beam", 1))
-        rerank: Reranker | None = options.pop("rerank", None)
-        early_stop = options.pop("early_stop", self.decode_config.options.get("early_stop", False))
-        keep_history = options.pop("keep_history", False)
-        if options:
-            raise TypeError(f"unknown decoding options for {self.family}: {', '.join(options)}")
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """Mask-predict (one iteration for NAT) over a beam of predicted lengths."""
+        o = self.decode_options(options)
+        rerank: Reranker | None = o["rerank"]
         return mask_predict(
-            self, src, iterations=iterations, length_beam=length_beam, rerank=rerank,
-            early_stop=early_stop, keep_history=keep_history, **self.mask_predict_settings(),
+            self, src, iterations=o.get("iterations", 1), length_beam=o["length_beam"],
+            rerank=rerank, early_stop=o.get("early_stop", False),
+            keep_history=o.get("keep_history", False), **self.mask_predict_settings(),
         )
+
+    def decoder_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``mask_predict`` and ``length_beam`` for this checkpoint."""
+        return self.mask_predict_settings()
 
     def mask_predict_settings(self) -> dict[str, Any]:
         """This checkpoint's own settings for ``nargen.decoding.mask_predict`` (mask id,
@@ -177,9 +179,8 @@ class NATModule(ParallelModule):
 
     family = "nat"
     options_class = NATOptions
-
-    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        return self._decode(src, 1, options)
+    decode_defaults = {"length_beam": 1, "rerank": None}
+    call_only_options = frozenset({"rerank"})
 
 
 class CMLMModule(ParallelModule):
@@ -188,6 +189,9 @@ class CMLMModule(ParallelModule):
 
     family = "cmlm"
     options_class = CMLMOptions
+    decode_defaults = {"iterations": 10, "length_beam": 1, "early_stop": False,
+                       "keep_history": False, "rerank": None}
+    call_only_options = frozenset({"rerank"})
 
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
         lengths = real.sum(1)
@@ -197,6 +201,3 @@ class CMLMModule(ParallelModule):
         ranks = noise.argsort(dim=1).argsort(dim=1)
         return (ranks < n_mask[:, None]) & real
 
-    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        iterations = options.pop("iterations", self.decode_config.options.get("iterations", 10))
-        return self._decode(src, iterations, options)
