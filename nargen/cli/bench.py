@@ -21,6 +21,7 @@ from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
+from nargen.models.base import check_decode_options
 
 
 @dataclass
@@ -135,6 +136,12 @@ def run_bench(
         if unknown:
             raise ConfigError(f"systems[{i}] ({system.name}): {', '.join(unknown)} does not "
                               f"apply to {system.ckpt}, a {module.family!r} checkpoint")
+        try:
+            check_decode_options(module.family, module.decode_defaults,
+                                 {k: v for k, v in options.items() if k != "max_tokens"},
+                                 f"systems[{i}] ({system.name}).options", module.call_only_options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if system.rerank_ckpt:
             options["rerank"] = load_reranker(system.rerank_ckpt, module, system.ckpt)
         if system.draft_ckpt:

@@ -58,10 +58,12 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["draft"] = load_drafter(args.draft_ckpt, module, args.ckpt)
     if args.block is not None:
         options["block"] = args.block
+    drawn = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    drawn = {k: v for k, v in drawn.items() if v is not None}
+    if drawn and not args.sampling:
+        raise ConfigError(", ".join("--" + k.replace("_", "-") for k in drawn) + " needs --sampling")
     if args.sampling:
-        options.update(sampling=True, temperature=args.temperature, top_k=args.top_k)
-        if args.seed is not None:
-            options["seed"] = args.seed
+        options.update(sampling=True, **drawn)
     unknown = unknown_options(module, list(options))
     if unknown:
         flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential", "draft": "draft-ckpt"}
@@ -326,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
         p.add_argument("--sampling", action="store_true",
                        help="autoregressive, latent (its prior): draw tokens instead of the argmax")
-        p.add_argument("--temperature", type=float, default=1.0, help="sampling: softmax temperature")
-        p.add_argument("--top-k", type=int, default=0, help="sampling: draw among the k most likely (0 = all)")
+        p.add_argument("--temperature", type=float, default=None, help="sampling: softmax temperature (default 1)")
+        p.add_argument("--top-k", type=int, default=None, help="sampling: draw among the k most likely (default 0: all)")
         p.add_argument("--seed", type=int, default=None, help="sampling: seed for a repeatable draw")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
         p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
