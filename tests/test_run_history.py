@@ -46,9 +46,18 @@ def test_resume_keeps_earlier_metrics_and_each_attempts_recipe(reversal_root, tm
 def test_keep_last_keeps_periodic_checkpoints_and_averaging_them_is_their_mean(reversal_root, tmp_path):
     run = tmp_path / "run"
     run_fit(reversal_config(reversal_root, run, tmp_path / "c", 30, "--trainer.checkpoint_every_steps", "10",
-                            "--trainer.keep_last", "2"))
+                            "--trainer.keep_last", "2", "--trainer.keep_best", "2",
+                            "--trainer.val_every_steps", "10"))
     kept = sorted((run / "checkpoints").glob("step-*.ckpt"))
     assert [p.name for p in kept] == ["step-20.ckpt", "step-30.ckpt"]
+    # keep_best: the two validations with the highest BLEU (of three) kept their weights
+    bleu = {int(r["step"]) + 1: float(r["val_bleu"]) for r in metrics_rows(run / "logs" / "version_0" / "metrics.csv")
+            if r.get("val_bleu")}
+    top = {int(p.name.split("=")[1].split("-")[0]): p for p in (run / "checkpoints").glob("top-*.ckpt")}
+    assert len(bleu) == 3 and len(top) == 2
+    assert min(bleu[s] for s in top) >= max(bleu[s] for s in bleu.keys() - top.keys())
+    for step, path in top.items():
+        assert read_checkpoint(path)["global_step"] == step
     out = tmp_path / "avg.ckpt"
     assert main(["average", *map(str, kept), "--out", str(out)]) == 0
     a, b = (read_checkpoint(p)["state_dict"] for p in kept)

@@ -47,6 +47,8 @@ class TrainerConfig:
     progress_bar: bool = True
     keep_last: int = 0
     """Also keep the last N periodic checkpoints (``step-*.ckpt``), e.g. for ``nargen average``."""
+    keep_best: int = 0
+    """Also keep the N checkpoints with the best validation BLEU (``top-step=S-bleu=B.ckpt``)."""
     fresh: bool = False
     """Start over: an existing run folder is moved aside to ``RUN_DIR.previous-N`` (nothing is deleted)."""
     allow_config_change: bool = False

@@ -55,6 +55,15 @@ def max_epochs(t: TrainerConfig) -> int | None:
     return -1 if t.max_steps > 0 or t.max_time_minutes else None
 
 
+class TopCheckpoints(ModelCheckpoint):
+    """The k best checkpoints by validation BLEU, beside ``best.ckpt`` (which watches the
+    same metric): a state key of its own, so both resume."""
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, kept="top-k")
+
+
 def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
     """CSV metrics in ``RUN_DIR/logs/version_N`` (a new version per attempt: nothing is
     overwritten), and optionally TensorBoard event files in ``RUN_DIR/tensorboard``."""
@@ -81,6 +90,12 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
             dirpath=checkpoints, filename="step-{step}", monitor="step", mode="max",
             save_top_k=t.keep_last, every_n_train_steps=t.checkpoint_every_steps,
             auto_insert_metric_name=False, enable_version_counter=False,
+        ))
+    if t.keep_best:
+        callbacks.append(TopCheckpoints(
+            dirpath=checkpoints, filename="top-step={step}-bleu={val_bleu:.2f}", monitor="val_bleu",
+            mode="max", save_top_k=t.keep_best, auto_insert_metric_name=False,
+            enable_version_counter=False,
         ))
     return L.Trainer(
         default_root_dir=run_dir,

@@ -16,7 +16,7 @@ RESUMABLE_CHANGES = {
     "trainer.max_steps", "trainer.max_epochs", "trainer.max_time_minutes", "trainer.threads",
     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.fresh",
     "trainer.allow_config_change", "trainer.keep_last", "trainer.val_every_steps",
-    "trainer.checkpoint_every_steps", "trainer.tensorboard",
+    "trainer.checkpoint_every_steps", "trainer.tensorboard", "trainer.keep_best",
 }
 """Keys a resumed run may change without asking: its budget, threads, and how often it
 logs, validates and saves."""
