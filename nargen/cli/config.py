@@ -59,7 +59,7 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """The test evaluation ``nargen fit`` prints at the end."""
+    """The test evaluation nargen fit prints at the end."""
 
     decodes: list[dict[str, Any]] = field(default_factory=lambda: [{"beam": 1}, {"beam": 4}])
     """Decoder options for each test evaluation (e.g. ``{beam: 4}``, ``{iterations: 10}``)."""
@@ -86,7 +86,11 @@ class FitConfig:
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help (types and defaults) with the epilog's lines kept as written."""
+    """jsonargparse's help (types and defaults) with the epilog's lines kept as written,
+    and the docstrings' ``literal`` markup shown as plain text."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return super()._expand_help(action).replace("``", "")
 
 
 def _parser(cls: type, prog: str, description: str) -> ArgumentParser:

@@ -34,7 +34,7 @@ class OptimConfig:
 
 @dataclass
 class DecodeConfig:
-    """Decoding settings used for validation and as ``translate`` defaults."""
+    """Decoding settings used for validation and as the defaults of translate."""
 
     options: dict[str, Any] = field(default_factory=dict)
     """The family's decoder options (``nargen fit --help`` of the family: e.g. ``beam``,
