@@ -27,24 +27,37 @@ class TrainerConfig:
     """How long and where to train; Lightning Trainer settings."""
 
     run_dir: str = "runs/default"
+    """Run folder: config, logs, checkpoints; running again resumes it."""
     max_steps: int = -1
+    """Stop after this many updates (-1: no step limit)."""
     max_epochs: int | None = None
+    """Stop after this many epochs (default: none when steps or time bound the run)."""
     max_time_minutes: float | None = None
+    """Stop after this many minutes of training (the CPU recipes' budget)."""
     precision: str = "auto"
     """``auto``: bf16-mixed on a GPU, 32-bit on CPU."""
     accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
     devices: Any = 1
+    """Lightning devices: a count, a list of ids, or auto."""
     strategy: str = "auto"
+    """Lightning strategy: auto, ddp, ..."""
     gradient_clip_val: float = 1.0
+    """Clip the gradient norm to this (0: no clipping)."""
     accumulate_grad_batches: int = 1
+    """Batches per update."""
     checkpoint_every_steps: int = 500
+    """Write last.ckpt (and keep_last checkpoints) every N updates."""
     val_every_steps: int | None = None
     """Validate every N training steps (default: at the end of each epoch)."""
     log_every_n_steps: int = 50
+    """Log training metrics every N updates."""
     seed: int = 1
+    """Seed of weights, dropout and masking."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
     progress_bar: bool = True
+    """Show Lightning's progress bar."""
     keep_last: int = 0
     """Also keep the last N periodic checkpoints (``step-*.ckpt``), e.g. for ``nargen average``."""
     keep_best: int = 0
@@ -64,6 +77,7 @@ class EvalConfig:
     decodes: list[dict[str, Any]] = field(default_factory=lambda: [{"beam": 1}, {"beam": 4}])
     """Decoder options for each test evaluation (e.g. ``{beam: 4}``, ``{iterations: 10}``)."""
     latency_sentences: int = 100
+    """Test sentences timed one at a time (batch size 1)."""
 
 
 @dataclass

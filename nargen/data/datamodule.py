@@ -27,26 +27,36 @@ class DataConfig:
     """Which corpus, pair and splits; tokenizer size; batching."""
 
     corpus: str = "multi30k"
+    """Corpus name: multi30k (downloadable), or any name for a local folder given as root."""
     root: str | None = None
     """Folder with ``{split}.{lang}[.gz]`` files; default ``$NARGEN_DATA`` or ``data/<corpus>``."""
     src_lang: str = "de"
+    """Source language: the file suffix of the source side ({split}.{src_lang})."""
     tgt_lang: str = "en"
+    """Target language: the file suffix of the target side."""
     train_split: str = "train"
+    """Split trained on."""
     valid_split: str = "val"
+    """Split validated on (loss and BLEU) during training."""
     test_split: str = "test_2016_flickr"
+    """Split fit evaluates the best checkpoint on at the end (empty: none)."""
     vocab_size: int = 8000
+    """Joint SentencePiece vocabulary size, special ids included."""
     tokenizer_type: str = "unigram"
+    """SentencePiece model type: unigram or bpe."""
     tokenizer: str | None = None
     """Reuse a tokenizer instead of training one: a SentencePiece ``.model`` file or a
     nargen checkpoint (e.g. the teacher's, so a distilled student shares its vocabulary)."""
     cache_dir: str | None = None
     """Where trained tokenizers are cached; default ``<root>/.nargen`` or ``~/.cache/nargen``."""
     max_tokens: int = 4096
+    """Token budget of a training batch (padded source or target tokens)."""
     max_len: int = 250
     """Training pairs with more tokens on either side are dropped (and reported)."""
     valid_bleu_sentences: int = 0
     """Validation BLEU on the first N validation sentences (0 = all)."""
     seed: int = 1
+    """Seed of the batch order (with the epoch: the same on every rank and after a resume)."""
 
     def resolved_root(self) -> Path:
         return Path(self.root) if self.root else default_root(self.corpus)

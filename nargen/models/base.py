@@ -23,11 +23,17 @@ class OptimConfig:
     """AdamW with linear warm-up then inverse-square-root decay."""
 
     lr: float = 1e-3
+    """Peak learning rate, reached at the end of warm-up."""
     warmup_steps: int = 500
+    """Updates of linear warm-up before the inverse-square-root decay."""
     betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
     eps: float = 1e-8
+    """AdamW epsilon."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     label_smoothing: float = 0.1
+    """Label smoothing of the token cross-entropy (families that use one)."""
     max_nonfinite_steps: int = 10
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
 
