@@ -118,9 +118,9 @@ def _parser(cls: type, prog: str, description: str) -> ArgumentParser:
 
 def fit_parser() -> ArgumentParser:
     """``nargen fit``'s parser: a recipe (``--config``) and every key of :class:`FitConfig`."""
-    parser = _parser(FitConfig, "nargen fit", "Train a recipe and print its test BLEU. Every "
-                     "recipe key can be given as --section.key VALUE (after the recipe, which "
-                     "may also come first: nargen fit RECIPE.yaml).")
+    parser = _parser(FitConfig, "nargen fit", "Train a recipe and print its test BLEU. Every recipe key can\n"
+                     "be given as --section.key VALUE, after the recipe (which may also come first:\n"
+                     "nargen fit RECIPE.yaml). Running a run_dir again resumes it.")
     parser.epilog = decoder_options_help()
     parser.add_argument("--config", action="config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
     parser.add_argument("--print-config", action="store_true",
@@ -132,8 +132,8 @@ def decoder_options_help() -> str:
     """Each family's decoder options (``decode.options``) with their defaults."""
     from nargen.models import FAMILIES
 
-    lines = ["decoder options (decode.options, decode.validation, eval.decodes; the same "
-             "names as translate's flags and the Python API's keywords), by family:"]
+    lines = ["decoder options (decode.options, decode.validation, eval.decodes; the same names\n"
+             "as translate's flags and the Python API's keywords), by family:"]
     for name in sorted(FAMILIES):
         family = FAMILIES[name]
         options = ", ".join(f"{k}={v!r}" for k, v in family.decode_defaults.items()
