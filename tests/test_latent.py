@@ -74,3 +74,30 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     assert set(rows) == {"prior greedy", "prior beam 4", "oracle latents"}
     assert rows["oracle latents"]["bleu"] >= rows["prior greedy"]["bleu"]
     assert 0 < rows["oracle latents"]["live_codes"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampling", [False, True])
+def test_reranked_latent_candidates_give_the_rerankers_best(trained_latent, trained_run, reversal_root, sampling):
+    """k latent sequences (the prior beam's k best, or k samples) are decoded; the output
+    is the candidate the reranker scores highest, the same alone as in a batch."""
+    from nargen.decoding import autoregressive_reranker
+
+    latent = load_module(trained_latent, family="latent")
+    ar = load_module(trained_run / "checkpoints" / "best.ckpt")
+    rerank = autoregressive_reranker(ar.model, ar.ids)
+    lines = read_split(reversal_root, "test", "src", "tgt").source[:8]
+    src = latent.encode_batch(lines)
+    draw = {"sampling": True, "temperature": 2.0, "seed": 3} if sampling else {}
+    out = latent.generate(src, latent_beam=3, rerank=rerank, **draw)
+    assert out.passes >= 3  # prior steps, the decoder pass, the reranker pass
+    candidates, _ = latent.prior_candidates(src, 3, **draw)
+    for i, words in enumerate(candidates):
+        row = src[i : i + 1].expand(3, -1)
+        tokens = latent.decode_from_codes(row, latent.model.encode(row), words)
+        best = tokens[int(rerank(row, tokens).argmax())]
+        assert out.as_lists(latent.ids.pad)[i] == [t for t in best.tolist() if t != latent.ids.pad]
+    if not sampling:  # a draw depends on the batch's random stream; the beam does not
+        alone = [latent.generate(src[i : i + 1], latent_beam=3, rerank=rerank).as_lists(latent.ids.pad)[0]
+                 for i in range(len(lines))]
+        assert alone == out.as_lists(latent.ids.pad)

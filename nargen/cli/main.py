@@ -46,6 +46,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["iterations"] = args.iterations
     if args.length_beam is not None:
         options["length_beam"] = args.length_beam
+    if args.latent_beam is not None:
+        options["latent_beam"] = args.latent_beam
     if args.early_stop:
         options["early_stop"] = True
     if args.sequential:
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autoregressive and ctc beam, dag viterbi")
         p.add_argument("--iterations", type=int, default=None, help="cmlm: mask-predict iterations")
         p.add_argument("--length-beam", type=int, default=None, help="nat/cmlm: lengths tried")
+        p.add_argument("--latent-beam", type=int, default=None,
+                       help="latent: the prior's beam; with --rerank-ckpt its k best latent sequences "
+                            "(or k samples, with --sampling) are decoded and rescored")
         p.add_argument("--early-stop", action="store_true",
                        help="cmlm: freeze a candidate once an iteration changes none of its tokens")
         p.add_argument("--sequential", action="store_true",
@@ -321,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--decoder", choices=["greedy", "lookahead", "viterbi"], default=None,
                        help="dag: how to find the output path")
         p.add_argument("--rerank-ckpt", default=None,
-                       help="nat/cmlm: autoregressive checkpoint that rescores the length beam")
+                       help="nat/cmlm: autoregressive checkpoint that rescores the length beam; "
+                            "latent: that rescores the latent candidates")
         p.add_argument("--draft-ckpt", default=None,
                        help="autoregressive greedy: speculative decoding with this drafter "
                             "(autoregressive, nat or cmlm checkpoint); same output, fewer passes")

@@ -77,7 +77,8 @@ class LatentModule(Seq2SeqModule):
     family = "latent"
     options_class = LatentOptions
     decode_defaults = {"latent_beam": 1, "max_len_a": 1.5, "max_len_b": 10,
-                       "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None}
+                       "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None, "rerank": None}
+    call_only_options = frozenset({"rerank"})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -218,11 +219,43 @@ class LatentModule(Seq2SeqModule):
         return {"ids": PRIOR_IDS, "max_len_a": o["max_len_a"] / self.chunk,
                 "max_len_b": max(2, o["max_len_b"] // self.chunk), "max_len": self.model_config.max_len}
 
+    @torch.no_grad()
+    def prior_candidates(self, src: torch.Tensor, k: int, **options: Any) -> tuple[list[list[list[int]]], int]:
+        """``k`` latent word sequences per sentence: the prior beam's ``k`` best, or with
+        ``sampling`` ``k`` draws (fewer finished beams are repeated); and the passes."""
+        o = self.decode_options(options)
+        caps = self.decoder_settings(o)
+        if o["sampling"]:
+            drawn = sample(self.prior, src.repeat_interleave(k, 0), temperature=o["temperature"],
+                           top_k=o["top_k"], seed=o["seed"], **caps)
+            rows = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in drawn.as_lists(PRIOR_IDS.pad)]
+            return [rows[i * k:(i + 1) * k] for i in range(src.shape[0])], drawn.passes
+        beams = beam_search(self.prior, src, beam=k, **caps)
+        out = []
+        for hyps in beams.nbest:
+            words = [[w - PRIOR_OFFSET for w in tokens if w >= PRIOR_OFFSET] for tokens, _ in hyps[:k]]
+            out.append(words + [words[-1]] * (k - len(words)))
+        return out, beams.passes
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        """Latent words from the prior (``latent_beam`` 1: greedy), then one pass."""
-        beam = self.decode_options(options)["latent_beam"]  # also checks every option
-        prior_options = {k: v for k, v in options.items() if k != "latent_beam"}
-        words, passes = self.prior_words(src, beam, **prior_options)
-        tokens = self.decode_from_codes(src, self.model.encode(src), words)
-        return DecodeResult(tokens=tokens, passes=passes + 1,
-                            hit_cap=torch.zeros(src.shape[0], dtype=torch.bool, device=src.device))
+        """Latent words from the prior (``latent_beam`` 1: greedy), then one pass. With
+        ``rerank`` (e.g. ``autoregressive_reranker``), the prior's ``latent_beam`` best
+        latent sequences (or as many samples, with ``sampling``) are all decoded in one
+        batched pass and the reranker's best is returned (its pass counted)."""
+        o = self.decode_options(options)  # also checks every option
+        beam, rerank = o["latent_beam"], o["rerank"]
+        prior_options = {k: v for k, v in options.items() if k not in ("latent_beam", "rerank")}
+        no_cap = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+        if rerank is None:
+            words, passes = self.prior_words(src, beam, **prior_options)
+            tokens = self.decode_from_codes(src, self.model.encode(src), words)
+            return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=no_cap)
+        candidates, passes = self.prior_candidates(src, beam, **prior_options)
+        rows = src.repeat_interleave(beam, 0)
+        tokens = self.decode_from_codes(rows, self.model.encode(rows), [w for c in candidates for w in c])
+        scores = rerank(rows, tokens).view(src.shape[0], beam)
+        best = scores.argmax(1)  # the first of equal scores
+        chosen = tokens.view(src.shape[0], beam, -1)[torch.arange(src.shape[0], device=src.device), best]
+        width = int((chosen != self.ids.pad).sum(1).max()) if chosen.numel() else 0
+        return DecodeResult(tokens=chosen[:, :width], passes=passes + 2, hit_cap=no_cap,
+                            scores=scores.gather(1, best[:, None])[:, 0])
