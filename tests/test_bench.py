@@ -114,3 +114,15 @@ def test_every_bench_spec_in_the_recipes_parses():
     for path in specs:
         spec, systems = load_bench_spec(path)
         assert systems and all(s.ckpt for s in systems), path
+
+
+def test_bench_train_counts_only_the_updates_after_the_warm_up(reversal_root, tmp_path):
+    """The same seed gives the same batches, so the tokens counted after 2 warm-up
+    updates of 5 are those of 5 updates less those of the first 2."""
+    from conftest import reversal_config
+    from nargen.cli.bench_train import train_throughput
+
+    config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 5)
+    counted = {(w, n): train_throughput(config, n, w)["target_tokens"] for w, n in ((2, 3), (0, 5), (0, 2))}
+    assert counted[(2, 3)] == counted[(0, 5)] - counted[(0, 2)] > 0
+    assert not (tmp_path / "run").exists()  # a benchmark writes no run folder

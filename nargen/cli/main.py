@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from nargen.cli.bench_train import cmd_bench_train
 from nargen.cli.config import ConfigError, parse_fit_args, to_dict
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
@@ -414,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: the spec's, else all)")
     sy.add_argument("--threads", type=int, default=0)
+    what.add_parser("train", add_help=False,  # its own parser: nargen.cli.bench_train
+                    help="training target tokens/s of a recipe over N updates after a warm-up")
     kv = what.add_parser("kv-cache", help="greedy decoding with vs without the KV cache")
     kv.add_argument("--ckpt", required=True)
     kv.add_argument("--src", required=True)
@@ -426,12 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["fit"]:
-        try:
-            return cmd_fit(argv[1:])
-        except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
-            print(f"nargen fit: error: {err}", file=sys.stderr)
-            return 2
+    own_parsers = {("fit",): cmd_fit, ("bench", "train"): cmd_bench_train}  # recipe overrides
+    for words, command in own_parsers.items():
+        if tuple(argv[: len(words)]) == words:
+            try:
+                return command(argv[len(words):])
+            except (ConfigError, CorpusError, CheckpointError, NonFiniteTrainingError) as err:
+                print(f"nargen {' '.join(words)}: error: {err}", file=sys.stderr)
+                return 2
     args = parser.parse_args(argv)
     try:
         return {"translate": cmd_translate, "evaluate": cmd_evaluate, "distill": cmd_distill,

@@ -26,7 +26,9 @@ class ThroughputMonitor(L.Callback):
     encoder (source tokens) and the decoder and output layer (target tokens).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, skip_steps: int = 0) -> None:
+        self.skip_steps = skip_steps
+        """Steps not counted (warm-up), e.g. for a throughput benchmark."""
         self.target_tokens = 0
         self.seconds = 0.0
         self.flops = 0.0
@@ -49,9 +51,12 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         now = time.perf_counter()
-        if self._last is not None:
+        counted = trainer.global_step > self.skip_steps
+        if self._last is not None and counted:
             self.seconds += now - self._last
         self._last = now
+        if not counted:
+            return
         pad = module.ids.pad
         tgt = int((batch["tgt_out"] != pad).sum())
         src = int((batch["src"] != pad).sum())

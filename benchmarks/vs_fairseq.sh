@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# nargen and fairseq side by side, on one machine, in one run, alternating round by round
+# so that machine noise hits both: training target tokens/s over STEPS updates after
+# WARMUP_STEPS, greedy batch-1 sentences/s (200 test sentences), batched beam-5 and batched
+# mask-predict T=10 (length beam 1) sentences/s (1,000 test sentences), and the
+# nargen/fairseq ratio of each.
+#
+#   NARGEN_DATA=../shared/data/multi30k ROOT=DIR NARGEN_AR=AR.ckpt NARGEN_CMLM=CMLM.ckpt \
+#       bash benchmarks/vs_fairseq.sh
+#
+# ROOT holds the peer (fairseq 0.12, CPU torch pinned): PEER (default
+# ../shared/peer/run_peer.sh) installs it, prepares the data and trains its AR and CMLM
+# models (30 minutes each) when they are missing there. Same size on both sides: 3+3
+# layers, d_model 256, 4 heads, joint 8k SentencePiece, 4,096-token batches, label
+# smoothing 0.1, Adam (0.9, 0.98); nargen's SwiGLU FFN (688 hidden units) has the
+# parameters of fairseq's 1,024-unit ReLU FFN. fairseq's decoding speed is its own
+# "Translated ... sentences/s" (model time only); nargen's is `nargen evaluate`'s, which
+# also counts tokenizing and batching.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PEER=${PEER:-$HERE/../shared/peer/run_peer.sh}
+ROOT=${ROOT:?set ROOT to a folder for the peer}
+DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
+NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
+NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
+STEPS=${STEPS:-60} WARMUP_STEPS=${WARMUP_STEPS:-10} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
+NARGEN=${NARGEN:-nargen}
+OUT=${OUT:-$ROOT/vs_fairseq}
+export OMP_NUM_THREADS=$THREADS TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+mkdir -p "$OUT"
+
+[ -x "$ROOT/venv/bin/fairseq-train" ] || ROOT=$ROOT bash "$PEER" install
+[ -d "$ROOT/data/bin" ] || ROOT=$ROOT bash "$PEER" prep
+[ -f "$ROOT/ckpt/ar/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_ar
+[ -f "$ROOT/ckpt/cmlm/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_cmlm
+FS=$ROOT/venv/bin
+TEST200=$OUT/test200
+mkdir -p "$TEST200"
+for l in de en; do zcat -f "$DATA/test_2016_flickr.$l"* | head -n 200 > "$TEST200/test.$l"; done
+
+fairseq_train() {  # prints target tokens/s over the updates after the warm-up
+  "$FS/fairseq-train" "$ROOT/data/bin" --task translation --source-lang de --target-lang en \
+    --arch transformer --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 \
+    --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 \
+    --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.1 --share-all-embeddings \
+    --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --optimizer adam \
+    --adam-betas '(0.9,0.98)' --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 500 \
+    --warmup-init-lr 1e-07 --max-tokens 4096 --max-update $((WARMUP_STEPS + STEPS)) --cpu \
+    --seed 1 --log-format json --log-interval 1 --disable-validation --no-save \
+    --save-dir "$OUT/fairseq_scratch" > "$OUT/fairseq_train.log" 2>&1
+  python3 - "$OUT/fairseq_train.log" "$WARMUP_STEPS" <<'EOF'
+import json, re, sys
+tokens = seconds = 0.0
+for line in open(sys.argv[1]):
+    m = re.search(r"\{.*\}", line)
+    if "train_inner" not in line or not m:
+        continue
+    record = json.loads(m.group(0))
+    if int(record["num_updates"]) > int(sys.argv[2]):  # one update per record
+        tokens += float(record["wpb"])
+        seconds += float(record["wpb"]) / float(record["wps"])
+print(f"{tokens / seconds:.1f}")
+EOF
+}
+
+nargen_train() {
+  "$NARGEN" bench train "$HERE/recipes/multi30k/ar_tiny.yaml" --steps "$STEPS" \
+    --warmup-steps "$WARMUP_STEPS" --trainer.threads "$THREADS" 2> "$OUT/nargen_train.log" \
+    | python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["target_tokens_per_s"])'
+}
+
+fairseq_decode() {  # SUBSET ARGS...: prints its sentences/s
+  local subset=$1; shift
+  "$FS/fairseq-generate" "$ROOT/data/bin" --source-lang de --target-lang en --gen-subset "$subset" \
+    --cpu "$@" > "$OUT/fairseq_generate.out" 2>&1
+  grep -o "Translated .* sentences/s" "$OUT/fairseq_generate.out" | tail -1 | grep -o "[0-9.]* sentences/s" | cut -d' ' -f1
+}
+
+nargen_decode() {  # FIELD SRC REF ARGS...: prints sentences/s (batched, or batch-1 from its mean ms)
+  local field=$1 src=$2 ref=$3; shift 3
+  "$NARGEN" evaluate --src "$src" --ref "$ref" --threads "$THREADS" --json "$@" 2> /dev/null \
+    | python3 -c "import json, sys; r = json.load(sys.stdin); print(r['sentences_per_s'] if '$field' == 'batched' else round(1000 / r['batch1_ms_mean'], 1))"
+}
+
+printf "round\tmeasure\tfairseq\tnargen\tratio\n" | tee "$OUT/results.tsv"
+row() { python3 -c "import sys; f, n = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]}\t{sys.argv[2]}\t{f}\t{n}\t{n / f:.2f}')" "$@" | tee -a "$OUT/results.tsv"; }
+for round in $(seq 1 "$ROUNDS"); do
+  row "$round" "training target tokens/s" "$(fairseq_train)" "$(nargen_train)"
+  row "$round" "greedy batch-1 sentences/s" \
+    "$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)" \
+    "$(nargen_decode batch1 "$TEST200/test.de" "$TEST200/test.en" --ckpt "$NARGEN_AR" --beam 1 --latency-sentences 200)"
+  row "$round" "beam 5 batched sentences/s" \
+    "$(fairseq_decode test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)" \
+    "$(nargen_decode batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_AR" --beam 5 --max-tokens 4096 --latency-sentences 0)"
+  row "$round" "mask-predict T=10 batched sentences/s" \
+    "$(fairseq_decode test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)" \
+    "$(nargen_decode batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0)"
+done
+echo "wrote $OUT/results.tsv"
