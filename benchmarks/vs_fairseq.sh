@@ -57,7 +57,7 @@ for line in open(sys.argv[1]):
     if "train_inner" not in line or not m:
         continue
     record = json.loads(m.group(0))
-    if int(record["num_updates"]) > int(sys.argv[2]):  # one update per record
+    if int(record["num_updates"]) > int(sys.argv[2]) and float(record["wps"]) > 0:  # one update a record
         tokens += float(record["wpb"])
         seconds += float(record["wpb"]) / float(record["wps"])
 print(f"{tokens / seconds:.1f}")
