@@ -83,7 +83,8 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
     from nargen.cli.fit import run_fit
     from nargen.models import read_checkpoint
 
-    extra = ("--model", "{preset: micro, dropout: 0.1}", "--trainer.checkpoint_every_steps", "10")
+    extra = ("--model", "{preset: micro, dropout: 0.1}", "--trainer.checkpoint_every_steps", "10",
+             "--trainer.log_every_n_steps", "2")
     cache = tmp_path / "cache"
     steps = 60  # about 2.5 epochs of 1200-token batches
     run_fit(reversal_config(reversal_root, tmp_path / "whole", cache, steps, *extra))
@@ -100,7 +101,12 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
     proc.wait()
     step_at_kill = read_checkpoint(last)["global_step"]
     assert 0 < step_at_kill < steps
+    first_attempt = killed / "logs" / "version_0" / "metrics.csv"
+    logged = first_attempt.read_text()
+    assert len(logged.splitlines()) > 1  # rows were logged before the kill
 
     summary = run_fit(reversal_config(reversal_root, killed, cache, steps, *extra))
     assert summary["steps"] == steps
     assert_same_weights(tmp_path / "whole" / "checkpoints" / "last.ckpt", last)
+    assert first_attempt.read_text() == logged  # the resume kept them
+    assert (killed / "logs" / "version_1" / "metrics.csv").is_file()  # and logged its own
