@@ -43,9 +43,9 @@ class DecodeConfig:
     """Decoding settings used for validation and as the defaults of translate."""
 
     options: dict[str, Any] = field(default_factory=dict)
-    """The family's decoder options (``nargen fit --help`` of the family: e.g. ``beam``,
-    ``length_penalty`` for autoregressive, ``iterations``, ``length_beam`` for cmlm);
-    checked against the family's own list, names and types."""
+    """The family's decoder options (listed per family at the end of nargen fit --help:
+    e.g. beam, length_penalty for autoregressive; iterations, length_beam for cmlm),
+    checked against the family's own names and types."""
     validation: dict[str, Any] = field(default_factory=dict)
     """Options overriding the above while validating during training (e.g. fewer
     iterations or a smaller length beam, so validation does not eat the training time)."""
@@ -67,7 +67,8 @@ def decode_config_from_metadata(family: str, values: dict[str, Any]) -> DecodeCo
     values = dict(values)
     options = dict(values.pop("options", {}))
     for key in ("beam", "length_penalty", "max_len_a", "max_len_b"):
-        if key in values and (value := values.pop(key)) is not None and key in _LEGACY_DECODE_KEYS.get(family, ()):
+        value = values.pop(key, None)
+        if value is not None and key in _LEGACY_DECODE_KEYS.get(family, ()):
             options.setdefault(key, value)
     return DecodeConfig(options=options, **values)
 
