@@ -73,6 +73,11 @@ class LatentPrior:
         return self.decoder.new_cache(encoded, capacity)
 
 
+def prior_words_of(rows: list[list[int]]) -> list[list[int]]:
+    """Latent words from the prior's output ids (its special ids dropped)."""
+    return [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in rows]
+
+
 class LatentModule(Seq2SeqModule):
     family = "latent"
     options_class = LatentOptions
@@ -209,7 +214,7 @@ class LatentModule(Seq2SeqModule):
             prior = greedy(self.prior, src, **caps)
         else:
             prior = beam_search(self.prior, src, beam=beam, **caps)
-        words = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in prior.as_lists(PRIOR_IDS.pad)]
+        words = prior_words_of(prior.as_lists(PRIOR_IDS.pad))
         return words, prior.passes
 
     def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -228,12 +233,12 @@ class LatentModule(Seq2SeqModule):
         if o["sampling"]:
             drawn = sample(self.prior, src.repeat_interleave(k, 0), temperature=o["temperature"],
                            top_k=o["top_k"], seed=o["seed"], **caps)
-            rows = [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in drawn.as_lists(PRIOR_IDS.pad)]
+            rows = prior_words_of(drawn.as_lists(PRIOR_IDS.pad))
             return [rows[i * k:(i + 1) * k] for i in range(src.shape[0])], drawn.passes
         beams = beam_search(self.prior, src, beam=k, **caps)
         out = []
         for hyps in beams.nbest:
-            words = [[w - PRIOR_OFFSET for w in tokens if w >= PRIOR_OFFSET] for tokens, _ in hyps[:k]]
+            words = prior_words_of([tokens for tokens, _ in hyps[:k]])
             out.append(words + [words[-1]] * (k - len(words)))
         return out, beams.passes
 
