@@ -176,3 +176,21 @@ def test_measured_kv_bytes_per_token_follow_the_attention_layout(tokenizer, kv_h
     measured = kv_cache_footprint(module, ["ka lo mi", "nu pe ro su ti"], steps=5)
     layers = cfg.decoder_layers // 2 if share else cfg.decoder_layers
     assert measured["kv_bytes_per_token"] == 2 * layers * kv_heads * cfg.head_dim * 4
+
+
+def _rotate_half_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+def test_rotary_values_and_gradient_equal_the_rotate_half_formula():
+    rotary = RotaryEmbedding(head_dim=8, max_len=32).double()
+    x = torch.randn(2, 3, 10, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = rotary.cos[4:14], rotary.sin[4:14]
+    grad = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(rotary(x, 4), x, grad)
+    (reference,) = torch.autograd.grad(_rotate_half_reference(x, cos, sin), x, grad)
+    torch.testing.assert_close(rotary(x, 4), _rotate_half_reference(x, cos, sin))
+    torch.testing.assert_close(ours, reference)
+    with torch.no_grad():  # the inference path computes the same values
+        torch.testing.assert_close(rotary(x, 4), _rotate_half_reference(x, cos, sin))

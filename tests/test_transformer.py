@@ -74,3 +74,18 @@ def test_cache_reorder_follows_the_chosen_rows():
     step = model.decode(tgt[rows, 3:4], encoded.index_select(rows), cache=cache)
     full = model(src[rows], tgt[rows, :4])
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_rms_norm_values_and_gradients_equal_torch_rms_norm():
+    from nargen.core.norms import rms_norm
+
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 5, 16, dtype=torch.float64)
+    ours = rms_norm(x, weight, 1e-6)
+    reference = torch.nn.functional.rms_norm(x, (16,), weight, 1e-6)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, weight), grad),
+                               torch.autograd.grad(reference, (x, weight), grad))
+    with torch.no_grad():
+        torch.testing.assert_close(rms_norm(x, weight, 1e-6), reference)

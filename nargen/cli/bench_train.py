@@ -8,6 +8,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 
 import lightning as L
 import torch
@@ -16,11 +17,50 @@ from nargen.cli.config import FitConfig, parse_fit_args
 from nargen.cli.fit import build_module, resolve_precision
 from nargen.data import TranslationDataModule
 from nargen.models.throughput import ThroughputMonitor
+from nargen.profiling import NARGEN_REGIONS, REGION, StepProfile, label_regions, summarize
 
 
-def train_throughput(config: FitConfig, steps: int, warmup_steps: int) -> dict:
+class StepProfiler(L.Callback):
+    """Profiles ``steps`` training steps after ``skip_steps`` with ``torch.profiler``:
+    whole steps (batch fetch, forward, loss, backward, clipping, optimizer, hooks),
+    grouped by ``nargen.profiling``."""
+
+    def __init__(self, skip_steps: int, steps: int, monitor: ThroughputMonitor) -> None:
+        self.skip_steps, self.steps, self.monitor = skip_steps, steps, monitor
+        self.result: StepProfile | None = None
+        self.counted = (0, 0.0)
+        """The monitor's tokens and seconds before the profile (profiling slows steps)."""
+        self._profiler: torch.profiler.profile | None = None
+        self._started = 0.0
+        self._unlabel = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        step = trainer.global_step
+        if step == self.skip_steps and self._profiler is None and self.steps:
+            self.counted = (self.monitor.target_tokens, self.monitor.seconds)
+            self._unlabel = label_regions(module.model, NARGEN_REGIONS)
+            step_fn = type(module).training_step
+
+            def labelled_step(*args, **kwargs):  # noqa: ANN002, ANN003
+                with torch.autograd.profiler.record_function(REGION + "step"):
+                    return step_fn(module, *args, **kwargs)
+
+            module.training_step = labelled_step
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profiler.__enter__()
+            self._started = time.perf_counter()
+        elif step == self.skip_steps + self.steps and self._profiler is not None and self.result is None:
+            wall = time.perf_counter() - self._started
+            self._profiler.__exit__(None, None, None)
+            del module.training_step
+            self._unlabel()
+            self.result = summarize(self._profiler.events(), self.steps, wall)
+
+
+def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_steps: int = 0) -> dict:
     """Train ``warmup_steps + steps`` updates of ``config`` from scratch; target tokens/s
-    (padding excluded) over the last ``steps``."""
+    (padding excluded) over the last ``steps``. With ``profile_steps``, that many more
+    steps are then profiled (``profile``: ms per step by operator group)."""
     t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -28,22 +68,30 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int) -> dict:
     datamodule = TranslationDataModule(config.data)
     module = build_module(config, datamodule)
     monitor = ThroughputMonitor(skip_steps=warmup_steps)
+    profiler = StepProfiler(warmup_steps + steps, profile_steps, monitor)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=1, precision=resolve_precision(t.precision),
-        max_steps=warmup_steps + steps, max_epochs=-1, limit_val_batches=0,
+        max_steps=warmup_steps + steps + profile_steps, max_epochs=-1, limit_val_batches=0,
         gradient_clip_val=t.gradient_clip_val or None,
-        accumulate_grad_batches=t.accumulate_grad_batches, callbacks=[monitor], logger=False,
+        accumulate_grad_batches=t.accumulate_grad_batches, callbacks=[monitor, profiler], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=datamodule)
-    return {
+    if profile_steps:  # the throughput counted only the steps before the profile
+        monitor.target_tokens, monitor.seconds = profiler.counted
+    out = {
         "family": config.family, "steps": steps, "warmup_steps": warmup_steps,
         "parameters": sum(p.numel() for p in module.parameters()),
         **monitor.summary(module.device),
         "device": str(module.device), "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }
+    if profiler.result is not None:
+        out["profile"] = {"ms_per_step": round(profiler.result.wall_ms, 1), "steps": profile_steps,
+                          "groups": profiler.result.rows(),
+                          "markdown": profiler.result.markdown(f"nargen {config.family}")}
+    return out
 
 
 def cmd_bench_train(argv: list[str]) -> int:
@@ -57,8 +105,14 @@ def cmd_bench_train(argv: list[str]) -> int:
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
     parser.add_argument("--steps", type=int, default=60, help="updates timed")
     parser.add_argument("--warmup-steps", type=int, default=10, help="updates run first, not timed")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="then profile this many more updates with torch.profiler and "
+                             "print where their time went, by operator group (to stderr; "
+                             "'profile' in the JSON)")
     args, overrides = parser.parse_known_args(argv)
     config, _ = parse_fit_args(["--config", args.recipe, *overrides])
-    result = train_throughput(config, args.steps, args.warmup_steps)
+    result = train_throughput(config, args.steps, args.warmup_steps, args.profile_steps)
+    if "profile" in result:
+        print(result["profile"]["markdown"], file=sys.stderr)
     print(json.dumps(result), file=sys.stdout)
     return 0

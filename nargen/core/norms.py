@@ -4,6 +4,36 @@ import torch
 from torch import nn
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """RMS norm with a hand-written backward: a few whole-tensor passes where autograd
+    through PyTorch's composite ``rms_norm`` takes about ten on CPU."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
+        inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, inv_rms)
+        return (x * inv_rms).mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        x, weight, inv_rms = ctx.saved_tensors
+        normed = x * inv_rms
+        grad_normed = grad * weight
+        # d/dx of x * r with r = (mean(x^2) + eps)^-1/2: r * (g - x_hat * mean(g * x_hat))
+        dot = (grad_normed * normed).mean(-1, keepdim=True)
+        grad_x = torch.addcmul(grad_normed, normed, dot, value=-1.0).mul_(inv_rms)
+        grad_weight = (grad * normed).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension (same values as
+    ``torch.nn.functional.rms_norm``, a cheaper backward when gradients are needed)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _RMSNormFunction.apply(x, weight, eps)
+    return nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm with a learned gain (no bias, no centring)."""
 
@@ -13,4 +43,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)

@@ -4,6 +4,32 @@ import torch
 from torch import nn
 
 
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with ``rotate_half([a, b]) = [-b, a]``, where
+    ``cos`` and ``sin`` repeat their first half in the second (as ``RotaryEmbedding``
+    builds them): one product and two fused multiply-adds, no concatenated copy."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1.0)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
+
+
+class _Rotate(torch.autograd.Function):
+    """``rotate`` whose backward is the inverse rotation (``sin`` negated): no saved
+    activations and as cheap as the forward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(cos, sin)
+        return rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        cos, sin = ctx.saved_tensors
+        return rotate(grad, cos, -sin), None, None
+
+
 class RotaryEmbedding(nn.Module):
     """Rotates query/key channel pairs by an angle proportional to the position.
 
@@ -27,9 +53,9 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"position {offset + length} exceeds max_len={self.max_len}")
         cos = self.cos[offset : offset + length].to(x.dtype)
         sin = self.sin[offset : offset + length].to(x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        rotated = torch.cat([-second, first], dim=-1)
-        return x * cos + rotated * sin
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Rotate.apply(x, cos, sin)
+        return rotate(x, cos, sin)
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:

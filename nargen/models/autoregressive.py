@@ -24,11 +24,13 @@ class AutoregressiveModule(Seq2SeqModule):
     call_only_options = frozenset({"draft"})
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(batch["src"], batch["tgt_in"], causal=True)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), batch["tgt_out"].flatten(),
-            ignore_index=self.ids.pad, label_smoothing=self.optim.label_smoothing,
-        )
+        """Label-smoothed cross-entropy of the next token, averaged over real target
+        tokens; the vocabulary projection is computed for those positions only."""
+        model, target = self.model, batch["tgt_out"]
+        real = target != self.ids.pad
+        hidden = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), model.encode(batch["src"]))
+        logits = model.output_logits(hidden[real])
+        return F.cross_entropy(logits.float(), target[real], label_smoothing=self.optim.label_smoothing)
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Greedy for ``beam=1``, else beam search; options override ``decode_config``.

@@ -1,0 +1,210 @@
+"""Where a step's time goes: ``torch.profiler`` events grouped by the module they ran in
+and by operator, forward and backward apart, plus the time no operator ran (Python).
+
+Modules are marked with profiler regions by qualified-name rules (``label_regions``);
+backward operators are traced to the forward operator that recorded them through
+autograd's sequence numbers, so a backward matrix product lands in the same group as
+its forward one. Imports only torch, so it also runs beside other toolkits (the fairseq
+profile in ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+REGION = "region:"
+"""Prefix of the profiler regions ``label_regions`` opens."""
+
+# Region labels and the module names that get them: nargen's core, then fairseq's
+# transformer (the peer toolkit), first match wins.
+NARGEN_REGIONS: list[tuple[str, str]] = [
+    (r"(^|\.)rotary$", "rotary"),
+    (r"(^|\.)(attn|self_attn|cross_attn)$", "attention"),
+    (r"(^|\.)ffn$", "ffn"),
+    (r"norm$", "norm"),
+    (r"(^|\.)dropout$", "dropout"),
+    (r"(^|\.)embed$", "embedding"),
+    (r"^$", "model"),
+]
+FAIRSEQ_REGIONS: list[tuple[str, str]] = [
+    (r"(^|\.)(self_attn|encoder_attn)$", "attention"),
+    (r"(^|\.)(fc1|fc2)$", "ffn"),
+    (r"layer_norm$", "norm"),
+    (r"dropout_module$", "dropout"),
+    (r"(^|\.)embed_tokens$", "embedding"),
+    (r"(^|\.)embed_positions$", "rotary"),
+    (r"(^|\.)output_projection$", "output"),
+    (r"^$", "model"),
+]
+
+_KERNEL_OPS = ("scaled_dot_product", "bmm", "baddbmm", "softmax", "multi_head_attention")
+_MATMUL_OPS = ("linear", "addmm", "matmul", "aten::mm")
+_LOSS_OPS = ("cross_entropy", "log_softmax", "nll_loss", "gather", "label_smooth")
+_ACTIVATION_OPS = ("relu", "silu", "gelu")
+_CLIP_OPS = ("_foreach_norm", "linalg_vector_norm", "clip_grad", "isfinite", "clamp")
+
+GROUPS = (
+    "attention kernel (SDPA, or bmm + softmax)", "attention projections (Q, K, V, out)",
+    "attention reshapes and masks", "positions (rotary or sinusoidal)", "norms",
+    "FFN matrix products", "FFN activation (SwiGLU gate or ReLU)", "dropout",
+    "embedding lookup", "output projection", "loss (label-smoothed cross-entropy)",
+    "other ops of the forward step (residuals, scaling, masks)",
+    "optimizer (AdamW step, zero_grad, gradient accumulation)",
+    "gradient norm and clipping", "host ops outside the model (batches, logging)",
+    "Python and framework (no operator running)",
+)
+
+
+def group_of(region: str | None, op: str) -> str:
+    """The group of operator ``op`` that ran (as a top-level call) in ``region``; a
+    region this module does not know (e.g. a whole training step) counts as none."""
+    low = op.lower()
+    matmul = any(k in low for k in _MATMUL_OPS)
+    if region == "attention":
+        if any(k in low for k in _KERNEL_OPS):
+            return GROUPS[0]
+        return GROUPS[1] if matmul else GROUPS[2]
+    if region == "rotary":
+        return GROUPS[3]
+    if any(k in low for k in _CLIP_OPS) or low == "aten::norm":
+        return GROUPS[13]
+    if region == "norm" or "norm" in low:
+        return GROUPS[4]
+    if any(k in low for k in _ACTIVATION_OPS):
+        return GROUPS[6]
+    if region == "ffn":
+        return GROUPS[5] if matmul else GROUPS[6]
+    if region == "dropout" or "dropout" in low:
+        return GROUPS[7]
+    if region == "embedding" or "embedding" in low:
+        return GROUPS[8]
+    if region == "output" or region in ("model", "step") and matmul:
+        return GROUPS[9]
+    if region == "loss" or any(k in low for k in _LOSS_OPS):
+        return GROUPS[10]
+    if region in ("model", "step"):
+        return GROUPS[11]
+    if region == "optimizer":
+        return GROUPS[12]
+    return GROUPS[14]
+
+
+class _Region:
+    """Profiler region open from a module's forward pre-hook to its forward hook."""
+
+    def __init__(self, label: str) -> None:
+        self.label = REGION + label
+        self.open: list[Any] = []
+
+    def enter(self, *_: Any) -> None:
+        region = torch.autograd.profiler.record_function(self.label)
+        region.__enter__()
+        self.open.append(region)
+
+    def exit(self, *_: Any) -> None:
+        self.open.pop().__exit__(None, None, None)
+
+
+def label_regions(model: nn.Module, rules: list[tuple[str, str]]) -> Callable[[], None]:
+    """Open a profiler region named after the first rule whose pattern matches each
+    submodule's qualified name (``""`` is ``model`` itself); returns a function that
+    removes the hooks again."""
+    handles = []
+    for name, module in model.named_modules():
+        label = next((lab for pattern, lab in rules if re.search(pattern, name)), None)
+        if label is None:
+            continue
+        region = _Region(label)
+        handles.append(module.register_forward_pre_hook(region.enter))
+        handles.append(module.register_forward_hook(region.exit))
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
+
+
+@dataclass
+class StepProfile:
+    """Milliseconds per step by group, forward and backward apart."""
+
+    steps: int
+    wall_ms: float
+    forward: dict[str, float] = field(default_factory=dict)
+    backward: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per group that took time: ms per step forward, backward, total, share."""
+        out = []
+        for group in GROUPS:
+            fwd, bwd = self.forward.get(group, 0.0), self.backward.get(group, 0.0)
+            if fwd + bwd <= 0:
+                continue
+            out.append({"group": group, "forward_ms": round(fwd, 2), "backward_ms": round(bwd, 2),
+                        "total_ms": round(fwd + bwd, 2),
+                        "share": round((fwd + bwd) / self.wall_ms, 3) if self.wall_ms else 0.0})
+        return out
+
+    def markdown(self, title: str) -> str:
+        """The rows as a Markdown table under ``title``."""
+        lines = [f"{title}: {self.wall_ms:.1f} ms per step over {self.steps} steps", "",
+                 "| group | forward ms | backward ms | total ms | share |",
+                 "| --- | ---: | ---: | ---: | ---: |"]
+        for r in self.rows():
+            lines.append(f"| {r['group']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+                         f"{r['total_ms']:.2f} | {100 * r['share']:.1f}% |")
+        return "\n".join(lines)
+
+
+def _owner(event: Any) -> tuple[str | None, str | None, Any]:
+    """Innermost region above ``event`` (``None`` when there is none), the outermost
+    operator below it (the call the module made), and the backward node above it."""
+    top = None
+    node = event
+    while node is not None:
+        name = node.name
+        if name.startswith(REGION):
+            return name[len(REGION):], top, None
+        if name.startswith("Optimizer."):
+            return "optimizer", top, None
+        if name.startswith("autograd::engine::evaluate_function"):
+            return None, top, node
+        top = name
+        node = node.cpu_parent
+    return None, top, None
+
+
+def summarize(events: Iterable[Any], steps: int, wall_seconds: float) -> StepProfile:
+    """Group the self time of profiler ``events`` (``prof.events()``) of ``steps`` steps
+    that took ``wall_seconds``; the rest of the wall time is Python and framework."""
+    events = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    forward_group: dict[int, str] = {}
+    for e in events:  # parents come before their children: the outermost call names it
+        if e.sequence_nr >= 0:
+            region, top, backward = _owner(e)
+            if backward is None:
+                forward_group.setdefault(e.sequence_nr, group_of(region, top or e.name))
+    profile = StepProfile(steps=steps, wall_ms=1000.0 * wall_seconds / steps)
+    busy = 0.0
+    for e in events:
+        if e.name.startswith((REGION, "Optimizer.")):
+            continue  # a region's own time is Python (hooks, the step's own code)
+        ms = e.self_cpu_time_total / 1000.0 / steps
+        busy += ms
+        region, top, backward = _owner(e)
+        if backward is not None:
+            group = forward_group.get(backward.sequence_nr, GROUPS[14])
+            if "AccumulateGrad" in backward.name:
+                group = GROUPS[12]
+            profile.backward[group] = profile.backward.get(group, 0.0) + ms
+        else:
+            group = group_of(region, top or e.name)
+            profile.forward[group] = profile.forward.get(group, 0.0) + ms
+    profile.forward[GROUPS[15]] = max(0.0, profile.wall_ms - busy)
+    return profile
