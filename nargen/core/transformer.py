@@ -34,6 +34,14 @@ class Encoded:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(dim=1)
 
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """``mask`` as ``[batch, 1, 1, src_len]`` for attention, or None when no source
+        position is padding (the unmasked kernel is cheaper); computed once."""
+        if "_attention_mask" not in self.__dict__:
+            self.__dict__["_attention_mask"] = None if bool(self.mask.all()) else self.mask[:, None, None, :]
+        return self.__dict__["_attention_mask"]
+
 
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding) -> None:
@@ -46,7 +54,7 @@ class EncoderLayer(nn.Module):
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         h, _ = self.attn(self.attn_norm(x), mask=mask)
         x = x + self.dropout(h)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
@@ -87,7 +95,7 @@ class DecoderLayer(nn.Module):
         )
         x = x + self.dropout(h)
         h, cross_kv = self.cross_attn(
-            self.cross_norm(x), memory=encoded.memory, mask=encoded.mask[:, None, None, :],
+            self.cross_norm(x), memory=encoded.memory, mask=encoded.attention_mask,
             cache=cache, slot=slot, shared_kv=cross_kv,
         )
         x = x + self.dropout(h)
@@ -151,7 +159,7 @@ class Seq2SeqTransformer(nn.Module):
         mask = src != self.pad_id
         embeddings = self.embed(src) * self.embed_scale
         x = self.dropout(self.add_positions(embeddings))
-        attn_mask = mask[:, None, None, :]
+        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
         for layer in self.encoder_layers:
             x = layer(x, attn_mask)
         return Encoded(self.encoder_norm(x), mask, embeddings)

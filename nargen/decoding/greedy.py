@@ -36,20 +36,25 @@ def greedy(
     out[:, 0] = ids.bos
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
     hit_cap = torch.zeros_like(finished)
-    passes = 0
+    banned = torch.tensor([ids.pad, ids.bos], device=src.device)
+    first_cap = int(caps.min()) if batch else 0
+    passes = done = 0
     for step in range(steps_needed):
         inputs = out[:, step : step + 1] if use_cache else out[:, : step + 1]
         logits = model.decode(inputs, encoded, causal=True, cache=cache)[:, -1]
         passes += 1
-        logits[:, [ids.pad, ids.bos]] = float("-inf")
+        logits.index_fill_(1, banned, float("-inf"))
         next_tokens = logits.argmax(dim=-1) if pick is None else pick(logits)
-        at_cap = (step >= caps) & ~finished
-        hit_cap |= at_cap & (next_tokens != ids.eos)
-        next_tokens = torch.where(at_cap, torch.full_like(next_tokens, ids.eos), next_tokens)
-        next_tokens = torch.where(finished, torch.full_like(next_tokens, ids.pad), next_tokens)
+        if step >= first_cap:  # rows at their length cap emit EOS
+            at_cap = (step >= caps) & ~finished
+            hit_cap |= at_cap & (next_tokens != ids.eos)
+            next_tokens = next_tokens.masked_fill(at_cap, ids.eos)
+        if done:
+            next_tokens = next_tokens.masked_fill(finished, ids.pad)
         out[:, step + 1] = next_tokens
         finished |= next_tokens == ids.eos
-        if bool(finished.all()):
+        done = int(finished.sum())
+        if done == batch:
             break
     tokens = out[:, 1 : passes + 1]
     tokens = tokens.masked_fill(tokens == ids.eos, ids.pad)
