@@ -105,7 +105,8 @@ def main() -> int:
         print(f"fewer than {args.skip + args.steps} calls ran: nothing profiled", file=sys.stderr)
         return 1
     profile = summarize(window.profiler.events(), args.steps, window.wall)
-    print(profile.markdown(f"fairseq {args.mode}"), file=sys.stderr)
+    print(profile.markdown(f"fairseq {args.mode}", unit="update" if args.mode == "train" else "call"),
+          file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ms_per_step": profile.wall_ms, "steps": args.steps, "groups": profile.rows()}, f)

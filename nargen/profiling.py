@@ -151,9 +151,9 @@ class StepProfile:
                         "share": round((fwd + bwd) / self.wall_ms, 3) if self.wall_ms else 0.0})
         return out
 
-    def markdown(self, title: str) -> str:
-        """The rows as a Markdown table under ``title``."""
-        lines = [f"{title}: {self.wall_ms:.1f} ms per step over {self.steps} steps", "",
+    def markdown(self, title: str, unit: str = "step") -> str:
+        """The rows as a Markdown table under ``title`` (``unit``: what one step is)."""
+        lines = [f"{title}: {self.wall_ms:.1f} ms per {unit} over {self.steps} {unit}s", "",
                  "| group | forward ms | backward ms | total ms | share |",
                  "| --- | ---: | ---: | ---: | ---: |"]
         for r in self.rows():
