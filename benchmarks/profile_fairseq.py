@@ -36,6 +36,7 @@ class Window:
         self.profiler: torch.profiler.profile | None = None
         self.started = self.wall = 0.0
         self.on_start = lambda: None
+        self.tokens = 0
 
     def after_call(self) -> None:
         self.calls += 1
@@ -74,12 +75,14 @@ def main() -> int:
         cls = fairseq_trainer.Trainer
         original = cls.train_step
 
-        def train_step(self, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        def train_step(self, samples, *a, **k):  # noqa: ANN001, ANN002, ANN003
+            if window.skip <= window.calls < window.skip + window.steps:
+                window.tokens += sum(int(s["ntokens"]) for s in samples if s)
             if window.calls == window.skip - 1 and not hasattr(self, "_regions"):
                 label_regions(self.model, FAIRSEQ_REGIONS)
                 label_regions(self.criterion, [(r"^$", "step")])
                 self._regions = True
-            return original(self, *a, **k)
+            return original(self, samples, *a, **k)
 
         cls.train_step = window.wrap(train_step)
         sys.argv = ["fairseq-train", *rest]
@@ -105,11 +108,13 @@ def main() -> int:
         print(f"fewer than {args.skip + args.steps} calls ran: nothing profiled", file=sys.stderr)
         return 1
     profile = summarize(window.profiler.events(), args.steps, window.wall)
+    profile.tokens = window.tokens / args.steps
     print(profile.markdown(f"fairseq {args.mode}", unit="update" if args.mode == "train" else "call"),
           file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ms_per_step": profile.wall_ms, "steps": args.steps, "groups": profile.rows()}, f)
+            json.dump({"ms_per_step": profile.wall_ms, "steps": args.steps,
+                       "target_tokens_per_step": profile.tokens, "groups": profile.rows()}, f)
     return 0
 
 

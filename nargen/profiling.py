@@ -138,6 +138,8 @@ class StepProfile:
     wall_ms: float
     forward: dict[str, float] = field(default_factory=dict)
     backward: dict[str, float] = field(default_factory=dict)
+    tokens: float = 0.0
+    """Target tokens per step (padding excluded), when the caller counted them."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group that took time: ms per step forward, backward, total, share."""
@@ -153,12 +155,17 @@ class StepProfile:
 
     def markdown(self, title: str, unit: str = "step") -> str:
         """The rows as a Markdown table under ``title`` (``unit``: what one step is)."""
-        lines = [f"{title}: {self.wall_ms:.1f} ms per {unit} over {self.steps} {unit}s", "",
-                 "| group | forward ms | backward ms | total ms | share |",
-                 "| --- | ---: | ---: | ---: | ---: |"]
+        per = f", {self.tokens:.0f} target tokens per {unit}" if self.tokens else ""
+        lines = [f"{title}: {self.wall_ms:.1f} ms per {unit} over {self.steps} {unit}s{per}", "",
+                 "| group | forward ms | backward ms | total ms | share |"
+                 + (" ms per 1k target tokens |" if self.tokens else ""),
+                 "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if self.tokens else "")]
         for r in self.rows():
-            lines.append(f"| {r['group']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
-                         f"{r['total_ms']:.2f} | {100 * r['share']:.1f}% |")
+            line = (f"| {r['group']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+                    f"{r['total_ms']:.2f} | {100 * r['share']:.1f}% |")
+            if self.tokens:
+                line += f" {1000 * r['total_ms'] / self.tokens:.2f} |"
+            lines.append(line)
         return "\n".join(lines)
 
 

@@ -33,11 +33,13 @@ class StepProfiler(L.Callback):
         self._profiler: torch.profiler.profile | None = None
         self._started = 0.0
         self._unlabel = None
+        self._tokens = 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         step = trainer.global_step
         if step == self.skip_steps and self._profiler is None and self.steps:
             self.counted = (self.monitor.target_tokens, self.monitor.seconds)
+            self._tokens = self.monitor.target_tokens
             self._unlabel = label_regions(module.model, NARGEN_REGIONS)
             step_fn = type(module).training_step
 
@@ -55,6 +57,7 @@ class StepProfiler(L.Callback):
             del module.training_step
             self._unlabel()
             self.result = summarize(self._profiler.events(), self.steps, wall)
+            self.result.tokens = (self.monitor.target_tokens - self._tokens) / self.steps
 
 
 def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_steps: int = 0) -> dict:
@@ -89,6 +92,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_s
     }
     if profiler.result is not None:
         out["profile"] = {"ms_per_step": round(profiler.result.wall_ms, 1), "steps": profile_steps,
+                          "target_tokens_per_step": round(profiler.result.tokens, 1),
                           "groups": profiler.result.rows(),
                           "markdown": profiler.result.markdown(f"nargen {config.family}")}
     return out
