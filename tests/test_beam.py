@@ -84,3 +84,15 @@ def test_greedy_flags_exactly_the_rows_the_cap_stopped():
         flags.append(len(tokens) == CAP and model.argmax_after(row, prefix) != IDS.eos)
     assert result.hit_cap.tolist() == flags
     assert any(flags) and not all(flags)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12])
+def test_stable_topk_equals_a_stable_sort_with_many_ties(k):
+    from nargen.core.ties import stable_topk
+
+    generator = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 4, (64, 12), generator=generator).float()  # ties everywhere
+    scores[::5, 3:] = float("-inf")
+    values, indices = stable_topk(scores, k)
+    ordered, order = scores.sort(dim=-1, descending=True, stable=True)
+    assert torch.equal(values, ordered[:, :k]) and torch.equal(indices, order[:, :k])

@@ -10,14 +10,19 @@ def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     equal values are ordered by index, lowest first (``torch.topk`` leaves their order,
     and which of them make the cut, to the kernel).
 
-    Costs one ``topk`` plus one comparison pass; rows that hold ties at or inside the
-    cut are re-ranked by a stable sort.
+    Costs one ``topk`` of ``k + 1``: a value outside the cut can only equal the last one
+    kept if the next-best does; rows that hold ties at or inside the cut are re-ranked
+    by a stable sort.
     """
-    values, indices = scores.topk(k, dim=-1)
+    n = scores.shape[-1]
     if k == 0 or scores.numel() == 0:
-        return values, indices
-    cut = values[..., -1:]
-    ties_at_cut = (scores == cut).sum(-1) != (values == cut).sum(-1)
+        return scores.topk(k, dim=-1)
+    values, indices = scores.topk(min(k + 1, n), dim=-1)
+    if k < n:
+        ties_at_cut = values[..., k] == values[..., k - 1]
+    else:
+        ties_at_cut = torch.zeros_like(values[..., 0], dtype=torch.bool)
+    values, indices = values[..., :k], indices[..., :k]
     ties_inside = (values[..., 1:] == values[..., :-1]).any(-1)
     redo = ties_at_cut | ties_inside
     if bool(redo.any()):

@@ -40,13 +40,14 @@ def beam_search(
     scores = torch.zeros(batch, beam, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     finished: list[list[tuple[float, list[int], bool]]] = [[] for _ in range(batch)]
+    banned = torch.tensor([ids.pad, ids.bos], device=device)
     passes = 0
 
     for step in range(steps_needed):
         logits = model.decode(prefixes[:, -1:], encoded, causal=True, cache=cache)[:, -1]
         passes += 1
         lprobs = torch.log_softmax(logits.float(), dim=-1)
-        lprobs[:, [ids.pad, ids.bos]] = float("-inf")
+        lprobs.index_fill_(1, banned, float("-inf"))
         n_alive = alive.shape[0]
         vocab = lprobs.shape[-1]
         at_cap = (step >= caps[alive]).repeat_interleave(beam)
