@@ -8,28 +8,50 @@ import torch
 class KVCache:
     """Decoder K/V for incremental decoding.
 
-    Self-attention K/V of each slot grow by step as ``[batch, n_kv_heads, length,
-    head_dim]`` tensors: they hold ``n_kv_heads`` heads, not ``n_heads``. Cross-attention
-    K/V are computed once per source and kept. A slot is one decoder layer, or a pair
-    of layers when adjacent layers share K/V. ``reorder`` follows beam search's choice
-    of hypotheses and copies only what has been written.
+    Self-attention K/V of each slot are written in place into buffers of
+    ``[batch, n_kv_heads, capacity, head_dim]`` (``n_kv_heads`` heads, not ``n_heads``),
+    grown if a pass writes past ``capacity``; attention reads the written prefix as a
+    view, so a step copies only its own positions. Cross-attention K/V are computed once
+    per source and kept. A slot is one decoder layer, or a pair of layers when adjacent
+    layers share K/V. ``reorder`` follows beam search's choice of hypotheses and copies
+    only what has been written.
     """
 
-    def __init__(self, slots: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * slots
-        self.values: list[torch.Tensor | None] = [None] * slots
+    def __init__(self, slots: int, capacity: int = 0) -> None:
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
+        self._written = [0] * slots
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
+        self.capacity = capacity
         self.length = 0
+
+    @property
+    def keys(self) -> list[torch.Tensor | None]:
+        """Each slot's written self-attention keys, ``[batch, n_kv_heads, length, head_dim]``."""
+        return [None if b is None else b[0][:, :, :n] for b, n in zip(self._buffers, self._written)]
+
+    @property
+    def values(self) -> list[torch.Tensor | None]:
+        """Each slot's written self-attention values, as ``keys``."""
+        return [None if b is None else b[1][:, :, :n] for b, n in zip(self._buffers, self._written)]
 
     def append(
         self, slot: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add the new positions' K/V to ``slot``; return all its K/V so far."""
-        old_k, old_v = self.keys[slot], self.values[slot]
-        if old_k is not None:
-            k, v = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)
-        self.keys[slot], self.values[slot] = k, v
-        return k, v
+        """Write the new positions' K/V of ``slot`` after the first ``length``; return
+        all its K/V so far (views of the buffers)."""
+        start, end = self.length, self.length + k.shape[2]
+        buffers = self._buffers[slot]
+        if buffers is None or end > buffers[0].shape[2] or buffers[0].shape[0] != k.shape[0]:
+            size = max(end, self.capacity, 2 * buffers[0].shape[2] if buffers is not None else 0)
+            grown = tuple(t.new_empty(t.shape[0], t.shape[1], size, t.shape[3]) for t in (k, v))
+            if buffers is not None and start:
+                for new, old in zip(grown, buffers):
+                    new[:, :, :start] = old[:, :, :start]
+            buffers = self._buffers[slot] = grown
+        buffers[0][:, :, start:end] = k
+        buffers[1][:, :, start:end] = v
+        self._written[slot] = end
+        return buffers[0][:, :, :end], buffers[1][:, :, :end]
 
     def advance(self, steps: int) -> None:
         """Mark ``steps`` more positions as written (called once per decoder pass)."""
@@ -40,8 +62,7 @@ class KVCache:
         decoding rolls back to what it accepted)."""
         if length > self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.keys = [None if k is None else k[:, :, :length] for k in self.keys]
-        self.values = [None if v is None else v[:, :, :length] for v in self.values]
+        self._written = [min(n, length) for n in self._written]
         self.length = length
 
     def reorder(self, indices: torch.Tensor, cross: bool = True) -> None:
@@ -51,8 +72,18 @@ class KVCache:
         ``indices`` only moves rows among copies of the same source (beams of one
         sentence).
         """
-        self.keys = [None if k is None else k.index_select(0, indices) for k in self.keys]
-        self.values = [None if v is None else v.index_select(0, indices) for v in self.values]
+        for slot, (buffers, n) in enumerate(zip(self._buffers, self._written)):
+            if buffers is None:
+                continue
+            moved = []
+            for old in buffers:
+                new = old.new_empty(indices.shape[0], *old.shape[1:])
+                if torch.is_grad_enabled():  # out= does not record gradients
+                    new[:, :, :n] = old[:, :, :n].index_select(0, indices)
+                else:
+                    torch.index_select(old[:, :, :n], 0, indices, out=new[:, :, :n])
+                moved.append(new)
+            self._buffers[slot] = (moved[0], moved[1])
         if cross:
             self.cross = [
                 None if kv is None else (kv[0].index_select(0, indices), kv[1].index_select(0, indices))
@@ -60,5 +91,5 @@ class KVCache:
             ]
 
     def self_attention_elements(self) -> int:
-        """Number of cached self-attention K/V elements."""
+        """Number of cached self-attention K/V elements written so far."""
         return sum(t.numel() for t in self.keys + self.values if t is not None)

@@ -224,4 +224,4 @@ class Seq2SeqTransformer(nn.Module):
         if capacity > self.cfg.max_len:
             raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
         slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
-        return KVCache(slots)
+        return KVCache(slots, capacity)
