@@ -33,13 +33,11 @@ class StepProfiler(L.Callback):
         self._profiler: torch.profiler.profile | None = None
         self._started = 0.0
         self._unlabel = None
-        self._tokens = 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         step = trainer.global_step
         if step == self.skip_steps and self._profiler is None and self.steps:
             self.counted = (self.monitor.target_tokens, self.monitor.seconds)
-            self._tokens = self.monitor.target_tokens
             self._unlabel = label_regions(module.model, NARGEN_REGIONS)
             step_fn = type(module).training_step
 
@@ -57,7 +55,7 @@ class StepProfiler(L.Callback):
             del module.training_step
             self._unlabel()
             self.result = summarize(self._profiler.events(), self.steps, wall)
-            self.result.tokens = (self.monitor.target_tokens - self._tokens) / self.steps
+            self.result.tokens = (self.monitor.target_tokens - self.counted[0]) / self.steps
 
 
 def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_steps: int = 0) -> dict:
