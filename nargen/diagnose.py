@@ -17,7 +17,8 @@ oracle order would buy, and which order a model chooses for itself.
 - CTC and DAG (single pass, no length or order to give): their decoders side by side.
 - Latent: BLEU from the prior's latents (greedy and beam 4) against the autoencoder's
   latents of the reference (oracle latents: an upper bound), codebook usage (perplexity,
-  live codes) of each, and sequential passes (latents + 1).
+  live codes) of each, sequential passes (latents + the prior's end step + the decoder
+  pass) and BLEU by reference length, where the gap between prior and oracle opens.
 """
 
 from __future__ import annotations
@@ -271,13 +272,23 @@ def diagnose(
     return report
 
 
+LENGTH_BUCKETS = ((1, 10), (11, 15), (16, 20), (21, 30), (31, None))
+
+
 def latent_rows(
     module: Seq2SeqModule, batches: list[Batch], references: list[str], log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Prior latents (greedy, beam 4) against oracle latents, with codebook usage."""
+    """Prior latents (greedy, beam 4) against oracle latents: BLEU, codebook usage, the
+    passes one sentence needs alone (prior: its latents + the end step, then the decoder
+    pass; oracle: the decoder pass) and BLEU by reference length."""
+    ref_lengths = [0] * len(references)
+    for b in batches:
+        for i, n in zip(b.rows, b.ref_lengths.tolist()):
+            ref_lengths[i] = n
     rows = []
     for name in ("prior greedy", "prior beam 4", "oracle latents"):
         used: list[torch.Tensor] = []
+        latents: dict[int, int] = {}
 
         def decode(b: Batch, name: str = name) -> DecodeResult:
             if name == "oracle latents":
@@ -285,17 +296,39 @@ def latent_rows(
             else:
                 words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
             used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
+            latents.update((i, len(w)) for i, w in zip(b.rows, words))
             tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
             return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
 
         decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
+        oracle = name == "oracle latents"
+        decoded.passes = [1 if oracle else latents[i] + 2 for i in range(len(references))]
         words = torch.cat(used)
         codes = module.codes(words)
         perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
         rows.append({"latents": name, **scored(module, decoded, references),
-                     "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4)})
+                     "mean_latents": round(statistics.fmean(latents.values()), 2),
+                     "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4),
+                     "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
+                     "passes_by_length": [] if oracle else passes_by_length(decoded)})
         log(f"latent {name}: BLEU {rows[-1]['bleu']}")
     return rows
+
+
+def bleu_by_length(
+    module: Seq2SeqModule, decoded: Decoded, references: list[str], ref_lengths: list[int]
+) -> list[dict[str, Any]]:
+    """Corpus BLEU within each reference-length bucket (``LENGTH_BUCKETS``, in target
+    tokens), for buckets holding at least 10 sentences."""
+    texts = module.tokenizer.decode(decoded.tokens)
+    out = []
+    for low, high in LENGTH_BUCKETS:
+        rows = [i for i, n in enumerate(ref_lengths) if n >= low and (high is None or n <= high)]
+        if len(rows) >= 10:
+            bleu = score([texts[i] for i in rows], [references[i] for i in rows])["bleu"]
+            label = f"{low}-{high}" if high is not None else f"{low}+"
+            out.append({"lengths": label, "sentences": len(rows), "bleu": bleu})
+    return out
 
 
 def run_with(
@@ -364,11 +397,18 @@ def markdown(report: dict[str, Any]) -> str:
         out.append("")
     if "latent" in report:
         out += ["## Latents: the prior against the reference's own latents", ""]
-        out += _table(["latents", "BLEU", "chrF", "mean passes", "codebook perplexity", "live codes"],
-                      [[r["latents"], r["bleu"], r["chrf"], r["mean_passes"], r["codebook_perplexity"],
-                        r["live_codes"]] for r in report["latent"]])
+        out += _table(["latents", "BLEU", "chrF", "mean latents", "mean passes", "codebook perplexity",
+                       "live codes", "mean length"],
+                      [[r["latents"], r["bleu"], r["chrf"], r["mean_latents"], r["mean_passes"],
+                        r["codebook_perplexity"], r["live_codes"], r["mean_length"]] for r in report["latent"]])
+        buckets = [b["lengths"] for b in report["latent"][0]["bleu_by_length"]]
+        out += ["", "BLEU by reference length (target tokens; sentences per bucket in brackets):", ""]
+        counts = {b["lengths"]: b["sentences"] for b in report["latent"][0]["bleu_by_length"]}
+        out += _table(["latents", *(f"{b} ({counts[b]})" for b in buckets)],
+                      [[r["latents"], *(b["bleu"] for b in r["bleu_by_length"])] for r in report["latent"]])
         signature = report["latent"][0]["bleu_signature"]
-        out.append("")
+        out += ["", "Passes are one sentence's alone: the prior's latents plus its end step, then one "
+                "decoder pass (oracle latents: the decoder pass only).", ""]
     if "decoders" in report:
         out += ["## Decoders (one decoder pass each)", ""]
         out += _table(["decoding", "BLEU", "chrF", "mean length"],
@@ -423,7 +463,29 @@ def charts(report: dict[str, Any]) -> list[Chart]:
                 Line("one insertion a pass: n+1", lengths, [n + 1 for n in lengths], dashed=True),
             ],
         ))
+    if "latent" in report:
+        found += latent_charts(report["latent"])
     return found
+
+
+def latent_charts(rows: list[dict[str, Any]]) -> list[Chart]:
+    """BLEU by reference length for each source of latents, and the prior's passes
+    against output length beside an autoregressive decoder's n + 1."""
+    buckets = [b["lengths"] for b in rows[0]["bleu_by_length"]]
+    bleu = Chart(title="latent: BLEU by reference length", xlabel="reference length (target tokens)",
+                 ylabel="BLEU", xticks=list(range(len(buckets))), xticklabels=buckets)
+    for r in rows:
+        bleu.lines.append(Line(r["latents"], list(range(len(r["bleu_by_length"]))),
+                               [b["bleu"] for b in r["bleu_by_length"]], dashed=r["latents"] == "oracle latents"))
+    points = next(r["passes_by_length"] for r in rows if r["latents"] == "prior greedy")
+    lengths = [p["length"] for p in points]
+    passes = Chart(
+        title="latent, prior greedy: passes against output length",
+        xlabel="output length (tokens)", ylabel="sequential passes",
+        lines=[Line("prior latents + end + decoder (mean)", lengths, [p["mean_passes"] for p in points]),
+               Line("autoregressive: n + 1", lengths, [n + 1 for n in lengths], dashed=True)],
+    )
+    return [bleu, passes]
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[list[Path], str | None]:

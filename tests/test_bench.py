@@ -93,6 +93,26 @@ def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_checkpoint_is_named_or_left_out_on_request(trained_run, reversal_root, tmp_path, capsys):
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    absent = str(tmp_path / "not_trained" / "best.ckpt")
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "AR greedy", "ckpt": ar}, {"name": "NAT k=2", "ckpt": absent},
+        {"name": "AR greedy + draft", "ckpt": ar, "draft_ckpt": absent},
+    ])
+    out = tmp_path / "out"
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out)]) == 2
+    assert f"systems[1] (NAT k=2): no checkpoint {absent}" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--skip-missing",
+                 "--latency-sentences", "0"]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["system"] for r in result["records"]] == ["AR greedy"]
+    assert result["left_out"] == [{"system": "NAT k=2", "missing": [absent]},
+                                  {"system": "AR greedy + draft", "missing": [absent]}]
+    assert f"NAT k=2 ({absent})" in (out / "bench.md").read_text()
+
+
 def test_bench_spec_errors_name_the_key(reversal_root, tmp_path, capsys):
     spec = write_spec(tmp_path / "spec.yaml", reversal_root, [{"name": "a", "ckpt": "x", "beam": 4}])
     assert main(["bench", "systems", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2

@@ -74,6 +74,15 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     assert set(rows) == {"prior greedy", "prior beam 4", "oracle latents"}
     assert rows["oracle latents"]["bleu"] >= rows["prior greedy"]["bleu"]
     assert 0 < rows["oracle latents"]["live_codes"] <= 1
+    # passes are one sentence's alone: its latents, the prior's end step, the decoder pass
+    assert rows["oracle latents"]["mean_passes"] == 1
+    greedy = rows["prior greedy"]
+    assert greedy["mean_passes"] == pytest.approx(greedy["mean_latents"] + 2, abs=0.011)
+    for i in range(3):
+        alone = module.generate(src[i:i + 1, : int((src[i] != 0).sum())])
+        words, _ = module.prior_words(src[i:i + 1, : int((src[i] != 0).sum())])
+        assert alone.passes == len(words[0]) + 2
+    assert 0 < sum(b["sentences"] for b in greedy["bleu_by_length"]) <= 40
 
 
 @pytest.mark.slow

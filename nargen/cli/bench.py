@@ -79,6 +79,25 @@ def load_bench_spec(path: str | Path) -> tuple[BenchSpec, list[SystemSpec]]:
     return spec, systems
 
 
+def missing_checkpoints(system: SystemSpec) -> list[str]:
+    """The system's checkpoints (its own, reranker, drafter) that are not files."""
+    paths = [system.ckpt, system.rerank_ckpt, system.draft_ckpt]
+    return [p for p in paths if p and not Path(p).is_file()]
+
+
+def split_missing(systems: list[SystemSpec]) -> tuple[list[SystemSpec], list[dict[str, Any]]]:
+    """The systems whose checkpoints all exist, and a record of each left out
+    (its name and the missing files)."""
+    kept, left_out = [], []
+    for system in systems:
+        missing = missing_checkpoints(system)
+        if missing:
+            left_out.append({"system": system.name, "missing": missing})
+        else:
+            kept.append(system)
+    return kept, left_out
+
+
 def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> dict[str, Any] | None:
     for record in records:
         if name is not None:
@@ -127,6 +146,10 @@ def run_bench(
     modules: dict[str, Seq2SeqModule] = {}
     prepared = []
     for i, system in enumerate(systems):
+        missing = missing_checkpoints(system)
+        if missing:
+            raise ConfigError(f"systems[{i}] ({system.name}): no checkpoint {', '.join(missing)} "
+                              "(train it first, or leave such systems out with --skip-missing)")
         if system.ckpt not in modules:
             modules[system.ckpt] = load_module(system.ckpt, map_location=device)
         module = modules[system.ckpt]

@@ -248,15 +248,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def bench_systems(args: argparse.Namespace) -> int:
-    from nargen.cli.bench import load_bench_spec, run_bench
+    from nargen.cli.bench import load_bench_spec, run_bench, split_missing
     from nargen.cli.report import markdown_table, write_report
 
     spec, systems = load_bench_spec(args.spec)
+    left_out: list[dict[str, Any]] = []
+    if args.skip_missing:
+        systems, left_out = split_missing(systems)
+        for row in left_out:
+            print(f"left out {row['system']}: no {', '.join(row['missing'])}", file=sys.stderr)
+        if not systems:
+            raise ConfigError(f"{args.spec}: no system has its checkpoints")
     if args.latency_sentences is not None:
         spec.latency_sentences = args.latency_sentences
     if args.threads:
         spec.threads = args.threads
     result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
+    result["left_out"] = left_out
     print(markdown_table(result))
     report_written(*write_report(result, args.out))
     return 0
@@ -415,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--latency-sentences", type=int, default=None,
                     help="sentences timed at batch size 1 (default: the spec's, else all)")
     sy.add_argument("--threads", type=int, default=0)
+    sy.add_argument("--skip-missing", action="store_true",
+                    help="leave out systems whose checkpoints are not there yet (named in the table)")
     what.add_parser("train", add_help=False,  # its own parser: nargen.cli.bench_train
                     help="training target tokens/s of a recipe over N updates after a warm-up")
     kv = what.add_parser("kv-cache", help="greedy decoding with vs without the KV cache")

@@ -64,6 +64,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         "KV B/token: self-attention K/V cache bytes per generated token, measured from the "
         "cache tensors (autoregressive systems).",
     ]
+    if result.get("left_out"):
+        notes.append("Left out (checkpoint not there): " + "; ".join(
+            f"{r['system']} ({', '.join(r['missing'])})" for r in result["left_out"]))
     return "\n".join(rows + notes + by_length) + "\n"
 
 
