@@ -252,7 +252,7 @@ def bench_systems(args: argparse.Namespace) -> int:
     from nargen.cli.report import markdown_table, write_report
 
     spec, systems = load_bench_spec(args.spec)
-    left_out: list[dict[str, Any]] = []
+    left_out: list[dict] = []
     if args.skip_missing:
         systems, left_out = split_missing(systems)
         for row in left_out:
