@@ -15,8 +15,9 @@ oracle order would buy, and which order a model chooses for itself.
 - Insertion: BLEU and passes of parallel and sequential decoding against
   ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder.
 - CTC and DAG (single pass, no length or order to give): their decoders side by side.
-- Latent: BLEU from the prior's latents (greedy and beam 4) against the autoencoder's
-  latents of the reference (oracle latents: an upper bound), codebook usage (perplexity,
+- Latent: BLEU from the prior's latents (greedy and beam 4; greedy held to the
+  reference's number of latents) against the autoencoder's latents of the reference
+  (oracle latents: an upper bound), codebook usage (perplexity,
   live codes) of each, sequential passes (latents + the prior's end step + the decoder
   pass) and BLEU by reference length, where the gap between prior and oracle opens.
 """
@@ -273,26 +274,31 @@ def diagnose(
 
 
 LENGTH_BUCKETS = ((1, 10), (11, 15), (16, 20), (21, 30), (31, None))
+LATENT_SOURCES = ("prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents")
 
 
 def latent_rows(
     module: Seq2SeqModule, batches: list[Batch], references: list[str], log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Prior latents (greedy, beam 4) against oracle latents: BLEU, codebook usage, the
-    passes one sentence needs alone (prior: its latents + the end step, then the decoder
-    pass; oracle: the decoder pass) and BLEU by reference length."""
+    """Prior latents (greedy, beam 4, greedy with the reference's latent count) against
+    oracle latents: BLEU, codebook usage, the passes one sentence needs alone (prior: its
+    latents + the end step, then the decoder pass; with a latent from the reference, which
+    a real decoding does not have: the decoder pass) and BLEU by reference length."""
     ref_lengths = [0] * len(references)
     for b in batches:
         for i, n in zip(b.rows, b.ref_lengths.tolist()):
             ref_lengths[i] = n
     rows = []
-    for name in ("prior greedy", "prior beam 4", "oracle latents"):
+    for name in LATENT_SOURCES:
         used: list[torch.Tensor] = []
         latents: dict[int, int] = {}
 
         def decode(b: Batch, name: str = name) -> DecodeResult:
             if name == "oracle latents":
                 words, passes = module.oracle_words(b.src, b.ref), 0
+            elif name == "prior greedy, oracle count":
+                counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)])
+                words, passes = module.prior_words_of_count(b.src, counts), 0
             else:
                 words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
             used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
@@ -301,7 +307,7 @@ def latent_rows(
             return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
 
         decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
-        oracle = name == "oracle latents"
+        oracle = name != "prior greedy" and name != "prior beam 4"  # latents from the reference
         decoded.passes = [1 if oracle else latents[i] + 2 for i in range(len(references))]
         words = torch.cat(used)
         codes = module.codes(words)
@@ -408,7 +414,10 @@ def markdown(report: dict[str, Any]) -> str:
                       [[r["latents"], *(b["bleu"] for b in r["bleu_by_length"])] for r in report["latent"]])
         signature = report["latent"][0]["bleu_signature"]
         out += ["", "Passes are one sentence's alone: the prior's latents plus its end step, then one "
-                "decoder pass (oracle latents: the decoder pass only).", ""]
+                "decoder pass (rows that take the count or the latents from the reference: the "
+                "decoder pass only). `oracle count`: the prior's own greedy choices, held to as many "
+                "latents as the reference has; between it and `prior greedy` lies what the latent "
+                "length costs, between it and `oracle latents` what the content of the latents costs.", ""]
     if "decoders" in report:
         out += ["## Decoders (one decoder pass each)", ""]
         out += _table(["decoding", "BLEU", "chrF", "mean length"],
@@ -476,7 +485,7 @@ def latent_charts(rows: list[dict[str, Any]]) -> list[Chart]:
                  ylabel="BLEU", xticks=list(range(len(buckets))), xticklabels=buckets)
     for r in rows:
         bleu.lines.append(Line(r["latents"], list(range(len(r["bleu_by_length"]))),
-                               [b["bleu"] for b in r["bleu_by_length"]], dashed=r["latents"] == "oracle latents"))
+                               [b["bleu"] for b in r["bleu_by_length"]], dashed="oracle" in r["latents"]))
     points = next(r["passes_by_length"] for r in rows if r["latents"] == "prior greedy")
     lengths = [p["length"] for p in points]
     passes = Chart(

@@ -71,7 +71,12 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     from nargen.diagnose import diagnose
     report = diagnose(module, test.source[:40], test.target[:40], max_tokens=300)
     rows = {r["latents"]: r for r in report["latent"]}
-    assert set(rows) == {"prior greedy", "prior beam 4", "oracle latents"}
+    assert set(rows) == {"prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents"}
+    # held to the reference's latent count, the prior writes exactly that many latents
+    assert rows["prior greedy, oracle count"]["mean_latents"] == rows["oracle latents"]["mean_latents"]
+    counts = torch.tensor([len(w) for w in words])
+    assert [len(w) for w in module.prior_words_of_count(src, counts)] == counts.tolist()
+    assert [len(w) for w in module.prior_words_of_count(src, counts + 2)] == (counts + 2).tolist()
     assert rows["oracle latents"]["bleu"] >= rows["prior greedy"]["bleu"]
     assert 0 < rows["oracle latents"]["live_codes"] <= 1
     # passes are one sentence's alone: its latents, the prior's end step, the decoder pass

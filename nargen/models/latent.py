@@ -217,6 +217,26 @@ class LatentModule(Seq2SeqModule):
         words = prior_words_of(prior.as_lists(PRIOR_IDS.pad))
         return words, prior.passes
 
+    @torch.no_grad()
+    def prior_words_of_count(self, src: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
+        """The prior's greedy latent words when each sentence must have ``counts[i]`` of
+        them (its end step held back until then, then forced): the prior's content
+        choices with the latent length given, for telling length errors from content
+        errors."""
+        counts = counts.to(src.device)
+        step = 0
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            nonlocal step
+            logits = logits.clone()
+            logits[step < counts, PRIOR_IDS.eos] = float("-inf")
+            chosen = logits.argmax(-1).masked_fill(step >= counts, PRIOR_IDS.eos)
+            step += 1
+            return chosen
+
+        caps = {"max_len_a": 0.0, "max_len_b": int(counts.max()) + 1, "max_len": int(counts.max()) + 2}
+        return prior_words_of(greedy(self.prior, src, ids=PRIOR_IDS, pick=pick, **caps).as_lists(PRIOR_IDS.pad))
+
     def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The prior's ids and length caps (in latents), for ``greedy``, ``beam_search``
         or ``sample`` over ``self.prior``."""
