@@ -94,7 +94,12 @@ def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
         ax.annotate(point.label, (point.x, point.y), xytext=(5, 4), textcoords="offset points",
                     fontsize=7, color=colour)
     if chart.log_x:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 20, not 2x10^1
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if chart.xticks:
         ax.set_xticks(chart.xticks)
         ax.set_xticklabels(chart.xticklabels or [f"{t:g}" for t in chart.xticks])
