@@ -194,3 +194,48 @@ def test_rotary_values_and_gradient_equal_the_rotate_half_formula():
     torch.testing.assert_close(ours, reference)
     with torch.no_grad():  # the inference path computes the same values
         torch.testing.assert_close(rotary(x, 4), _rotate_half_reference(x, cos, sin))
+
+
+def attention_ops(model: Seq2SeqTransformer, src: torch.Tensor, tgt: torch.Tensor, device: str) -> set[str]:
+    """Names of the attention operators one training forward and backward runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = model(src, tgt)
+        logits.float().sum().backward()
+    return {e.name for e in prof.events() if "attention" in e.name}
+
+
+def batch(device: str, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source and target ids of a micro model (pad id 0), with or without padding."""
+    src = torch.randint(3, 64, (4, 9), device=device)
+    tgt = torch.randint(3, 64, (4, 7), device=device)
+    if padded:
+        src[1, 6:], tgt[2, 5:] = 0, 0
+    return src, tgt
+
+
+def test_cpu_training_attention_runs_the_fused_flash_kernel():
+    """Padding masks, causal masks and grouped K/V heads all stay on the CPU flash
+    kernel; the unfused math fallback (what attention dropout would force) never runs."""
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=2)).train()
+    ops = attention_ops(model, *batch("cpu", padded=True), "cpu")
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_selects_the_flash_backend():
+    """Under bf16 autocast a batch without padding (causal self-attention, grouped K/V
+    heads) runs FlashAttention; a padded batch a fused kernel (flash or memory-efficient),
+    never the math fallback."""
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro", n_heads=4, n_kv_heads=2)).cuda().train()
+    ops = attention_ops(model, *batch("cuda", padded=False), "cuda")
+    assert "aten::_scaled_dot_product_flash_attention" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops
+    padded = attention_ops(model, *batch("cuda", padded=True), "cuda")
+    fused = {"aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention"}
+    assert padded & fused and "aten::_scaled_dot_product_attention_math" not in padded

@@ -10,7 +10,9 @@ from nargen.core import KVCache
 from nargen.data import read_split
 from nargen.data.batching import pad_sequences
 from nargen.decoding import greedy
-from nargen.decoding.speculative import AutoregressiveDrafter, ParallelDrafter, speculative
+from nargen.decoding.speculative import (
+    AutoregressiveDrafter, OnePassDrafter, ParallelDrafter, aligned_continuation, speculative,
+)
 from nargen.models import load_module
 
 
@@ -37,6 +39,27 @@ def test_truncate_forgets_later_positions():
     assert cache.length == 3 and torch.equal(cache.keys[0], k[:, :, :3])
     with pytest.raises(ValueError):
         cache.truncate(4)
+
+
+EOS = 2
+
+
+def test_a_right_draft_is_continued_exactly_at_every_prefix():
+    draft = [5, 6, 5, 6, 7, 5, 6, 8]  # repeated n-grams: the nearest occurrence wins
+    for cut in range(len(draft) + 1):
+        for k in (1, 3, 20):
+            expected = draft[cut : cut + k]
+            expected += [EOS] if len(expected) < k else []
+            assert aligned_continuation(draft, draft[:cut], k, EOS) == expected
+
+
+def test_the_continuation_follows_a_substitution_an_insertion_and_a_deletion():
+    draft = [10, 11, 12, 13, 14, 15]
+    assert aligned_continuation(draft, [10, 11, 99], 2, EOS) == [13, 14]  # 99 replaced 12
+    assert aligned_continuation(draft, [10, 11, 99, 12], 2, EOS) == [13, 14]  # 99 inserted
+    assert aligned_continuation(draft, [10, 11, 13], 2, EOS) == [14, 15]  # 12 skipped
+    assert aligned_continuation(draft, [10, 11, 13, 14, 15], 3, EOS) == [EOS]
+    assert aligned_continuation([], [4, 5], 3, EOS) == [EOS]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +115,22 @@ def test_a_parallel_drafter_gives_the_same_output_in_fewer_target_passes(ar_and_
     assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
     assert out.counts["target_passes"] < reference.passes
     assert out.counts["draft_passes"] == out.counts["target_passes"]
+
+
+@pytest.mark.slow
+def test_a_one_pass_drafter_drafts_once_per_batch(ar_and_sources, trained_ctc):
+    module, src = ar_and_sources
+    reference = greedy(module.model, src, **settings(module))
+    longest = max(len(r) for r in reference.as_lists(module.ids.pad)) + 1
+    # the model's own greedy output as the draft: every block is accepted whole
+    own = module.generate(src, draft=OnePassDrafter(module), block=4)
+    assert own.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
+    assert own.counts["accepted"] == own.counts["proposed"]
+    assert own.counts["target_passes"] == -(-longest // 5) and own.counts["draft_passes"] == reference.passes
+    # a CTC model's single pass drafts for the whole batch
+    out = module.generate(src, draft=OnePassDrafter(load_module(trained_ctc)), block=6)
+    assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
+    assert out.counts["draft_passes"] == 1 and out.counts["target_passes"] < reference.passes
 
 
 @pytest.mark.slow

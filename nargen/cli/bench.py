@@ -35,7 +35,7 @@ class SystemSpec:
     rerank_ckpt: str | None = None
     """Autoregressive checkpoint that rescores a parallel model's length beam."""
     draft_ckpt: str | None = None
-    """Drafter (autoregressive, nat or cmlm) for an autoregressive model's speculative decoding."""
+    """Drafter (any family) for an autoregressive model's speculative decoding."""
     training_data: str = ""
     """What the model was trained on, as the table should say it (raw, distilled, ...)."""
 

@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "latent: that rescores the latent candidates")
         p.add_argument("--draft-ckpt", default=None,
                        help="autoregressive greedy: speculative decoding with this drafter "
-                            "(autoregressive, nat or cmlm checkpoint); same output, fewer passes")
+                            "(any family's checkpoint); same output, fewer passes")
         p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
         p.add_argument("--sampling", action="store_true",
                        help="autoregressive, latent (its prior): draw tokens instead of the argmax")

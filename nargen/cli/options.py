@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nargen.decoding import autoregressive_reranker
-from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, ParallelDrafter
+from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, OnePassDrafter, ParallelDrafter
 from nargen.models import CheckpointError, Seq2SeqModule, load_module
 
 def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
@@ -26,7 +26,8 @@ def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
 def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
     """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
     ``owner``): an autoregressive model drafts greedily, a NAT or CMLM model in one
-    parallel pass; both models must share one tokenizer."""
+    parallel pass per block after the output so far, any other family the whole
+    sentence once with its own decoding settings; both models must share one tokenizer."""
     drafter = load_module(path, map_location=module.device)
     if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
@@ -35,4 +36,4 @@ def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
         return AutoregressiveDrafter(drafter.model, drafter.ids)
     if drafter.family in ("nat", "cmlm"):
         return ParallelDrafter(drafter)
-    raise CheckpointError(f"{path}: a {drafter.family!r} checkpoint cannot draft (autoregressive, nat or cmlm)")
+    return OnePassDrafter(drafter)

@@ -24,10 +24,17 @@ def sdpa_kernel(
     is_causal: bool,
     dropout_p: float,
 ) -> torch.Tensor:
-    """PyTorch's fused kernel (flash / memory-efficient on GPU); K/V may have fewer heads."""
+    """PyTorch's fused kernel (flash / memory-efficient on GPU); K/V may have fewer heads.
+
+    On CUDA only FlashAttention (no arbitrary mask) and the unfused math path take
+    grouped K/V heads, so with a mask K/V heads are repeated there for the
+    memory-efficient kernel; the CPU flash kernel takes both at once."""
+    grouped = k.shape[1] != q.shape[1]
+    if grouped and mask is not None and q.is_cuda:
+        groups = q.shape[1] // k.shape[1]
+        k, v, grouped = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), False
     return nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-        enable_gqa=k.shape[1] != q.shape[1],
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=grouped,
     )
 
 

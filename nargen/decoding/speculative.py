@@ -20,7 +20,7 @@ from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, len
 
 
 class Drafter(Protocol):
-    """Proposes continuations: ``start(src)`` once per batch, then
+    """Proposes continuations: ``start(src)`` once per batch (passes it runs count), then
     ``propose(rows, prefixes, k)``: for each sentence ``rows[i]`` of that batch with
     output so far ``prefixes[i]`` (no BOS), up to ``k`` next tokens (EOS ends one).
     ``passes`` counts its sequential decoder passes."""
@@ -54,9 +54,9 @@ def speculative(
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
     cache = model.new_cache(encoded, max(caps, default=0) + block + 2)
+    drafted_before = drafter.passes
     drafter.start(src)
     stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0}
-    drafted_before = drafter.passes
     out: list[list[int]] = [[] for _ in range(batch)]
     hit_cap = [False] * batch
     active = list(range(batch))  # rows still decoding, in cache order
@@ -176,3 +176,49 @@ class ParallelDrafter:
             guess = best[i][len(p) : len(c)] + [eos]
             drafts.append(guess[:k])
         return drafts
+
+
+def aligned_continuation(draft: list[int], prefix: list[int], k: int, eos: int, max_ngram: int = 3) -> list[int]:
+    """Up to ``k`` tokens of ``draft`` that follow ``prefix``, then EOS if the draft ends.
+
+    The draft is realigned to the prefix after every disagreement: the continuation
+    starts after the longest suffix of ``prefix`` (up to ``max_ngram`` tokens) found in
+    ``draft``, at the occurrence ending nearest position ``len(prefix)`` (the earlier one
+    on a tie); with no match, at position ``len(prefix)``. A draft that is right is so
+    continued exactly; after a wrong draft token the continuation skips it (the prefix
+    substituted a token), after an extra one in the prefix it resumes where the prefix
+    rejoins the draft (an insertion), after a skipped one past it (a deletion)."""
+    here = len(prefix)
+    start = here
+    for n in range(min(max_ngram, here), 0, -1):
+        tail = prefix[-n:]
+        ends = [m for m in range(n, len(draft) + 1) if draft[m - n : m] == tail]
+        if ends:
+            start = min(ends, key=lambda m: (abs(m - here), m))
+            break
+    continuation = draft[start : start + k]
+    if len(continuation) < k:
+        continuation.append(eos)
+    return continuation
+
+
+class OnePassDrafter:
+    """Any parallel model (CTC, DAG, NAT, CMLM, insertion, latent) drafting each
+    sentence once, with its own decoder and settings, when a batch starts; every block
+    is the draft's continuation of the output so far (``aligned_continuation``). One
+    drafter pass per batch, against ``ParallelDrafter``'s pass per block."""
+
+    def __init__(self, module: Any, **options: Any) -> None:
+        self.module, self.options, self.passes = module, options, 0
+        self.drafts: list[list[int]] = []
+
+    def start(self, src: torch.Tensor) -> None:
+        result = self.module.generate(src, **self.options)
+        self.passes += result.passes
+        ids = self.module.ids
+        rows = [row[: row.index(ids.eos)] if ids.eos in row else row for row in result.tokens.tolist()]
+        self.drafts = [[t for t in row if t != ids.pad] for row in rows]
+
+    def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
+        eos = self.module.ids.eos
+        return [aligned_continuation(self.drafts[r], p, k, eos) for r, p in zip(rows, prefixes)]
