@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import sacrebleu
@@ -120,13 +121,14 @@ def evaluate(
         record["draft_acceptance"] = round(c["accepted"] / max(c["proposed"], 1), 4)
         record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
-    times, passes = [], 0
+    times, passes, counts = [], 0, Counter()
     bar.close()
     for sentence in tqdm(sources[:n], desc="batch-1", unit="sent", disable=not progress, file=sys.stderr):
         start = time.perf_counter()
         one = module.translate([sentence], **options)
         times.append(time.perf_counter() - start)
         passes += one.passes
+        counts.update(one.counts)
     if times:
         record["latency_by_length"] = latency_by_length([t * 1000 for t in times], [len(x) for x in tokens[:n]])
         times_ms = sorted(t * 1000 for t in times)
@@ -134,4 +136,8 @@ def evaluate(
         record["batch1_ms_p90"] = round(times_ms[int(0.9 * (len(times_ms) - 1))], 2)
         record["batch1_sentences"] = n
         record["mean_passes_per_sentence"] = round(passes / n, 2)
+        if "proposed" in counts:  # speculative decoding, one sentence at a time
+            record["batch1_draft_acceptance"] = round(counts["accepted"] / max(counts["proposed"], 1), 4)
+            record["batch1_target_passes"] = round(counts["target_passes"] / n, 2)
+            record["batch1_draft_passes"] = round(counts["draft_passes"] / n, 2)
     return record, result.texts

@@ -145,3 +145,4 @@ def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     assert 0 < record["draft_acceptance"] <= 1 and record["target_passes"] > 0
+    assert 0 < record["batch1_draft_acceptance"] <= 1 and record["batch1_target_passes"] >= 1

@@ -64,6 +64,12 @@ def markdown_table(result: dict[str, Any]) -> str:
         "KV B/token: self-attention K/V cache bytes per generated token, measured from the "
         "cache tensors (autoregressive systems).",
     ]
+    drafted = [r for r in result["records"] if "batch1_draft_acceptance" in r]
+    if drafted:
+        notes.append("Speculative decoding at batch 1, per sentence: " + "; ".join(
+            f"{r['system']}: {r['batch1_target_passes']:.2f} target and {r['batch1_draft_passes']:.2f} "
+            f"drafter passes, {100 * r['batch1_draft_acceptance']:.1f}% of drafted tokens accepted"
+            for r in drafted) + ".")
     if result.get("left_out"):
         notes.append("Left out (checkpoint not there): " + "; ".join(
             f"{r['system']} ({', '.join(r['missing'])})" for r in result["left_out"]))
