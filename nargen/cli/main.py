@@ -106,11 +106,16 @@ def format_record(record: dict) -> str:
         f"  {record['bleu_signature']}",
         f"  {record['chrf_signature']}",
         f"  {record['sentences_per_s']} sentences/s batched; "
-        f"batch-1 {record.get('batch1_ms_mean')} ms/sentence (p90 {record.get('batch1_ms_p90')}) "
-        f"over {record.get('batch1_sentences')} sentences; "
-        f"{record.get('mean_passes_per_sentence')} decoder passes/sentence; "
-        f"{record['device']}, {record['threads']} threads",
+        + (f"batch-1 {record['batch1_ms_mean']} ms/sentence (p90 {record['batch1_ms_p90']}) "
+           f"over {record['batch1_sentences']} sentences; "
+           f"{record['mean_passes_per_sentence']} decoder passes/sentence; "
+           if "batch1_ms_mean" in record else "no batch-1 timing; ")
+        + f"{record['device']}, {record['threads']} threads",
     ]
+    if "batch1_draft_acceptance" in record:
+        lines.append(f"  speculative at batch 1: {record['batch1_target_passes']} target and "
+                     f"{record['batch1_draft_passes']} drafter passes/sentence, "
+                     f"{100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
     return "\n".join(lines)
 
 
