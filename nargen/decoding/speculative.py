@@ -205,8 +205,9 @@ def aligned_continuation(draft: list[int], prefix: list[int], k: int, eos: int, 
 class OnePassDrafter:
     """Any parallel model (CTC, DAG, NAT, CMLM, insertion, latent) drafting each
     sentence once, with its own decoder and settings, when a batch starts; every block
-    is the draft's continuation of the output so far (``aligned_continuation``). One
-    drafter pass per batch, against ``ParallelDrafter``'s pass per block."""
+    is the draft's continuation of the output so far (``aligned_continuation``). The
+    drafter decodes once per batch (one pass for CTC, DAG or NAT), where
+    ``ParallelDrafter`` runs a pass per block."""
 
     def __init__(self, module: Any, **options: Any) -> None:
         self.module, self.options, self.passes = module, options, 0
