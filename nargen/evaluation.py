@@ -55,6 +55,11 @@ def kv_cache_footprint(module: Seq2SeqModule, sources: list[str], steps: int = 1
     }
 
 
+def acceptance_rate(counts: dict[str, int]) -> float:
+    """Share of a speculative decoder's drafted tokens that the target model accepted."""
+    return round(counts["accepted"] / max(counts["proposed"], 1), 4)
+
+
 def repetition_rate(token_rows: list[list[int]]) -> float:
     """Share of adjacent token pairs that are identical, over all outputs."""
     pairs = sum(max(0, len(r) - 1) for r in token_rows)
@@ -118,7 +123,7 @@ def evaluate(
         record.update(kv_cache_footprint(module, sources))
     if "proposed" in result.counts:  # speculative decoding
         c = result.counts
-        record["draft_acceptance"] = round(c["accepted"] / max(c["proposed"], 1), 4)
+        record["draft_acceptance"] = acceptance_rate(c)
         record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
     times, passes, counts = [], 0, Counter()
@@ -137,7 +142,7 @@ def evaluate(
         record["batch1_sentences"] = n
         record["mean_passes_per_sentence"] = round(passes / n, 2)
         if "proposed" in counts:  # speculative decoding, one sentence at a time
-            record["batch1_draft_acceptance"] = round(counts["accepted"] / max(counts["proposed"], 1), 4)
+            record["batch1_draft_acceptance"] = acceptance_rate(counts)
             record["batch1_target_passes"] = round(counts["target_passes"] / n, 2)
             record["batch1_draft_passes"] = round(counts["draft_passes"] / n, 2)
     return record, result.texts

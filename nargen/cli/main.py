@@ -113,9 +113,9 @@ def format_record(record: dict) -> str:
         + f"{record['device']}, {record['threads']} threads",
     ]
     if "batch1_draft_acceptance" in record:
-        lines.append(f"  speculative at batch 1: {record['batch1_target_passes']} target and "
-                     f"{record['batch1_draft_passes']} drafter passes/sentence, "
-                     f"{100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
+        from nargen.cli.report import speculative_summary
+
+        lines.append(f"  speculative at batch 1, per sentence: {speculative_summary(record)}")
     return "\n".join(lines)
 
 

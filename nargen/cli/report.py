@@ -22,6 +22,12 @@ def _number(record: dict[str, Any], key: str, spec: str) -> str:
     return format(value, spec) if value is not None else "-"
 
 
+def speculative_summary(record: dict[str, Any]) -> str:
+    """A speculative system's batch-1 target and drafter passes and acceptance, in words."""
+    return (f"{record['batch1_target_passes']:.2f} target and {record['batch1_draft_passes']:.2f} drafter "
+            f"passes, {100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """One row per system; signatures, device and threads beneath."""
     head = (
@@ -67,9 +73,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     drafted = [r for r in result["records"] if "batch1_draft_acceptance" in r]
     if drafted:
         notes.append("Speculative decoding at batch 1, per sentence: " + "; ".join(
-            f"{r['system']}: {r['batch1_target_passes']:.2f} target and {r['batch1_draft_passes']:.2f} "
-            f"drafter passes, {100 * r['batch1_draft_acceptance']:.1f}% of drafted tokens accepted"
-            for r in drafted) + ".")
+            f"{r['system']}: {speculative_summary(r)}" for r in drafted) + ".")
     if result.get("left_out"):
         notes.append("Left out (checkpoint not there): " + "; ".join(
             f"{r['system']} ({', '.join(r['missing'])})" for r in result["left_out"]))
