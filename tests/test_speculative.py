@@ -107,6 +107,33 @@ def test_the_model_drafting_for_itself_is_always_accepted(ar_and_sources):
 
 
 @pytest.mark.slow
+def test_the_cached_drafter_drafts_what_the_model_drafts_without_a_cache(ar_and_sources):
+    module, src = ar_and_sources
+    model, ids = module.model, module.ids
+    truth = greedy(model, src, **settings(module)).as_lists(ids.pad)
+    encoded = model.encode(src)
+
+    def uncached(row, prefix, k):  # one sentence, whole prefix each pass
+        seq, out = [ids.bos, *prefix], []
+        while len(out) < k and ids.eos not in out:
+            logits = model.decode(torch.tensor([seq]), encoded.index_select(torch.tensor([row])), causal=True)
+            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            out.append(int(logits[0, -1].argmax()))
+            seq.append(out[-1])
+        return out
+
+    drafter = AutoregressiveDrafter(model, ids)
+    drafter.start(src)
+    rows = list(range(src.shape[0]))
+    for step in range(5):
+        if step == 3:
+            rows = rows[::2]  # finished sentences leave the batch
+        # accepted prefixes of different lengths, some ending in a token the draft did not propose
+        prefixes = [truth[r][: step * (1 + r % 3)] + ([9] if (r + step) % 4 == 0 else []) for r in rows]
+        assert drafter.propose(rows, prefixes, 4) == [uncached(r, p, 4) for r, p in zip(rows, prefixes)]
+
+
+@pytest.mark.slow
 def test_a_parallel_drafter_gives_the_same_output_in_fewer_target_passes(ar_and_sources, trained_cmlm):
     module, src = ar_and_sources
     reference = greedy(module.model, src, **settings(module))

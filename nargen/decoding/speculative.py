@@ -110,36 +110,74 @@ def speculative(
 
 
 class AutoregressiveDrafter:
-    """A small autoregressive model drafting greedily, one pass per drafted token over
-    its whole prefix (no cache: prefixes of a batch differ in length and drafts are
-    short)."""
+    """A small autoregressive model drafting greedily with its own KV cache.
+
+    The cache keeps one length for the batch, as the target's does: before each pass it
+    is cut back to the longest prefix every sentence still shares with what it holds
+    (after a rejected draft, the accepted output replaces the rest), and each sentence
+    feeds its tokens from there, right-padded. At batch 1 every drafted token costs one
+    single-position pass."""
 
     def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds()) -> None:
         self.model, self.ids, self.passes = model, ids, 0
         self.encoded: Any = None
+        self.cache: Any = None
+        self.rows: list[int] = []  # batch rows in cache order
+        self.held: list[list[int]] = []  # per cache row, the real tokens whose K/V it holds
         self.device = torch.device("cpu")
 
     def start(self, src: torch.Tensor) -> None:
         self.encoded, self.device = self.model.encode(src), src.device
+        self.cache = self.model.new_cache(self.encoded, 0)  # grows as drafts lengthen
+        self.rows = list(range(src.shape[0]))
+        self.held = [[] for _ in self.rows]
+
+    def _keep(self, rows: list[int]) -> None:
+        """Drop the sentences the target has finished from the cache."""
+        if rows == self.rows:
+            return
+        where = {r: i for i, r in enumerate(self.rows)}
+        order = [where[r] for r in rows]
+        indices = torch.tensor(order, device=self.device)
+        self.cache.reorder(indices)
+        self.encoded = self.encoded.index_select(indices)
+        self.rows, self.held = list(rows), [self.held[i] for i in order]
 
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
-        ids, device = self.ids, self.device
-        encoded = self.encoded.index_select(torch.tensor(rows, device=device))
-        drafts: list[list[int]] = [[] for _ in rows]
+        ids = self.ids
+        self._keep(rows)
         seqs = [[ids.bos, *p] for p in prefixes]
+        drafts: list[list[int]] = [[] for _ in rows]
         for _ in range(k):
-            x = pad_rows(seqs, ids.pad, device)
-            logits = self.model.decode(x, encoded, causal=True).float()
+            shared = min(_common_prefix(h, s) for h, s in zip(self.held, seqs))
+            shared = min(shared, min(len(s) for s in seqs) - 1)  # every row feeds its last token
+            self.cache.truncate(shared)
+            tails = [s[shared:] for s in seqs]
+            x = pad_rows(tails, ids.pad, self.device)
+            logits = self.model.decode(x, self.encoded, causal=True, cache=self.cache).float()
             self.passes += 1
+            self.held = [list(s) for s in seqs]
             logits[..., [ids.pad, ids.bos]] = float("-inf")
-            last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-            best = logits[torch.arange(len(rows), device=device), last].argmax(-1).tolist()
+            last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
+            best = logits[torch.arange(len(rows), device=self.device), last].argmax(-1).tolist()
             for i, token in enumerate(best):
                 if drafts[i] and drafts[i][-1] == ids.eos:
                     continue
                 drafts[i].append(token)
                 seqs[i].append(token)
-        return [d[: d.index(ids.eos) + 1] if ids.eos in d else d for d in drafts]
+            if all(d and d[-1] == ids.eos for d in drafts):
+                break
+        return drafts
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class ParallelDrafter:
