@@ -1,5 +1,6 @@
 """Charts as PNG and SVG with matplotlib (the optional ``plot`` extra): each line is
-labelled at its end and each point beside it, so a reader needs no legend."""
+labelled at its end and each point beside it, at the first spot free of other labels,
+markers and lines, so a reader needs no legend."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class Chart:
     xticks: list[float] | None = None
     xticklabels: list[str] | None = None
     log_x: bool = False
+    log_y: bool = False
     note: str = ""
     """A line of text under the plot (e.g. what the highlight means)."""
 
@@ -70,12 +72,110 @@ def _label_line_ends(fig, ax, ends, gap_points: float = 9.0) -> None:
         _, y = ax.transData.transform((line.x[-1], line.y[-1]))
         placed.append([y * to_points, line, colour])
     placed.sort(key=lambda p: p[0])
-    for i in range(1, len(placed)):
+    for i in range(1, len(placed)):  # push up, then back down below the top of the axes
         placed[i][0] = max(placed[i][0], placed[i - 1][0] + gap_points)
+    top = ax.get_window_extent().y1 * to_points - gap_points / 2
+    for i in reversed(range(len(placed))):
+        placed[i][0] = min(placed[i][0], top if i == len(placed) - 1 else placed[i + 1][0] - gap_points)
     for wanted, line, colour in placed:
         _, y = ax.transData.transform((line.x[-1], line.y[-1]))
-        ax.annotate(line.label, (line.x[-1], line.y[-1]), xytext=(6, wanted - y * to_points),
-                    textcoords="offset points", va="center", fontsize=8, color=colour)
+        moved = abs(wanted - y * to_points) > gap_points / 2  # joined to its line's end
+        ax.annotate(line.label, (line.x[-1], line.y[-1]), xytext=(10 if moved else 6, wanted - y * to_points),
+                    textcoords="offset points", va="center", fontsize=8, color=colour,
+                    arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, alpha=0.6) if moved else None)
+
+
+def _colour(point: Point) -> str:
+    return "#c33" if point.highlight else "#36c"
+
+
+# Where a point's label may go, in points from the marker, with its alignment: beside it
+# first, then above or below, then farther out (joined to the marker by a thin line).
+_SPOTS = [
+    (5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
+    (-5, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
+    (12, 12, "left", "bottom"), (12, -12, "left", "top"), (-12, 12, "right", "bottom"),
+    (-12, -12, "right", "top"), (0, 18, "center", "bottom"), (0, -18, "center", "top"),
+    (24, 0, "left", "center"), (-24, 0, "right", "center"),
+]
+
+
+def _line_boxes(ax, lines: list[Line], step: float = 4.0) -> list:
+    """Small display-space boxes along every drawn line, so labels keep off the lines."""
+    from matplotlib.transforms import Bbox
+
+    boxes = []
+    for line in lines:
+        xy = [ax.transData.transform(p) for p in zip(line.x, line.y)]
+        for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+            n = max(int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step), 1)
+            for i in range(n + 1):
+                x, y = x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n
+                boxes.append(Bbox.from_extents(x - 1, y - 1, x + 1, y + 1))
+    return boxes
+
+
+def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> list:
+    """Label each point at the first of ``_SPOTS`` whose text stays inside the axes and
+    clear of every marker, line and label placed before it (points from top to bottom);
+    where no spot is clear, at the spot that overlaps least. Returns the labels' display
+    boxes, in the order of ``points``."""
+    if not points:
+        return []
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()  # fixes the limits, so data maps to display coordinates
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    scale = fig.dpi / 72.0
+    taken = []
+    for p in points:  # markers: 5 points across
+        x, y = ax.transData.transform((p.x, p.y))
+        taken.append(Bbox.from_extents(x - 2.5 * scale, y - 2.5 * scale, x + 2.5 * scale, y + 2.5 * scale))
+    taken += [t.get_window_extent(renderer) for t in ax.texts]  # line-end labels
+    crossed = _line_boxes(ax, list(lines))
+
+    def shared(box, other) -> float:
+        return max(0.0, min(box.x1, other.x1) - max(box.x0, other.x0)) * max(
+            0.0, min(box.y1, other.y1) - max(box.y0, other.y0))
+
+    def overlap(box) -> float:  # a line through a label or a label cut by the frame reads worst
+        outside = box.width * box.height - shared(box, frame)
+        return sum(shared(box, o) for o in taken) + 20 * sum(shared(box, o) for o in crossed) + 10 * outside
+
+    placed: dict[int, object] = {}
+    for i in sorted(range(len(points)), key=lambda i: -points[i].y):
+        p = points[i]
+        best = None
+        for dx, dy, ha, va in _SPOTS:
+            far = abs(dx) > 5 or abs(dy) > 6
+            text = ax.annotate(
+                p.label, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                fontsize=7, color=_colour(p),
+                arrowprops=dict(arrowstyle="-", color=_colour(p), lw=0.5, alpha=0.6) if far else None)
+            box = text.get_window_extent(renderer)
+            cost = overlap(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, text, box)
+            else:
+                text.remove()
+            if cost == 0:
+                break
+        taken.append(best[2])
+        placed[i] = best[2]
+    return [placed[i] for i in range(len(points))]
+
+
+def _log_scale(axis, set_scale) -> None:
+    """A log axis ticked at 1, 2 and 5 of each decade, labelled 20 rather than 2x10^1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale("log")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
@@ -89,34 +189,29 @@ def save_chart(chart: Chart, stem: str | Path) -> list[Path]:
         if line.x:
             ends.append((line, drawn.get_color()))
     for point in chart.points:
-        colour = "#c33" if point.highlight else "#36c"
-        ax.plot([point.x], [point.y], "o", color=colour, markersize=5)
-        ax.annotate(point.label, (point.x, point.y), xytext=(5, 4), textcoords="offset points",
-                    fontsize=7, color=colour)
+        ax.plot([point.x], [point.y], "o", color=_colour(point), markersize=5)
     if chart.log_x:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 20, not 2x10^1
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _log_scale(ax.xaxis, ax.set_xscale)
+    if chart.log_y:
+        _log_scale(ax.yaxis, ax.set_yscale)
     if chart.xticks:
         ax.set_xticks(chart.xticks)
         ax.set_xticklabels(chart.xticklabels or [f"{t:g}" for t in chart.xticks])
         ax.minorticks_off()
     if chart.note:
         fig.text(0.01, 0.01, chart.note, fontsize=7, color="#555")
-    _label_line_ends(fig, ax, ends)
     ax.set_title(chart.title, fontsize=10)
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.25)  # room for the end labels
     fig.tight_layout()
+    _label_line_ends(fig, ax, ends)
+    place_point_labels(fig, ax, chart.points, chart.lines)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")  # labels past the axes stay in the picture
     plt.close(fig)
     return paths

@@ -113,7 +113,7 @@ def latency_chart(result: dict[str, Any]) -> Chart:
     buckets = [bucket_name(low, high) for low, high in LENGTH_BUCKETS]
     chart = Chart(
         title=f"{result['split']}: batch-1 latency against output length",
-        xlabel="output length (tokens)", ylabel="ms per sentence (log scale)",
+        xlabel="output length (tokens)", ylabel="ms per sentence (log scale)", log_y=True,
         xticks=list(range(1, len(buckets) + 1)), xticklabels=buckets,
     )
     for r in result["records"]:
