@@ -58,10 +58,13 @@ class StepProfiler(L.Callback):
             self.result.tokens = (self.monitor.target_tokens - self.counted[0]) / self.steps
 
 
-def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_steps: int = 0) -> dict:
+def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
+                     profile_steps: int = 0) -> dict | None:
     """Train ``warmup_steps + steps`` updates of ``config`` from scratch; target tokens/s
-    (padding excluded) over the last ``steps``. With ``profile_steps``, that many more
-    steps are then profiled (``profile``: ms per step by operator group)."""
+    (padding excluded) over the last ``steps``, summed over the processes of a
+    multi-process run (``trainer.devices`` > 1, ``trainer.strategy: ddp``; None on the
+    worker processes). With ``profile_steps``, that many more steps are then profiled
+    (``profile``: ms per step by operator group)."""
     t = config.trainer
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -71,7 +74,8 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_s
     monitor = ThroughputMonitor(skip_steps=warmup_steps)
     profiler = StepProfiler(warmup_steps + steps, profile_steps, monitor)
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=1, precision=resolve_precision(t.precision),
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=resolve_precision(t.precision),
         max_steps=warmup_steps + steps + profile_steps, max_epochs=-1, limit_val_batches=0,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches, callbacks=[monitor, profiler], logger=False,
@@ -81,11 +85,19 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int, profile_s
     trainer.fit(module, datamodule=datamodule)
     if profile_steps:  # the throughput counted only the steps before the profile
         monitor.target_tokens, monitor.seconds = profiler.counted
+    if trainer.world_size > 1:  # every rank's tokens over the slowest rank's time
+        counted = torch.tensor([float(monitor.target_tokens), monitor.seconds])
+        tokens = trainer.strategy.reduce(counted[:1].clone(), reduce_op="sum")
+        seconds = trainer.strategy.reduce(counted[1:].clone(), reduce_op="max")
+        monitor.target_tokens, monitor.seconds = int(tokens.item()), float(seconds.item())
+    if not trainer.is_global_zero:
+        return None
     out = {
         "family": config.family, "steps": steps, "warmup_steps": warmup_steps,
         "parameters": sum(p.numel() for p in module.parameters()),
         **monitor.summary(module.device),
-        "device": str(module.device), "threads": torch.get_num_threads(),
+        "device": str(module.device), "processes": trainer.world_size,
+        "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
     }
     if profiler.result is not None:
@@ -114,6 +126,8 @@ def cmd_bench_train(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     config, _ = parse_fit_args(["--config", args.recipe, *overrides])
     result = train_throughput(config, args.steps, args.warmup_steps, args.profile_steps)
+    if result is None:  # a worker process of a multi-process run
+        return 0
     if "profile" in result:
         print(result["profile"]["markdown"], file=sys.stderr)
     print(json.dumps(result), file=sys.stdout)
