@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from nargen.cli.config import FitConfig, parse_fit_args
-from nargen.cli.fit import build_module, resolve_precision
+from nargen.cli.fit import build_module, per_process_data, process_layout, resolve_precision, set_threads
 from nargen.data import TranslationDataModule
 from nargen.models.throughput import ThroughputMonitor
 from nargen.profiling import NARGEN_REGIONS, REGION, StepProfile, label_regions, summarize
@@ -66,15 +66,15 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     worker processes). With ``profile_steps``, that many more steps are then profiled
     (``profile``: ms per step by operator group)."""
     t = config.trainer
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    layout = process_layout(t)
+    set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    datamodule = TranslationDataModule(config.data)
+    datamodule = TranslationDataModule(per_process_data(config, layout))
     module = build_module(config, datamodule)
     monitor = ThroughputMonitor(skip_steps=warmup_steps)
     profiler = StepProfiler(warmup_steps + steps, profile_steps, monitor)
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        accelerator=layout.accelerator, devices=layout.devices, strategy=layout.strategy,
         precision=resolve_precision(t.precision),
         max_steps=warmup_steps + steps + profile_steps, max_epochs=-1, limit_val_batches=0,
         gradient_clip_val=t.gradient_clip_val or None,
@@ -85,11 +85,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     trainer.fit(module, datamodule=datamodule)
     if profile_steps:  # the throughput counted only the steps before the profile
         monitor.target_tokens, monitor.seconds = profiler.counted
-    if trainer.world_size > 1:  # every rank's tokens over the slowest rank's time
-        counted = torch.tensor([float(monitor.target_tokens), monitor.seconds])
-        tokens = trainer.strategy.reduce(counted[:1].clone(), reduce_op="sum")
-        seconds = trainer.strategy.reduce(counted[1:].clone(), reduce_op="max")
-        monitor.target_tokens, monitor.seconds = int(tokens.item()), float(seconds.item())
+    monitor.gather(trainer)
     if not trainer.is_global_zero:
         return None
     out = {

@@ -55,7 +55,13 @@ class TrainerConfig:
     seed: int = 1
     """Seed of weights, dropout and masking."""
     threads: int = 0
-    """CPU threads for torch (0 = torch's default)."""
+    """CPU threads for torch (0 = torch's default); per process with ``cpu_processes``."""
+    cpu_processes: int = 1
+    """Without a GPU: train in this many processes (DDP over gloo), each reading batches
+    of ``data.max_tokens / cpu_processes`` tokens, so an update sees as many tokens as one
+    process would. On a 2-core CPU, 2 processes of 1 thread train about 1.25x faster than
+    1 of 2 threads (many operators are too small to keep a second thread busy). Ignored
+    on a GPU and when ``strategy``/``devices`` are set."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
     keep_last: int = 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from nargen.cli.config import FitConfig, TrainerConfig, to_dict
 from nargen.cli.run_history import check_resume, move_aside
 from nargen.core import TransformerConfig
-from nargen.data import TranslationDataModule
+from nargen.data import DataConfig, TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
 from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, load_module
@@ -48,6 +50,44 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
+@dataclass(frozen=True)
+class ProcessLayout:
+    """Where training runs: Lightning's accelerator, devices and strategy, and how many
+    processes share the token budget of one update (``batch_split``)."""
+
+    accelerator: str
+    devices: Any
+    strategy: str
+    batch_split: int = 1
+
+
+def process_layout(t: TrainerConfig) -> ProcessLayout:
+    """``cpu_processes`` DDP processes when training on the CPU with the default
+    devices and strategy; otherwise the recipe's own accelerator, devices and strategy."""
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    if t.cpu_processes > 1 and on_cpu and t.devices == 1 and t.strategy == "auto":
+        return ProcessLayout("cpu", t.cpu_processes, "ddp", t.cpu_processes)
+    return ProcessLayout(t.accelerator, t.devices, t.strategy)
+
+
+def set_threads(t: TrainerConfig) -> None:
+    """``trainer.threads`` for torch in this process and in the processes a DDP launch
+    starts (through ``OMP_NUM_THREADS``, which Lightning then leaves alone)."""
+    if t.threads:
+        torch.set_num_threads(t.threads)
+        os.environ["OMP_NUM_THREADS"] = str(t.threads)
+
+
+def per_process_data(config: FitConfig, layout: ProcessLayout) -> DataConfig:
+    """The data settings of one process: its share of the update's token budget."""
+    if layout.batch_split == 1:
+        return config.data
+    if config.data.max_tokens < layout.batch_split:
+        raise ValueError(f"data.max_tokens={config.data.max_tokens} cannot be split across "
+                         f"trainer.cpu_processes={layout.batch_split} processes")
+    return replace(config.data, max_tokens=config.data.max_tokens // layout.batch_split)
+
+
 def max_epochs(t: TrainerConfig) -> int | None:
     """No epoch limit when steps or time bound the run (Lightning would stop at 1000)."""
     if t.max_epochs is not None:
@@ -73,7 +113,8 @@ def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
     return out
 
 
-def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
+def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor,
+                 layout: ProcessLayout) -> L.Trainer:
     t = config.trainer
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(
@@ -99,9 +140,9 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         ))
     return L.Trainer(
         default_root_dir=run_dir,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
+        accelerator=layout.accelerator,
+        devices=layout.devices,
+        strategy=layout.strategy,
         precision=resolve_precision(t.precision),
         max_steps=t.max_steps,
         max_epochs=max_epochs(t),
@@ -126,8 +167,9 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     evaluate the best checkpoint on the test split. Returns the summary (on the main
     process; other ranks of a multi-process run return None)."""
     t = config.trainer
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    layout = process_layout(t)
+    eval_threads = t.threads * layout.batch_split if t.threads else torch.get_num_threads()
+    set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = Path(t.run_dir)
     resolved = to_dict(config)
@@ -140,16 +182,17 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     if not (run_dir / "config.yaml").is_file():
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    datamodule = TranslationDataModule(config.data)
+    datamodule = TranslationDataModule(per_process_data(config, layout))
     module = build_module(config, datamodule)
     datamodule.max_len = min(datamodule.max_len, module.model_config.max_len)
     monitor = ThroughputMonitor()
-    trainer = make_trainer(config, run_dir, monitor)
+    trainer = make_trainer(config, run_dir, monitor, layout)
     if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics
         trainer.logger.experiment  # creates the version folder
         (Path(trainer.logger.log_dir) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.is_file() else None)
+    monitor.gather(trainer)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -159,6 +202,9 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     }
     if not trainer.is_global_zero:
         return None
+    if trainer.world_size > 1:
+        summary["processes"] = trainer.world_size
+        torch.set_num_threads(eval_threads)  # the test evaluation runs in this process alone
     best = run_dir / "checkpoints" / "best.ckpt"
     summary["best_checkpoint"] = str(best)
     if best.is_file() and config.eval.decodes and config.data.test_split:

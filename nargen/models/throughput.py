@@ -34,6 +34,8 @@ class ThroughputMonitor(L.Callback):
         self.flops = 0.0
         self._last: float | None = None
         self._enc_params = self._dec_params = 0
+        self.processes = 1
+        """Processes whose counts ``gather`` summed."""
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         model = module.model
@@ -62,8 +64,22 @@ class ThroughputMonitor(L.Callback):
         src = int((batch["src"] != pad).sum())
         self.target_tokens += tgt
         self.flops += 6.0 * (self._enc_params * src + self._dec_params * tgt)
-        if self.seconds > 0:
-            module.log("train_tok_s", self.target_tokens / self.seconds, prog_bar=True)
+        if self.seconds > 0:  # all processes: this one's rate times their number
+            module.log("train_tok_s", self.target_tokens * trainer.world_size / self.seconds,
+                       prog_bar=True)
+
+    def gather(self, trainer: L.Trainer) -> None:
+        """Totals over every process of a multi-process run (tokens and FLOPs summed,
+        the slowest process's seconds); call on every process."""
+        if trainer.world_size == 1:
+            return
+        totals = torch.tensor([float(self.target_tokens), self.flops], dtype=torch.float64)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64)
+        totals = trainer.strategy.reduce(totals.to(trainer.strategy.root_device), reduce_op="sum")
+        seconds = trainer.strategy.reduce(seconds.to(trainer.strategy.root_device), reduce_op="max")
+        self.target_tokens, self.flops = int(totals[0].item()), float(totals[1].item())
+        self.seconds = float(seconds.item())
+        self.processes = trainer.world_size
 
     def summary(self, device: torch.device) -> dict[str, Any]:
         rate = self.target_tokens / self.seconds if self.seconds else 0.0
@@ -76,5 +92,5 @@ class ThroughputMonitor(L.Callback):
             out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             peak = peak_flops(device)
             if peak and self.seconds:
-                out["mfu"] = round(self.flops / self.seconds / peak, 4)
+                out["mfu"] = round(self.flops / self.seconds / (peak * self.processes), 4)
         return out
