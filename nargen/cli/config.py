@@ -61,7 +61,8 @@ class TrainerConfig:
     of ``data.max_tokens / cpu_processes`` tokens, so an update sees as many tokens as one
     process would. On a 2-core CPU, 2 processes of 1 thread train about 1.25x faster than
     1 of 2 threads (many operators are too small to keep a second thread busy). Ignored
-    on a GPU and when ``strategy``/``devices`` are set."""
+    on a GPU and when ``strategy``/``devices`` are set. Not for the latent family: its EMA
+    codebook would follow the first process's batches only (its recipes keep 1)."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
     keep_last: int = 0
