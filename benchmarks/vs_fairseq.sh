@@ -3,10 +3,7 @@
 # so that machine noise hits both: training target tokens/s over STEPS updates after
 # WARMUP_STEPS, greedy batch-1 sentences/s (200 test sentences), batched beam-5 and batched
 # mask-predict T=10 (length beam 1) sentences/s (1,000 test sentences), and the
-# nargen/fairseq ratio of each. nargen trains in the recipe's CPU layout (2 processes of
-# THREADS/2 threads, `trainer.cpu_processes`) and, for comparison, in one process of
-# THREADS threads; fairseq 0.12 starts one training process per CUDA device, so on a CPU
-# it trains in one process of THREADS threads.
+# nargen/fairseq ratio of each.
 #
 #   NARGEN_DATA=../shared/data/multi30k ROOT=DIR NARGEN_AR=AR.ckpt NARGEN_CMLM=CMLM.ckpt \
 #       bash benchmarks/vs_fairseq.sh
@@ -67,10 +64,9 @@ print(f"{tokens / seconds:.1f}")
 EOF
 }
 
-nargen_train() {  # PROCESSES: the recipe's CPU layout (THREADS/PROCESSES threads each)
+nargen_train() {
   "$NARGEN" bench train "$HERE/recipes/multi30k/ar_tiny.yaml" --steps "$STEPS" \
-    --warmup-steps "$WARMUP_STEPS" --trainer.cpu_processes "$1" --trainer.threads $((THREADS / $1)) \
-    2> "$OUT/nargen_train.log" \
+    --warmup-steps "$WARMUP_STEPS" --trainer.threads "$THREADS" 2> "$OUT/nargen_train.log" \
     | python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["target_tokens_per_s"])'
 }
 
@@ -90,9 +86,7 @@ nargen_decode() {  # FIELD SRC REF ARGS...: prints sentences/s (batched, or batc
 printf "round\tmeasure\tfairseq\tnargen\tratio\n" | tee "$OUT/results.tsv"
 row() { python3 -c "import sys; f, n = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]}\t{sys.argv[2]}\t{f}\t{n}\t{n / f:.2f}')" "$@" | tee -a "$OUT/results.tsv"; }
 for round in $(seq 1 "$ROUNDS"); do
-  fairseq_rate=$(fairseq_train)
-  row "$round" "training target tokens/s, nargen in 2 processes" "$fairseq_rate" "$(nargen_train 2)"
-  row "$round" "training target tokens/s, nargen in 1 process" "$fairseq_rate" "$(nargen_train 1)"
+  row "$round" "training target tokens/s" "$(fairseq_train)" "$(nargen_train)"
   row "$round" "greedy batch-1 sentences/s" \
     "$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)" \
     "$(nargen_decode batch1 "$TEST200/test.de" "$TEST200/test.en" --ckpt "$NARGEN_AR" --beam 1 --latency-sentences 200)"

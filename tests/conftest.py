@@ -60,7 +60,9 @@ def reversal_overrides(root: Path, run_dir: Path, cache: Path, steps: int, *extr
         "--optim.lr", "3e-3", "--optim.warmup_steps", "50", "--optim.label_smoothing", "0.0",
         "--trainer.max_steps", str(steps), "--trainer.val_every_steps", str(steps),
         "--trainer.checkpoint_every_steps", "50", "--trainer.run_dir", str(run_dir),
-        "--trainer.progress_bar", "false", "--eval.decodes", "[]", *extra,
+        "--trainer.progress_bar", "false", "--eval.decodes", "[]",
+        # fp32 everywhere: "auto" would train in bf16 on CPUs with native bf16 only.
+        "--trainer.precision", "32-true", *extra,
     ]
 
 

@@ -30,6 +30,34 @@ def test_autoregressive_model_learns_to_reverse(trained_run, reversal_root):
     assert exact_match(module, test.source, test.target, beam=4) >= 0.9
 
 
+@pytest.mark.slow
+def test_bf16_mixed_precision_on_cpu_learns_to_reverse_with_clipping(reversal_root, tmp_path):
+    """bf16 autocast on the CPU (what ``precision: auto`` picks on CPUs with native bf16)
+    with the fused optimizer and gradient clipping: the weights stay fp32 and the model
+    learns the task."""
+    run_dir = tmp_path / "bf16"
+    summary = run_fit(reversal_config(reversal_root, run_dir, tmp_path / "c", 400,
+                                      "--trainer.precision", "bf16-mixed"))
+    assert summary["steps"] == 400
+    module = load_module(run_dir / "checkpoints" / "best.ckpt")
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    test = read_split(reversal_root, "test", "src", "tgt")
+    assert exact_match(module, test.source, test.target) >= 0.9
+
+
+def test_auto_precision_is_bf16_mixed_exactly_where_the_cpu_has_native_bf16(monkeypatch):
+    from nargen.models import precision
+
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+        resolved, plugins = precision.precision_settings("auto", "cpu")
+        if native:
+            assert resolved is None and isinstance(plugins[0], precision.BF16MixedPrecision)
+        else:
+            assert (resolved, plugins) == ("32-true", [])
+    assert precision.precision_settings("32-true", "cpu") == ("32-true", [])
+
+
 def test_checkpoint_is_self_contained_and_loads_weights_only(trained_run, tmp_path):
     moved = tmp_path / "elsewhere.ckpt"
     shutil.copy(trained_run / "checkpoints" / "best.ckpt", moved)

@@ -14,8 +14,9 @@ import lightning as L
 import torch
 
 from nargen.cli.config import FitConfig, parse_fit_args
-from nargen.cli.fit import build_module, per_process_data, process_layout, resolve_precision, set_threads
+from nargen.cli.fit import build_module, set_threads
 from nargen.data import TranslationDataModule
+from nargen.models.precision import precision_settings
 from nargen.models.throughput import ThroughputMonitor
 from nargen.profiling import NARGEN_REGIONS, REGION, StepProfile, label_regions, summarize
 
@@ -66,16 +67,16 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     worker processes). With ``profile_steps``, that many more steps are then profiled
     (``profile``: ms per step by operator group)."""
     t = config.trainer
-    layout = process_layout(t)
     set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)
-    datamodule = TranslationDataModule(per_process_data(config, layout))
+    datamodule = TranslationDataModule(config.data)
     module = build_module(config, datamodule)
     monitor = ThroughputMonitor(skip_steps=warmup_steps)
     profiler = StepProfiler(warmup_steps + steps, profile_steps, monitor)
+    precision, precision_plugins = precision_settings(t.precision, t.accelerator)
     trainer = L.Trainer(
-        accelerator=layout.accelerator, devices=layout.devices, strategy=layout.strategy,
-        precision=resolve_precision(t.precision),
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=precision, plugins=precision_plugins,
         max_steps=warmup_steps + steps + profile_steps, max_epochs=-1, limit_val_batches=0,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches, callbacks=[monitor, profiler], logger=False,

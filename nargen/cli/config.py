@@ -35,7 +35,8 @@ class TrainerConfig:
     max_time_minutes: float | None = None
     """Stop after this many minutes of training (the CPU recipes' budget)."""
     precision: str = "auto"
-    """``auto``: bf16-mixed on a GPU, 32-bit on CPU."""
+    """``auto``: bf16-mixed on a GPU and on a CPU with native bf16 matrix products
+    (AVX512-BF16 or AMX), 32-true on other CPUs; or 32-true, bf16-mixed, 16-mixed."""
     accelerator: str = "auto"
     """Lightning accelerator: auto, cpu, gpu."""
     devices: Any = 1
@@ -55,14 +56,7 @@ class TrainerConfig:
     seed: int = 1
     """Seed of weights, dropout and masking."""
     threads: int = 0
-    """CPU threads for torch (0 = torch's default); per process with ``cpu_processes``."""
-    cpu_processes: int = 1
-    """Without a GPU: train in this many processes (DDP over gloo), each reading batches
-    of ``data.max_tokens / cpu_processes`` tokens, so an update sees as many tokens as one
-    process would. On a 2-core CPU, 2 processes of 1 thread train about 1.25x faster than
-    1 of 2 threads (many operators are too small to keep a second thread busy). Ignored
-    on a GPU and when ``strategy``/``devices`` are set. Not for the latent family: its EMA
-    codebook would follow the first process's batches only (its recipes keep 1)."""
+    """CPU threads for torch (0 = torch's default); per process in a multi-process run."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
     keep_last: int = 0

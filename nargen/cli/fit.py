@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,12 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from nargen.cli.config import FitConfig, TrainerConfig, to_dict
 from nargen.cli.run_history import check_resume, move_aside
 from nargen.core import TransformerConfig
-from nargen.data import DataConfig, TranslationDataModule
+from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
 from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, load_module
 from nargen.models.final_validation import ValidateAtMaxSteps
+from nargen.models.precision import precision_settings
 from nargen.models.resume import ResumeState
 from nargen.models.throughput import ThroughputMonitor
 
@@ -42,50 +42,12 @@ def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2Se
     )
 
 
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-@dataclass(frozen=True)
-class ProcessLayout:
-    """Where training runs: Lightning's accelerator, devices and strategy, and how many
-    processes share the token budget of one update (``batch_split``)."""
-
-    accelerator: str
-    devices: Any
-    strategy: str
-    batch_split: int = 1
-
-
-def process_layout(t: TrainerConfig) -> ProcessLayout:
-    """``cpu_processes`` DDP processes when training on the CPU with the default
-    devices and strategy; otherwise the recipe's own accelerator, devices and strategy."""
-    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
-    if t.cpu_processes > 1 and on_cpu and t.devices == 1 and t.strategy == "auto":
-        return ProcessLayout("cpu", t.cpu_processes, "ddp", t.cpu_processes)
-    return ProcessLayout(t.accelerator, t.devices, t.strategy)
-
-
 def set_threads(t: TrainerConfig) -> None:
     """``trainer.threads`` for torch in this process and in the processes a DDP launch
     starts (through ``OMP_NUM_THREADS``, which Lightning then leaves alone)."""
     if t.threads:
         torch.set_num_threads(t.threads)
         os.environ["OMP_NUM_THREADS"] = str(t.threads)
-
-
-def per_process_data(config: FitConfig, layout: ProcessLayout) -> DataConfig:
-    """The data settings of one process: its share of the update's token budget."""
-    if layout.batch_split == 1:
-        return config.data
-    if config.data.max_tokens < layout.batch_split:
-        raise ValueError(f"data.max_tokens={config.data.max_tokens} cannot be split across "
-                         f"trainer.cpu_processes={layout.batch_split} processes")
-    return replace(config.data, max_tokens=config.data.max_tokens // layout.batch_split)
 
 
 def max_epochs(t: TrainerConfig) -> int | None:
@@ -113,8 +75,7 @@ def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
     return out
 
 
-def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor,
-                 layout: ProcessLayout) -> L.Trainer:
+def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
     t = config.trainer
     checkpoints = run_dir / "checkpoints"
     best = ModelCheckpoint(
@@ -138,19 +99,20 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor,
             mode="max", save_top_k=t.keep_best, auto_insert_metric_name=False,
             enable_version_counter=False,
         ))
+    precision, precision_plugins = precision_settings(t.precision, t.accelerator)
     return L.Trainer(
         default_root_dir=run_dir,
-        accelerator=layout.accelerator,
-        devices=layout.devices,
-        strategy=layout.strategy,
-        precision=resolve_precision(t.precision),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=precision,
         max_steps=t.max_steps,
         max_epochs=max_epochs(t),
         max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *precision_plugins],
         logger=loggers(run_dir, t.tensorboard),
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.progress_bar,
@@ -167,8 +129,6 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     evaluate the best checkpoint on the test split. Returns the summary (on the main
     process; other ranks of a multi-process run return None)."""
     t = config.trainer
-    layout = process_layout(t)
-    eval_threads = t.threads * layout.batch_split if t.threads else torch.get_num_threads()
     set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = Path(t.run_dir)
@@ -182,11 +142,11 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     if not (run_dir / "config.yaml").is_file():
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    datamodule = TranslationDataModule(per_process_data(config, layout))
+    datamodule = TranslationDataModule(config.data)
     module = build_module(config, datamodule)
     datamodule.max_len = min(datamodule.max_len, module.model_config.max_len)
     monitor = ThroughputMonitor()
-    trainer = make_trainer(config, run_dir, monitor, layout)
+    trainer = make_trainer(config, run_dir, monitor)
     if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics
         trainer.logger.experiment  # creates the version folder
         (Path(trainer.logger.log_dir) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -204,7 +164,6 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         return None
     if trainer.world_size > 1:
         summary["processes"] = trainer.world_size
-        torch.set_num_threads(eval_threads)  # the test evaluation runs in this process alone
     best = run_dir / "checkpoints" / "best.ckpt"
     summary["best_checkpoint"] = str(best)
     if best.is_file() and config.eval.decodes and config.data.test_split:
