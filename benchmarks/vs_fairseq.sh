@@ -4,9 +4,9 @@
 # WARMUP_STEPS, greedy batch-1 sentences/s (200 test sentences), batched beam-5 and batched
 # mask-predict T=10 (length beam 1) sentences/s (1,000 test sentences), and the
 # nargen/fairseq ratio of each. Training is measured in fp32 on both sides and, on a CPU
-# with native bf16 matrix products, in bf16 on both sides (nargen: bf16 autocast with fp32
-# weights, its default there; fairseq: --bf16, a bf16 model with fp32 master weights).
-# Decoding is fp32 on both sides.
+# with native bf16 matrix products, with nargen in bf16 autocast (fp32 weights; its
+# default there) against the same fairseq fp32 run: fairseq 0.12 trains in fp32 on a CPU
+# (its --bf16 is a TPU path that asks for an XLA device). Decoding is fp32 on both sides.
 #
 #   NARGEN_DATA=../shared/data/multi30k ROOT=DIR NARGEN_AR=AR.ckpt NARGEN_CMLM=CMLM.ckpt \
 #       bash benchmarks/vs_fairseq.sh
@@ -28,8 +28,8 @@ DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
 NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
 NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
 STEPS=${STEPS:-60} WARMUP_STEPS=${WARMUP_STEPS:-10} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
-# bf16 training rows (nargen's bf16 autocast, fairseq's --bf16) where the CPU multiplies bf16
-# natively; nargen's precision "auto" trains in bf16 there, fairseq trains in fp32 by default.
+# the nargen bf16 training row where the CPU multiplies bf16 natively (there nargen's
+# precision "auto" is bf16 autocast).
 BF16=${BF16:-$(python3 -c "from nargen.models.precision import cpu_has_native_bf16 as n; print(int(n()))" 2>/dev/null || echo 0)}
 NARGEN=${NARGEN:-nargen}
 OUT=${OUT:-$ROOT/vs_fairseq}
@@ -45,7 +45,7 @@ TEST200=$OUT/test200
 mkdir -p "$TEST200"
 for l in de en; do zcat -f "$DATA/test_2016_flickr.$l"* | sed -n 1,200p > "$TEST200/test.$l"; done  # sed reads to the end: no SIGPIPE under pipefail
 
-fairseq_train() {  # [ARGS...]: prints target tokens/s over the updates after the warm-up
+fairseq_train() {  # prints target tokens/s over the updates after the warm-up
   "$FS/fairseq-train" "$ROOT/data/bin" --task translation --source-lang de --target-lang en \
     --arch transformer --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 \
     --decoder-embed-dim 256 --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 \
@@ -54,7 +54,7 @@ fairseq_train() {  # [ARGS...]: prints target tokens/s over the updates after th
     --adam-betas '(0.9,0.98)' --lr 0.001 --lr-scheduler inverse_sqrt --warmup-updates 500 \
     --warmup-init-lr 1e-07 --max-tokens 4096 --max-update $((WARMUP_STEPS + STEPS)) --cpu \
     --seed 1 --log-format json --log-interval 1 --disable-validation --no-save \
-    --save-dir "$OUT/fairseq_scratch" "$@" > "$OUT/fairseq_train.log" 2>&1
+    --save-dir "$OUT/fairseq_scratch" > "$OUT/fairseq_train.log" 2>&1
   python3 - "$OUT/fairseq_train.log" "$WARMUP_STEPS" <<'EOF'
 import json, re, sys
 tokens = seconds = 0.0
@@ -93,9 +93,10 @@ nargen_decode() {  # FIELD SRC REF ARGS...: prints sentences/s (batched, or batc
 printf "round\tmeasure\tfairseq\tnargen\tratio\n" | tee "$OUT/results.tsv"
 row() { python3 -c "import sys; f, n = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]}\t{sys.argv[2]}\t{f}\t{n}\t{n / f:.2f}')" "$@" | tee -a "$OUT/results.tsv"; }
 for round in $(seq 1 "$ROUNDS"); do
-  row "$round" "training target tokens/s, fp32" "$(fairseq_train)" "$(nargen_train 32-true)"
+  fairseq_rate=$(fairseq_train)
+  row "$round" "training target tokens/s, both fp32" "$fairseq_rate" "$(nargen_train 32-true)"
   if [ "$BF16" = 1 ]; then
-    row "$round" "training target tokens/s, bf16" "$(fairseq_train --bf16)" "$(nargen_train bf16-mixed)"
+    row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
   fi
   row "$round" "greedy batch-1 sentences/s" \
     "$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)" \
