@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from nargen.cli.config import FitConfig, parse_fit_args
-from nargen.cli.fit import build_module, set_threads
+from nargen.cli.fit import build_module, close_process_group, set_threads
 from nargen.data import TranslationDataModule
 from nargen.models.precision import precision_settings
 from nargen.models.throughput import ThroughputMonitor
@@ -87,6 +87,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     if profile_steps:  # the throughput counted only the steps before the profile
         monitor.target_tokens, monitor.seconds = profiler.counted
     monitor.gather(trainer)
+    close_process_group()
     if not trainer.is_global_zero:
         return None
     out = {

@@ -50,6 +50,15 @@ def set_threads(t: TrainerConfig) -> None:
         os.environ["OMP_NUM_THREADS"] = str(t.threads)
 
 
+def close_process_group() -> None:
+    """End a multi-process run's process group on every rank once training is over: a
+    gloo group left to the interpreter's exit can abort the process ("terminate called
+    without an active exception") after the run itself succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def max_epochs(t: TrainerConfig) -> int | None:
     """No epoch limit when steps or time bound the run (Lightning would stop at 1000)."""
     if t.max_epochs is not None:
@@ -153,6 +162,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.is_file() else None)
     monitor.gather(trainer)
+    close_process_group()
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "wall_seconds": round(time.perf_counter() - started, 1),
