@@ -63,6 +63,11 @@ class TrainerConfig:
     """Also keep the last N periodic checkpoints (``step-*.ckpt``), e.g. for ``nargen average``."""
     keep_best: int = 0
     """Also keep the N checkpoints with the best validation BLEU (``top-step=S-bleu=B.ckpt``)."""
+    init_from: str | None = None
+    """Start the transformer core (embeddings, encoder, decoder) from this checkpoint's
+    weights instead of random ones, e.g. the autoregressive teacher's for a parallel
+    student: same tokenizer and sizes, any family; the family's own parameters start
+    fresh, and a resumed run ignores it (its last.ckpt holds everything)."""
     fresh: bool = False
     """Start over: an existing run folder is moved aside to ``RUN_DIR.previous-N`` (nothing is deleted)."""
     allow_config_change: bool = False

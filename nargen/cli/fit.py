@@ -21,7 +21,7 @@ from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
-from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, load_module
+from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, init_core_from, load_module
 from nargen.models.final_validation import ValidateAtMaxSteps
 from nargen.models.precision import precision_settings
 from nargen.models.resume import ResumeState
@@ -154,6 +154,9 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     datamodule = TranslationDataModule(config.data)
     module = build_module(config, datamodule)
     datamodule.max_len = min(datamodule.max_len, module.model_config.max_len)
+    if t.init_from and not resume.is_file():
+        copied = init_core_from(module, t.init_from)
+        print(f"nargen fit: {copied} core parameter tensors from {t.init_from}", file=sys.stderr)
     monitor = ThroughputMonitor()
     trainer = make_trainer(config, run_dir, monitor)
     if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics

@@ -10,12 +10,12 @@ from nargen.models.base import (
     DecodeConfig, NonFiniteTrainingError, OptimConfig, Seq2SeqModule, Translation,
 )
 from nargen.models.checkpoint import (
-    FAMILIES, AtomicCheckpointIO, CheckpointError, load_module, read_checkpoint,
+    FAMILIES, AtomicCheckpointIO, CheckpointError, init_core_from, load_module, read_checkpoint,
 )
 
 __all__ = [
     "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
-    "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
+    "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "init_core_from", "load_module",
     "read_checkpoint",
 ]
