@@ -171,6 +171,30 @@ def test_sequential_oracle_decoding_rebuilds_the_reference_one_token_a_pass():
         assert sorted(result.schedule[i, : len(reference)].tolist()) == list(range(len(reference)))
 
 
+class RightFirstInserter(OracleInserter):
+    """Knows the reference, but fills the rightmost unfinished span first: every other
+    unfinished slot says end-of-slot until its turn comes."""
+
+    def slot_logits(self, canvas, encoded, canvas_mask):
+        out = super().slot_logits(canvas, encoded, canvas_mask)
+        for row in range(out.shape[0]):
+            wants = (out[row].argmax(-1) != IDS.eos).nonzero().flatten().tolist()
+            for slot in wants[:-1]:
+                out[row, slot] = 0.0
+                out[row, slot, IDS.eos] = 1.0
+        return out
+
+
+def test_sequential_decoding_reopens_a_slot_that_ended_too_early():
+    rows, src = references()
+    result = insertion_decode(RightFirstInserter(), src, parallel=False, ids=IDS, max_len=64)
+    assert result.as_lists(0) == rows
+    assert result.passes == max(len(r) for r in rows) + 1
+    # parallel decoding closes those slots for good: a shorter subsequence of the reference
+    longest = insertion_decode(RightFirstInserter(), src, parallel=True, ids=IDS, max_len=64).as_lists(0)[-1]
+    assert len(longest) < len(rows[-1]) and [t for t in rows[-1] if t in longest] == longest
+
+
 def test_insertion_stops_at_the_length_cap_and_says_so():
     rows, src = references()
     result = insertion_decode(OracleInserter(), src, parallel=True, ids=IDS, max_len_a=0, max_len_b=4)

@@ -44,10 +44,12 @@ def insertion_decode(
 ) -> DecodeResult:
     """Start from the empty canvas and insert until the model ends every slot.
 
-    Each pass scores every slot; a slot whose best token is end-of-slot (EOS) closes
-    for good, and a sentence ends when all its slots are closed. Parallel: every open
-    slot inserts its best token at once. Sequential: only the open slot whose best
-    token is most likely under the joint (slot, token) distribution inserts it. A
+    Each pass scores every slot; a slot whose best token is end-of-slot (EOS) is
+    closed, and a sentence ends when all its slots are closed. Parallel: every open
+    slot inserts its best token at once, and a closed slot stays closed. Sequential:
+    only the open slot whose best token is most likely under the joint (slot, token)
+    distribution inserts it, and every slot is scored afresh at the next pass (one
+    that ended while the canvas around it was incomplete may open again). A
     sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
     sets ``hit_cap`` when the model still wanted to insert. The result's ``schedule``
     holds, for each output position, the pass (0-based) that inserted it; with
@@ -74,9 +76,10 @@ def insertion_decode(
         logits[..., never] = float("-inf")
         best_logit, best_token = (t.tolist() for t in logits.max(dim=-1))
         for a, i in enumerate(active):
-            # a slot whose best token is end-of-slot closes for good
-            for s in range(len(rows[i]) + 1):
-                closed[i][s] = closed[i][s] or best_token[a][s] == ids.eos
+            ends = [best_token[a][s] == ids.eos for s in range(len(rows[i]) + 1)]
+            # parallel: a slot that ends closes for good; sequential: every slot is
+            # asked again at every pass, as the canvas around it grows
+            closed[i] = [c or e for c, e in zip(closed[i], ends)] if parallel else ends
             open_slots = [s for s in range(len(rows[i]) + 1) if not closed[i][s]]
             if not parallel and open_slots:  # the best (slot, token) of the joint distribution
                 open_slots = [max(open_slots, key=lambda s: (best_logit[a][s], -s))]
