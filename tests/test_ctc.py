@@ -16,6 +16,7 @@ from conftest import train_parallel
 from nargen.data import read_split
 from nargen.decoding.ctc import ctc_best_alignment, ctc_collapse, prefix_beam_search
 from nargen.models import load_module
+from nargen.models.ctc import ctc_log_likelihood
 from nargen.models.glancing import GlancingOptions, glance_count, glance_positions
 
 BLANK = 0
@@ -57,6 +58,58 @@ def test_ctc_loss_is_minus_log_of_the_sum_over_alignments(target: list[int]) -> 
     loss = F.ctc_loss(logprobs[:, None], torch.tensor([target]), torch.tensor([5]),
                       torch.tensor([len(target)]), blank=BLANK, reduction="sum")
     assert float(loss) == pytest.approx(-total, abs=1e-9)
+    ours = ctc_log_likelihood(logprobs[None], torch.tensor([5]), torch.tensor([target]),
+                              torch.tensor([len(target)]), BLANK)
+    assert float(ours) == pytest.approx(total, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ctc_log_likelihood_matches_torch_in_value_and_gradient(seed: int) -> None:
+    """A padded batch with repeats, an empty target and a target too long for its
+    frames: the same per-row losses as ``F.ctc_loss`` and, after log_softmax, the same
+    gradients with respect to the logits."""
+    g = torch.Generator().manual_seed(seed)
+    batch, frames, vocab = 6, 9, 7
+    logits = (torch.randn(batch, frames, vocab, generator=g) * 3).double().requires_grad_()
+    frame_lengths = torch.tensor([9, 7, 9, 4, 9, 3])
+    rows = [[1, 2, 2, 3], [4, 4, 4], [], [1, 2, 3], [6, 5, 6, 5, 6], [1, 1, 2]]  # the last cannot fit
+    target_lengths = torch.tensor([len(r) for r in rows])
+    target = torch.tensor([r + [BLANK] * (5 - len(r)) for r in rows])
+
+    ours = ctc_log_likelihood(logits.log_softmax(-1), frame_lengths, target, target_lengths, BLANK)
+    reference = -F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), target, frame_lengths,
+                            target_lengths, blank=BLANK, reduction="none")
+    assert torch.isinf(ours[5]) and torch.isinf(reference[5])
+    torch.testing.assert_close(ours[:5], reference[:5], atol=1e-9, rtol=1e-9)
+
+    fits = torch.isfinite(ours)
+    grad_ours, = torch.autograd.grad(-ours[fits].sum(), logits)
+    reference = -F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), target, frame_lengths,
+                            target_lengths, blank=BLANK, reduction="none", zero_infinity=True)
+    grad_torch, = torch.autograd.grad(-reference.sum(), logits)
+    assert torch.isfinite(grad_ours).all()
+    torch.testing.assert_close(grad_ours, grad_torch, atol=1e-7, rtol=1e-6)
+
+
+def test_the_family_loss_is_torch_ctc_loss_per_target_token(tokenizer) -> None:
+    """CTCModule.loss equals ``F.ctc_loss(reduction="mean", zero_infinity=True)`` on the
+    same frames (no glancing, no dropout), unalignable rows included."""
+    from nargen.core import TransformerConfig
+    from nargen.models import CTCModule
+
+    torch.manual_seed(0)
+    config = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, dropout=0.0)
+    module = CTCModule(config, tokenizer, family_options={"upsample": 1.0}).eval()
+    src = torch.tensor([[7, 8, 9, 10, 2], [11, 12, 2, 0, 0], [13, 14, 15, 2, 0]])
+    # BOS + tokens + EOS, padded; the second target (4 tokens) cannot fit 3 frames
+    tgt_in = torch.tensor([[1, 7, 7, 8, 2, 0], [1, 9, 10, 11, 12, 2], [1, 13, 2, 0, 0, 0]])
+    loss = module.loss({"src": src, "tgt_in": tgt_in})
+    target = tgt_in[:, 1:]
+    real = target != 0
+    logits, frames = module.frame_logits(module.encode(src))
+    expected = F.ctc_loss(logits.float().log_softmax(-1).transpose(0, 1), target, frames.sum(1),
+                          real.sum(1), blank=module.blank, reduction="mean", zero_infinity=True)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(6))

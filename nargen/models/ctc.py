@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult
@@ -17,6 +16,44 @@ from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy
 from nargen.models.base import Seq2SeqModule
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 from nargen.models.parallel import uniform_copy, upsampled_frames
+
+
+NEG = -1e9  # stands for log 0 inside the forward algorithm: finite, so gradients stay finite
+
+
+def ctc_log_likelihood(
+    logprobs: torch.Tensor, frame_lengths: torch.Tensor, target: torch.Tensor,
+    target_lengths: torch.Tensor, blank: int,
+) -> torch.Tensor:
+    """``log P(target)`` summed over every CTC alignment (the forward algorithm in log
+    space), ``[batch]``; ``-inf`` where a target cannot fit its frames. ``logprobs``
+    ``[batch, frames, vocab]``; ``target`` ``[batch, longest]`` right-padded.
+
+    Only the log-probabilities of each target's own tokens and the blank enter the
+    graph, so the backward pass touches ``[batch, frames, 2 · longest + 1]`` values and
+    never computes a gradient over the whole vocabulary (as ``F.ctc_loss`` does on a
+    CPU, where that was a sixth of a CTC training step)."""
+    batch, frames, _ = logprobs.shape
+    states = 2 * target.shape[1] + 1  # blank, y1, blank, y2, ..., yU, blank
+    labels = torch.full((batch, states), blank, dtype=torch.long, device=logprobs.device)
+    labels[:, 1::2] = target
+    # a path may skip the blank between two different tokens
+    skip = torch.zeros(batch, states, dtype=torch.bool, device=logprobs.device)
+    skip[:, 3::2] = target[:, 1:] != target[:, :-1]
+    emit = logprobs.gather(2, labels[:, None, :].expand(-1, frames, -1))  # [batch, frames, states]
+    start = torch.full((batch, states), NEG, dtype=emit.dtype, device=emit.device)
+    start[:, :2] = 0.0
+    alpha = (start + emit[:, 0]).clamp(min=NEG)
+    for t in range(1, frames):
+        one_back = torch.nn.functional.pad(alpha[:, :-1], (1, 0), value=NEG)
+        two_back = torch.nn.functional.pad(alpha[:, :-2], (2, 0), value=NEG).masked_fill(~skip, NEG)
+        new = torch.logsumexp(torch.stack([alpha, one_back, two_back]), dim=0) + emit[:, t]
+        alpha = torch.where((t < frame_lengths)[:, None], new.clamp(min=NEG), alpha)
+    last = 2 * target_lengths  # the final blank; the last token sits just before it
+    end = alpha.gather(1, torch.stack([last, (last - 1).clamp(min=0)], dim=1))
+    end[:, 1] = end[:, 1].masked_fill(target_lengths == 0, NEG)
+    total = torch.logsumexp(end, dim=1)
+    return torch.where(total > NEG / 2, total, torch.full_like(total, -float("inf")))
 
 
 @dataclass
@@ -61,8 +98,9 @@ class CTCModule(Seq2SeqModule):
 
     # ---- training -------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """CTC loss per target token (``reduction='mean'``), unalignable rows at 0;
-        with glancing, the frames revealed are taken along the best alignment."""
+        """CTC loss per target token averaged over the batch (``F.ctc_loss``'s
+        ``reduction='mean'``), unalignable rows at 0; with glancing, the frames revealed
+        are taken along the best alignment."""
         target = batch["tgt_in"][:, 1:]
         real = target != self.ids.pad
         encoded = self.model.encode(batch["src"])
@@ -72,10 +110,12 @@ class CTCModule(Seq2SeqModule):
             glance = self.glance(encoded, target, real, ratio)
         logits, frames = self.frame_logits(encoded, glance)
         logprobs = logits.float().log_softmax(-1)
-        return F.ctc_loss(
-            logprobs.transpose(0, 1), target, frames.sum(1), real.sum(1), blank=self.blank,
-            reduction="mean", zero_infinity=True,
-        )
+        lengths = real.sum(1)
+        loglik = ctc_log_likelihood(logprobs, frames.sum(1), target.masked_fill(~real, self.blank),
+                                    lengths, self.blank)
+        # F.ctc_loss's reduction="mean" with zero_infinity: per target token, unalignable rows 0
+        per_token = torch.where(torch.isfinite(loglik), -loglik / lengths.clamp(min=1), torch.zeros_like(loglik))
+        return per_token.mean()
 
     @torch.no_grad()
     def glance(
