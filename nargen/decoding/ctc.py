@@ -150,6 +150,18 @@ def ctc_beam(
     )
 
 
+def ctc_states(target: torch.Tensor, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTC states of right-padded targets ``[batch, longest]``: their labels
+    ``blank, y1, blank, y2, ..., yU, blank`` ``[batch, 2 · longest + 1]``, and where a
+    path may skip the blank before a state (onto a token unlike the one before it)."""
+    labels = torch.full((target.shape[0], 2 * target.shape[1] + 1), blank, dtype=torch.long,
+                        device=target.device)
+    labels[:, 1::2] = target
+    skip = torch.zeros(labels.shape, dtype=torch.bool, device=target.device)
+    skip[:, 3::2] = target[:, 1:] != target[:, :-1]
+    return labels, skip
+
+
 def ctc_best_alignment(
     logprobs: torch.Tensor, frame_mask: torch.Tensor, target: torch.Tensor,
     target_mask: torch.Tensor, blank: int,
@@ -160,15 +172,10 @@ def ctc_best_alignment(
     blanks. Padding frames hold ``blank``."""
     batch, frames, _ = logprobs.shape
     device = logprobs.device
-    # extended labels: blank, y1, blank, y2, ..., yU, blank
-    states = 2 * target.shape[1] + 1
-    ext = torch.full((batch, states), blank, dtype=torch.long, device=device)
-    ext[:, 1::2] = target
+    ext, skip = ctc_states(target, blank)
+    states = ext.shape[1]
     n_states = 2 * target_mask.sum(1) + 1
     valid_state = torch.arange(states, device=device)[None] < n_states[:, None]
-    # a skip from s-2 to s is allowed onto a token that differs from the token before it
-    skip = torch.zeros(batch, states, dtype=torch.bool, device=device)
-    skip[:, 3::2] = target[:, 1:] != target[:, :-1]
     emit = logprobs.gather(2, ext[:, None, :].expand(-1, frames, -1))  # [batch, frames, states]
     neg = torch.tensor(-math.inf, device=device)
     score = torch.full((batch, states), -math.inf, device=device)

@@ -12,7 +12,7 @@ import torch
 
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult
-from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy
+from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy, ctc_states
 from nargen.models.base import Seq2SeqModule
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 from nargen.models.parallel import uniform_copy, upsampled_frames
@@ -34,12 +34,8 @@ def ctc_log_likelihood(
     never computes a gradient over the whole vocabulary (as ``F.ctc_loss`` does on a
     CPU, where that was a sixth of a CTC training step)."""
     batch, frames, _ = logprobs.shape
-    states = 2 * target.shape[1] + 1  # blank, y1, blank, y2, ..., yU, blank
-    labels = torch.full((batch, states), blank, dtype=torch.long, device=logprobs.device)
-    labels[:, 1::2] = target
-    # a path may skip the blank between two different tokens
-    skip = torch.zeros(batch, states, dtype=torch.bool, device=logprobs.device)
-    skip[:, 3::2] = target[:, 1:] != target[:, :-1]
+    labels, skip = ctc_states(target, blank)
+    states = labels.shape[1]
     emit = logprobs.gather(2, labels[:, None, :].expand(-1, frames, -1))  # [batch, frames, states]
     start = torch.full((batch, states), NEG, dtype=emit.dtype, device=emit.device)
     start[:, :2] = 0.0
