@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import train_parallel
+from nargen.core import TransformerConfig
 from nargen.data import read_split
 from nargen.decoding.ctc import ctc_best_alignment, ctc_collapse, prefix_beam_search
-from nargen.models import load_module
+from nargen.models import CTCModule, load_module
 from nargen.models.ctc import ctc_log_likelihood
 from nargen.models.glancing import GlancingOptions, glance_count, glance_positions
 
@@ -94,9 +95,6 @@ def test_ctc_log_likelihood_matches_torch_in_value_and_gradient(seed: int) -> No
 def test_the_family_loss_is_torch_ctc_loss_per_target_token(tokenizer) -> None:
     """CTCModule.loss equals ``F.ctc_loss(reduction="mean", zero_infinity=True)`` on the
     same frames (no glancing, no dropout), unalignable rows included."""
-    from nargen.core import TransformerConfig
-    from nargen.models import CTCModule
-
     torch.manual_seed(0)
     config = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, dropout=0.0)
     module = CTCModule(config, tokenizer, family_options={"upsample": 1.0}).eval()

@@ -73,3 +73,7 @@ def test_fit_starts_from_the_checkpoint_and_a_resumed_run_ignores_it(trained_run
     path.unlink()
     config.trainer.max_steps = 2
     assert run_fit(config)["steps"] == 2
+    # ... so a resume may name another start (or none) without being refused as a changed recipe.
+    config.trainer.init_from = str(tmp_path / "elsewhere.ckpt")
+    config.trainer.max_steps = 3
+    assert run_fit(config)["steps"] == 3
