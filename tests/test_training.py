@@ -30,19 +30,28 @@ def test_autoregressive_model_learns_to_reverse(trained_run, reversal_root):
     assert exact_match(module, test.source, test.target, beam=4) >= 0.9
 
 
+def train_losses(run_dir) -> dict[int, float]:
+    with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:
+        return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(handle) if r["train_loss"]}
+
+
 @pytest.mark.slow
-def test_bf16_mixed_precision_on_cpu_learns_to_reverse_with_clipping(reversal_root, tmp_path):
+def test_bf16_mixed_precision_on_cpu_trains_like_fp32_with_clipping(trained_run, reversal_root, tmp_path):
     """bf16 autocast on the CPU (what ``precision: auto`` picks on CPUs with native bf16)
-    with the fused optimizer and gradient clipping: the weights stay fp32 and the model
-    learns the task."""
+    with the fused optimizer and gradient clipping: the weights stay fp32, and the
+    training loss follows the fp32 run of the same recipe, seed and batches
+    (``trained_run``) step for step while it falls (measured: within 0.5%; 5% allowed)."""
     run_dir = tmp_path / "bf16"
-    summary = run_fit(reversal_config(reversal_root, run_dir, tmp_path / "c", 400,
+    summary = run_fit(reversal_config(reversal_root, run_dir, tmp_path / "c", 150,
                                       "--trainer.precision", "bf16-mixed"))
-    assert summary["steps"] == 400
+    assert summary["steps"] == 150
     module = load_module(run_dir / "checkpoints" / "best.ckpt")
     assert all(p.dtype == torch.float32 for p in module.parameters())
-    test = read_split(reversal_root, "test", "src", "tgt")
-    assert exact_match(module, test.source, test.target) >= 0.9
+    bf16, fp32 = train_losses(run_dir), train_losses(trained_run)
+    assert sorted(bf16) == [49, 99, 149]
+    for step, loss in bf16.items():
+        assert abs(loss - fp32[step]) <= 0.05 * fp32[step], (step, loss, fp32[step])
+    assert bf16[149] < 0.35 * bf16[49]  # it learns: 2.26 -> 0.52 measured
 
 
 def test_auto_precision_is_bf16_mixed_exactly_where_the_cpu_has_native_bf16(monkeypatch):

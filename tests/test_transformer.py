@@ -89,3 +89,15 @@ def test_rms_norm_values_and_gradients_equal_torch_rms_norm():
                                torch.autograd.grad(reference, (x, weight), grad))
     with torch.no_grad():
         torch.testing.assert_close(rms_norm(x, weight, 1e-6), reference)
+
+
+def test_rms_norm_without_gradients_equals_the_training_forward_bit_for_bit():
+    from nargen.core.norms import rms_norm
+
+    x = torch.randn(4, 7, 32) * 3
+    weight = torch.randn(32, requires_grad=True)
+    trained = rms_norm(x, weight, 1e-6)  # the autograd function's forward
+    with torch.no_grad():
+        inferred = rms_norm(x, weight, 1e-6)
+    assert torch.equal(inferred, trained.detach())
+    torch.testing.assert_close(inferred, torch.nn.functional.rms_norm(x, (32,), weight.detach(), 1e-6))

@@ -4,13 +4,17 @@ import torch
 from torch import nn
 
 
+def _inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+
+
 class _RMSNormFunction(torch.autograd.Function):
     """RMS norm with a hand-written backward: a few whole-tensor passes where autograd
     through PyTorch's composite ``rms_norm`` takes about ten on CPU."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
-        inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        inv_rms = _inverse_rms(x, eps)
         ctx.save_for_backward(x, weight, inv_rms)
         return (x * inv_rms).mul_(weight)
 
@@ -27,10 +31,14 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension (same values as
-    ``torch.nn.functional.rms_norm``, a cheaper backward when gradients are needed)."""
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dimension (the values of
+    ``torch.nn.functional.rms_norm``). With gradients: a cheaper backward. Without, in
+    float32: six operators, where PyTorch's CPU composite runs about fifteen (a
+    decoder step at batch 1 calls a norm three times a layer)."""
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNormFunction.apply(x, weight, eps)
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return (x * _inverse_rms(x, eps)).mul_(weight)
     return nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 

@@ -60,11 +60,17 @@ class LatentPrior:
     (the ``Seq2SeqModel`` protocol, so ``nargen.decoding`` greedy/beam run it); a view
     of modules the ``LatentModule`` owns."""
 
-    def __init__(self, encoder: Seq2SeqTransformer, decoder: Seq2SeqTransformer) -> None:
-        self.encoder, self.decoder = encoder, decoder
+    def __init__(self, encoder: Seq2SeqTransformer, decoder: Seq2SeqTransformer,
+                 encoded: Encoded | None = None) -> None:
+        self.encoder, self.decoder, self.encoded = encoder, decoder, encoded
+
+    def given(self, encoded: Encoded) -> "LatentPrior":
+        """The same prior reading an encoding already computed (of the source it will
+        be given), so that the prior and the token decoder share one encoder pass."""
+        return LatentPrior(self.encoder, self.decoder, encoded)
 
     def encode(self, src: torch.Tensor) -> Encoded:
-        return self.encoder.encode(src)
+        return self.encoder.encode(src) if self.encoded is None else self.encoded
 
     def decode(self, tgt: torch.Tensor, encoded: Encoded, *, causal: bool = True, cache: Any = None) -> torch.Tensor:
         return self.decoder.decode(tgt, encoded, causal=causal, cache=cache)
@@ -203,17 +209,20 @@ class LatentModule(Seq2SeqModule):
         return [w[mask].tolist() for w, mask in zip(words, latent_mask)]
 
     @torch.no_grad()
-    def prior_words(self, src: torch.Tensor, beam: int = 1, **options: Any) -> tuple[list[list[int]], int]:
+    def prior_words(self, src: torch.Tensor, beam: int = 1, *, encoded: Encoded | None = None,
+                    **options: Any) -> tuple[list[list[int]], int]:
         """Latent words predicted by the prior (greedy, beam search, or with ``sampling``
-        drawn at ``temperature`` from the ``top_k`` most likely), and its passes."""
+        drawn at ``temperature`` from the ``top_k`` most likely), and its passes;
+        ``encoded``: the source's encoding, if already computed."""
         o = self.decode_options(options)
         caps = self.decoder_settings(o)
+        prior = self.prior if encoded is None else self.prior.given(encoded)
         if o["sampling"]:
-            prior = sample(self.prior, src, temperature=o["temperature"], top_k=o["top_k"], seed=o["seed"], **caps)
+            prior = sample(prior, src, temperature=o["temperature"], top_k=o["top_k"], seed=o["seed"], **caps)
         elif beam <= 1:
-            prior = greedy(self.prior, src, **caps)
+            prior = greedy(prior, src, **caps)
         else:
-            prior = beam_search(self.prior, src, beam=beam, **caps)
+            prior = beam_search(prior, src, beam=beam, **caps)
         words = prior_words_of(prior.as_lists(PRIOR_IDS.pad))
         return words, prior.passes
 
@@ -245,17 +254,22 @@ class LatentModule(Seq2SeqModule):
                 "max_len_b": max(2, o["max_len_b"] // self.chunk), "max_len": self.model_config.max_len}
 
     @torch.no_grad()
-    def prior_candidates(self, src: torch.Tensor, k: int, **options: Any) -> tuple[list[list[list[int]]], int]:
+    def prior_candidates(self, src: torch.Tensor, k: int, *, encoded: Encoded | None = None,
+                         **options: Any) -> tuple[list[list[list[int]]], int]:
         """``k`` latent word sequences per sentence: the prior beam's ``k`` best, or with
-        ``sampling`` ``k`` draws (fewer finished beams are repeated); and the passes."""
+        ``sampling`` ``k`` draws (fewer finished beams are repeated); and the passes.
+        ``encoded``: the source's encoding, if already computed."""
         o = self.decode_options(options)
         caps = self.decoder_settings(o)
+        if encoded is None:
+            encoded = self.model.encode(src)
         if o["sampling"]:
-            drawn = sample(self.prior, src.repeat_interleave(k, 0), temperature=o["temperature"],
-                           top_k=o["top_k"], seed=o["seed"], **caps)
-            rows = prior_words_of(drawn.as_lists(PRIOR_IDS.pad))
-            return [rows[i * k:(i + 1) * k] for i in range(src.shape[0])], drawn.passes
-        beams = beam_search(self.prior, src, beam=k, **caps)
+            rows = torch.arange(src.shape[0], device=src.device).repeat_interleave(k)
+            drawn = sample(self.prior.given(encoded.index_select(rows)), src.repeat_interleave(k, 0),
+                           temperature=o["temperature"], top_k=o["top_k"], seed=o["seed"], **caps)
+            words = prior_words_of(drawn.as_lists(PRIOR_IDS.pad))
+            return [words[i * k:(i + 1) * k] for i in range(src.shape[0])], drawn.passes
+        beams = beam_search(self.prior.given(encoded), src, beam=k, **caps)
         out = []
         for hyps in beams.nbest:
             words = prior_words_of([tokens for tokens, _ in hyps[:k]])
@@ -271,13 +285,15 @@ class LatentModule(Seq2SeqModule):
         beam, rerank = o["latent_beam"], o["rerank"]
         prior_options = {k: v for k, v in options.items() if k not in ("latent_beam", "rerank")}
         no_cap = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+        encoded = self.model.encode(src)  # one encoder pass for the prior and the decoder
         if rerank is None:
-            words, passes = self.prior_words(src, beam, **prior_options)
-            tokens = self.decode_from_codes(src, self.model.encode(src), words)
+            words, passes = self.prior_words(src, beam, encoded=encoded, **prior_options)
+            tokens = self.decode_from_codes(src, encoded, words)
             return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=no_cap)
-        candidates, passes = self.prior_candidates(src, beam, **prior_options)
+        candidates, passes = self.prior_candidates(src, beam, encoded=encoded, **prior_options)
         rows = src.repeat_interleave(beam, 0)
-        tokens = self.decode_from_codes(rows, self.model.encode(rows), [w for c in candidates for w in c])
+        copies = torch.arange(src.shape[0], device=src.device).repeat_interleave(beam)
+        tokens = self.decode_from_codes(rows, encoded.index_select(copies), [w for c in candidates for w in c])
         scores = rerank(rows, tokens).view(src.shape[0], beam)
         best = scores.argmax(1)  # the first of equal scores
         chosen = tokens.view(src.shape[0], beam, -1)[torch.arange(src.shape[0], device=src.device), best]
