@@ -13,7 +13,9 @@ oracle order would buy, and which order a model chooses for itself.
   committed, against left-to-right and the balanced tree (Kendall's tau-b, mean over
   sentences of two or more tokens).
 - Insertion: BLEU and passes of parallel and sequential decoding against
-  ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder.
+  ``ceil(log2(n + 1)) + 1``, the passes of a perfect balanced-tree decoder; and BLEU,
+  output length and passes against the end-of-slot penalty (how much a model loses to
+  closing slots too early; run it on a validation set to choose the penalty).
 - CTC and DAG (single pass, no length or order to give): their decoders side by side.
 - Latent: BLEU from the prior's latents (greedy and beam 4; greedy held to the
   reference's number of latents) against the autoencoder's latents of the reference
@@ -195,11 +197,13 @@ def diagnose(
     iterations: tuple[int, ...] = (1, 2, 4, 10),
     length_beams: tuple[int, ...] = (1, 5),
     seed: int = 1,
+    eos_penalties: tuple[float, ...] = (),
     max_tokens: int = 4096,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Every diagnostic that applies to the module's family (see the module doc);
-    easiest-first needs ``teacher``. Returns a JSON-ready report."""
+    easiest-first needs ``teacher``; insertion checkpoints are also decoded at each of
+    ``eos_penalties``. Returns a JSON-ready report."""
     if module.family not in FAMILIES:
         raise ValueError(f"nargen diagnose takes {', '.join(FAMILIES)} checkpoints, not {module.family!r}")
     if len(sources) != len(references):
@@ -243,13 +247,14 @@ def diagnose(
 
     if module.family == "insertion":
         rows, orders = [], []
+        own_penalty = module.decode_options()["eos_penalty"]
         for parallel in (True, False):
             mode = "parallel" if parallel else "sequential"
             decoded = decode_all(
                 module, batches, lambda b: module.generate(b.src, parallel=parallel), _insertion_passes
             )
             tree = statistics.fmean(math.ceil(math.log2(len(t) + 1)) + 1 for t in decoded.tokens)
-            rows.append({"decoding": mode, **scored(module, decoded, references),
+            rows.append({"decoding": mode, "eos_penalty": own_penalty, **scored(module, decoded, references),
                          "mean_tree_passes": round(tree, 2)})
             orders.append({"decoding": f"insertion, {mode}", **learned_order(decoded)})
             log(f"insertion {mode}: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
@@ -257,6 +262,10 @@ def diagnose(
                 report["passes_by_length"] = passes_by_length(decoded)
         report["insertion"] = rows
         report["learned_order"] = orders
+        if eos_penalties:
+            report["reference_mean_length"] = round(statistics.fmean(
+                n for b in batches for n in b.ref_lengths.tolist()), 2)
+            report["eos_penalty"] = eos_penalty_rows(module, batches, references, eos_penalties, log)
 
     if module.family == "latent":
         report["latent"] = latent_rows(module, batches, references, log)
@@ -271,6 +280,26 @@ def diagnose(
             log(f"{module.family} {name}: BLEU {rows[-1]['bleu']}")
         report["decoders"] = rows
     return report
+
+
+def eos_penalty_rows(
+    module: Seq2SeqModule, batches: list[Batch], references: list[str], penalties: tuple[float, ...],
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Parallel and sequential insertion decoding at each end-of-slot penalty: BLEU,
+    chrF, mean output length and passes."""
+    rows = []
+    for parallel in (True, False):
+        mode = "parallel" if parallel else "sequential"
+        for penalty in penalties:
+            decoded = decode_all(
+                module, batches, lambda b: module.generate(b.src, parallel=parallel, eos_penalty=penalty),
+                _insertion_passes,
+            )
+            rows.append({"decoding": mode, "eos_penalty": penalty, **scored(module, decoded, references)})
+            log(f"insertion {mode}, end-of-slot penalty {penalty}: BLEU {rows[-1]['bleu']}, "
+                f"mean length {rows[-1]['mean_length']}")
+    return rows
 
 
 LENGTH_BUCKETS = ((1, 10), (11, 15), (16, 20), (21, 30), (31, None))
@@ -395,11 +424,18 @@ def markdown(report: dict[str, Any]) -> str:
     if "insertion" in report:
         out += ["## Insertion decoding", ""]
         out += _table(
-            ["decoding", "BLEU", "chrF", "mean passes", "ceil(log2(n+1))+1", "mean length"],
-            [[r["decoding"], r["bleu"], r["chrf"], r["mean_passes"], r["mean_tree_passes"], r["mean_length"]]
-             for r in report["insertion"]],
+            ["decoding", "end-of-slot penalty", "BLEU", "chrF", "mean passes", "ceil(log2(n+1))+1", "mean length"],
+            [[r["decoding"], r.get("eos_penalty", 0.0), r["bleu"], r["chrf"], r["mean_passes"],
+              r["mean_tree_passes"], r["mean_length"]] for r in report["insertion"]],
         )
         signature = report["insertion"][0]["bleu_signature"]
+        out.append("")
+    if "eos_penalty" in report:
+        out += ["## End-of-slot penalty (a slot ends only when ending beats its best insertion by this much)", "",
+                f"Mean reference length: {report['reference_mean_length']} tokens.", ""]
+        out += _table(["decoding", "penalty", "BLEU", "chrF", "mean length", "mean passes"],
+                      [[r["decoding"], r["eos_penalty"], r["bleu"], r["chrf"], r["mean_length"], r["mean_passes"]]
+                       for r in report["eos_penalty"]])
         out.append("")
     if "latent" in report:
         out += ["## Latents: the prior against the reference's own latents", ""]
@@ -472,6 +508,13 @@ def charts(report: dict[str, Any]) -> list[Chart]:
                 Line("one insertion a pass: n+1", lengths, [n + 1 for n in lengths], dashed=True),
             ],
         ))
+    if "eos_penalty" in report:
+        chart = Chart(title="insertion: BLEU against the end-of-slot penalty", xlabel="end-of-slot penalty",
+                      ylabel="BLEU")
+        for mode in dict.fromkeys(r["decoding"] for r in report["eos_penalty"]):
+            mine = [r for r in report["eos_penalty"] if r["decoding"] == mode]
+            chart.lines.append(Line(mode, [r["eos_penalty"] for r in mine], [r["bleu"] for r in mine]))
+        found.append(chart)
     if "latent" in report:
         found += latent_charts(report["latent"])
     return found

@@ -89,12 +89,21 @@ def test_cmlm_report_has_every_setting_and_orders_in_range(cmlm, test_split, tra
 
 def test_sequential_insertion_takes_one_pass_per_token_plus_one(trained_insertion, test_split):
     module = load_module(trained_insertion, family="insertion")
-    report = diagnose(module, test_split.source[:40], test_split.target[:40], max_tokens=300)
+    report = diagnose(module, test_split.source[:40], test_split.target[:40], max_tokens=300,
+                      eos_penalties=(0.0, 1e4))
     rows = {r["decoding"]: r for r in report["insertion"]}
     assert rows["sequential"]["mean_passes"] == pytest.approx(rows["sequential"]["mean_length"] + 1)
     assert rows["parallel"]["mean_passes"] < rows["sequential"]["mean_passes"]
     orders = {r["decoding"]: r for r in report["learned_order"]}
     assert set(orders) == {"insertion, parallel", "insertion, sequential"}
+    # penalty 0 is the checkpoint's own decoding; a penalty no logit gap reaches never
+    # ends a slot, so every output runs to its length cap (1.5 x source + 10)
+    swept = {(r["decoding"], r["eos_penalty"]): r for r in report["eos_penalty"]}
+    caps = [min(int(1.5 * len(s)) + 10, module.model_config.max_len - 2)
+            for s in module.source_ids(test_split.source[:40])]
+    for mode in ("parallel", "sequential"):
+        assert swept[mode, 0.0]["bleu"] == rows[mode]["bleu"] and rows[mode]["eos_penalty"] == 0.0
+        assert swept[mode, 1e4]["mean_length"] == pytest.approx(sum(caps) / len(caps), abs=0.01)
 
 
 def test_diagnose_command_writes_json_markdown_and_plots(trained_cmlm, reversal_root, tmp_path, capsys):

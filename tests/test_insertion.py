@@ -205,6 +205,32 @@ def test_insertion_stops_at_the_length_cap_and_says_so():
         assert bool(result.hit_cap[i]) == (len(reference) > 4)
 
 
+
+class EarlyEndingInserter(OracleInserter):
+    """Knows the reference, but in every slot with tokens still missing it prefers
+    ending the slot by 0.5 in log probability over inserting the right token."""
+
+    def slot_logits(self, canvas, encoded, canvas_mask):
+        out = super().slot_logits(canvas, encoded, canvas_mask)
+        unfinished = out.amax(-1) == 5.0
+        out[..., IDS.eos] = torch.where(unfinished, 5.5, out[..., IDS.eos])
+        return out
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_end_of_slot_penalty_moves_the_decision_by_exactly_its_margin(parallel):
+    rows, src = references()
+    decode = lambda penalty: insertion_decode(EarlyEndingInserter(), src, parallel=parallel, ids=IDS,
+                                              max_len=64, eos_penalty=penalty)
+    for below_margin in (0.0, 0.4):  # ending still wins in every slot: nothing is inserted
+        result = decode(below_margin)
+        assert result.as_lists(0) == [[] for _ in rows] and result.passes == 1
+    result = decode(0.6)  # inserting wins where tokens are missing; finished slots still end
+    assert result.as_lists(0) == rows
+    assert not result.hit_cap.any()
+    reference = insertion_decode(OracleInserter(), src, parallel=parallel, ids=IDS, max_len=64)
+    assert result.passes == reference.passes and torch.equal(result.schedule, reference.schedule)
+
 @pytest.mark.slow
 def test_insertion_model_learns_to_reverse_and_decodes_in_about_log_passes(trained_insertion, reversal_root):
     from nargen.data import read_split

@@ -53,6 +53,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["early_stop"] = True
     if args.sequential:
         options["parallel"] = False
+    if args.eos_penalty is not None:
+        options["eos_penalty"] = args.eos_penalty
     if args.decoder is not None:
         options["decoder"] = args.decoder
     if args.rerank_ckpt:
@@ -202,6 +204,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         report = diagnose(
             module, sources, refs, teacher=teacher, iterations=tuple(args.iterations),
             length_beams=tuple(args.length_beams), seed=args.seed, max_tokens=args.max_tokens,
+            eos_penalties=tuple(args.eos_penalties),
             log=lambda message: print(message, file=sys.stderr),
         )
     except ValueError as err:
@@ -337,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cmlm: freeze a candidate once an iteration changes none of its tokens")
         p.add_argument("--sequential", action="store_true",
                        help="insertion: one insertion a pass instead of one in every open slot")
+        p.add_argument("--eos-penalty", type=float, default=None,
+                       help="insertion: a slot ends only when ending beats its best insertion by this "
+                            "much in log probability")
         p.add_argument("--decoder", choices=["greedy", "lookahead", "viterbi"], default=None,
                        help="dag: how to find the output path")
         p.add_argument("--rerank-ckpt", default=None,
@@ -403,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--length-beams", type=int, nargs="+", default=[1, 5],
                     help="predicted-length beams to set against the reference length")
     dg.add_argument("--seed", type=int, default=1, help="for the random order")
+    dg.add_argument("--eos-penalties", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 4.0],
+                    help="insertion: also decode at each of these end-of-slot penalties (none: skip)")
     dg.add_argument("--limit", type=int, default=0, help="only the first N sentences")
     dg.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
     dg.add_argument("--threads", type=int, default=0)

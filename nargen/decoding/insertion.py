@@ -40,6 +40,7 @@ def insertion_decode(
     max_len_b: int = 10,
     max_len: int = 256,
     banned: tuple[int, ...] = (),
+    eos_penalty: float = 0.0,
     keep_history: bool = False,
 ) -> DecodeResult:
     """Start from the empty canvas and insert until the model ends every slot.
@@ -51,7 +52,10 @@ def insertion_decode(
     distribution inserts it, and every slot is scored afresh at the next pass (one
     that ended while the canvas around it was incomplete may open again). A
     sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
-    sets ``hit_cap`` when the model still wanted to insert. The result's ``schedule``
+    sets ``hit_cap`` when the model still wanted to insert. ``eos_penalty`` (Stern et al.'s
+    EOS penalty) is taken off every end-of-slot logit before the choice: a slot ends
+    only when ending beats its best insertion by more than the penalty in log
+    probability, which counters a model that closes slots too early. The result's ``schedule``
     holds, for each output position, the pass (0-based) that inserted it; with
     ``keep_history`` its ``history`` holds the tokens after each pass. Ties go to the
     lowest slot, then the lowest token id, so a sentence decodes the same alone or in a
@@ -74,6 +78,8 @@ def insertion_decode(
         enc = encoded if len(active) == batch else encoded.index_select(torch.tensor(active, device=device))
         logits = model.slot_logits(canvas, enc, canvas != ids.pad).float()
         logits[..., never] = float("-inf")
+        if eos_penalty:
+            logits[..., ids.eos] -= eos_penalty
         best_logit, best_token = (t.tolist() for t in logits.max(dim=-1))
         for a, i in enumerate(active):
             ends = [best_token[a][s] == ids.eos for s in range(len(rows[i]) + 1)]

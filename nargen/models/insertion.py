@@ -107,7 +107,8 @@ class InsertionModule(Seq2SeqModule):
 
     family = "insertion"
     options_class = InsertionOptions
-    decode_defaults = {"parallel": True, "max_len_a": 1.5, "max_len_b": 10, "keep_history": False}
+    decode_defaults = {"parallel": True, "max_len_a": 1.5, "max_len_b": 10, "eos_penalty": 0.0,
+                       "keep_history": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,4 +174,4 @@ class InsertionModule(Seq2SeqModule):
         o = self.decode_options(options)
         special = self.tokenizer.special
         return {"ids": self.ids, "max_len": self.model_config.max_len, "banned": (special.mask, special.blank),
-                "max_len_a": o["max_len_a"], "max_len_b": o["max_len_b"]}
+                "max_len_a": o["max_len_a"], "max_len_b": o["max_len_b"], "eos_penalty": o["eos_penalty"]}
