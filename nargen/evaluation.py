@@ -108,6 +108,7 @@ def evaluate(
     record: dict[str, Any] = {
         **score(result.texts, references),
         "repetition_rate": round(repetition_rate(tokens), 4),
+        "mean_output_tokens": round(statistics.fmean(len(t) for t in tokens), 2) if tokens else 0.0,
         "sentences": len(sources),
         "sentences_per_s": round(len(sources) / batched_seconds, 1),
         "hit_length_cap": result.hit_cap,

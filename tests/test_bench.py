@@ -49,6 +49,9 @@ def test_bench_measures_every_system_and_writes_table_and_plot(trained_run, reve
     hyps = load_module(ar).translate(test.source, beam=1).texts
     assert greedy["bleu"] == round(sacrebleu.corpus_bleu(hyps, [test.target]).score, 2)
     assert greedy["batch1_sentences"] == 6 and greedy["sentences"] == 100
+    # mean output length in SentencePiece tokens, as the tokenizer reads the outputs back
+    tokens = load_module(ar).tokenizer.encode(hyps)
+    assert greedy["mean_output_tokens"] == round(sum(map(len, tokens)) / len(tokens), 2)
     # speed-ups are the measured ratios against the baselines the spec names
     nat_rec, beam_rec = records["NAT k=2 + rerank"], records["AR beam 2"]
     assert nat_rec["speedup_batch1_vs_greedy"] == round(greedy["batch1_ms_mean"] / nat_rec["batch1_ms_mean"], 2)

@@ -31,7 +31,7 @@ def speculative_summary(record: dict[str, Any]) -> str:
 def markdown_table(result: dict[str, Any]) -> str:
     """One row per system; signatures, device and threads beneath."""
     head = (
-        "| System | Training data | BLEU | chrF | Repetition | Passes/sent | Batch-1 ms (p90) "
+        "| System | Training data | BLEU | chrF | Repetition | Out tokens | Passes/sent | Batch-1 ms (p90) "
         "| Sent/s batched | vs greedy b1 | vs beam b1 | vs greedy batched | vs beam batched "
         "| Hit cap | Peak MB | KV B/token | Device |"
     )
@@ -39,7 +39,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     for r in result["records"]:
         rows.append(
             f"| {r['system']} | {r['training_data'] or '-'} | {r['bleu']:.2f} | {r['chrf']:.2f} "
-            f"| {r['repetition_rate']:.4f} | {_number(r, 'mean_passes_per_sentence', '.2f')} "
+            f"| {r['repetition_rate']:.4f} | {_number(r, 'mean_output_tokens', '.1f')} "
+            f"| {_number(r, 'mean_passes_per_sentence', '.2f')} "
             f"| {_number(r, 'batch1_ms_mean', '.1f')} ({_number(r, 'batch1_ms_p90', '.1f')}) "
             f"| {r['sentences_per_s']:.1f} "
             f"| {_speedup(r, 'speedup_batch1_vs_greedy')} | {_speedup(r, 'speedup_batch1_vs_beam')} "
