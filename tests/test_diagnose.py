@@ -131,6 +131,16 @@ def test_single_pass_families_compare_their_decoders(family, decodings, request,
     assert all(r["mean_passes"] == 1 for r in report["decoders"])
 
 
+def test_diagnose_decodes_insertion_with_the_penalty_given(trained_insertion, reversal_root, tmp_path):
+    out = tmp_path / "diag"
+    code = main(["diagnose", "--ckpt", str(trained_insertion), "--src", str(reversal_root / "test.src"),
+                 "--ref", str(reversal_root / "test.tgt"), "--out", str(out), "--limit", "10",
+                 "--eos-penalty", "1.5", "--eos-penalties"])
+    assert code == 0
+    report = json.loads((out / "diagnose.json").read_text())
+    assert [r["eos_penalty"] for r in report["insertion"]] == [1.5, 1.5] and "eos_penalty" not in report
+
+
 def test_diagnose_refuses_an_autoregressive_checkpoint(trained_run, reversal_root, tmp_path, capsys):
     code = main(["diagnose", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),

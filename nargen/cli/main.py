@@ -194,6 +194,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt, map_location=_device())
+    if args.eos_penalty is not None:
+        if module.family != "insertion":
+            raise ConfigError(f"--eos-penalty applies to insertion checkpoints, not {module.family!r}")
+        module.decode_config.options = {**module.decode_config.options, "eos_penalty": args.eos_penalty}
     teacher = load_module(args.teacher_ckpt, "autoregressive", _device()) if args.teacher_ckpt else None
     sources, refs = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(refs):
@@ -409,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--length-beams", type=int, nargs="+", default=[1, 5],
                     help="predicted-length beams to set against the reference length")
     dg.add_argument("--seed", type=int, default=1, help="for the random order")
+    dg.add_argument("--eos-penalty", type=float, default=None,
+                    help="insertion: decode with this end-of-slot penalty instead of the checkpoint's own")
     dg.add_argument("--eos-penalties", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 4.0],
                     help="insertion: also decode at each of these end-of-slot penalties (none: skip)")
     dg.add_argument("--limit", type=int, default=0, help="only the first N sentences")
