@@ -52,13 +52,13 @@ def insertion_decode(
     distribution inserts it, and every slot is scored afresh at the next pass (one
     that ended while the canvas around it was incomplete may open again). A
     sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
-    sets ``hit_cap`` when the model still wanted to insert. ``eos_penalty`` (Stern et al.'s
-    EOS penalty) is taken off every end-of-slot logit before the choice: a slot ends
-    only when ending beats its best insertion by more than the penalty in log
-    probability, which counters a model that closes slots too early. The result's ``schedule``
-    holds, for each output position, the pass (0-based) that inserted it; with
-    ``keep_history`` its ``history`` holds the tokens after each pass. Ties go to the
-    lowest slot, then the lowest token id, so a sentence decodes the same alone or in a
+    sets ``hit_cap`` when the model still wanted to insert. ``eos_penalty`` (Stern
+    et al.'s EOS penalty) is taken off every end-of-slot logit before the choice: a
+    slot ends only when ending beats its best insertion by more than the penalty in
+    log probability, which counters a model that closes slots too early. The result's
+    ``schedule`` holds, for each output position, the pass (0-based) that inserted it;
+    with ``keep_history`` its ``history`` holds the tokens after each pass. Ties go to
+    the lowest slot, then the lowest token id, so a sentence decodes the same alone or in a
     batch.
     """
     device = src.device
