@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from nargen.profiling import FAIRSEQ_REGIONS, REGION, label_regions, summarize
+from nargen.profiling import FAIRSEQ_REGIONS, REGION, add_counts, attention_elements, label_regions, summarize
 
 
 class Window:
@@ -37,6 +37,7 @@ class Window:
         self.started = self.wall = 0.0
         self.on_start = lambda: None
         self.tokens = 0
+        self.attention: dict[str, float] = {}
 
     def after_call(self) -> None:
         self.calls += 1
@@ -78,6 +79,10 @@ def main() -> int:
         def train_step(self, samples, *a, **k):  # noqa: ANN001, ANN002, ANN003
             if window.skip <= window.calls < window.skip + window.steps:
                 window.tokens += sum(int(s["ntokens"]) for s in samples if s)
+                for s in samples:
+                    if s:  # fairseq's decoder input: EOS + target, as long as the target
+                        add_counts(window.attention, attention_elements(
+                            tuple(s["net_input"]["src_tokens"].shape), tuple(s["target"].shape)))
             if window.calls == window.skip - 1 and not hasattr(self, "_regions"):
                 label_regions(self.model, FAIRSEQ_REGIONS)
                 label_regions(self.criterion, [(r"^$", "step")])
@@ -109,12 +114,14 @@ def main() -> int:
         return 1
     profile = summarize(window.profiler.events(), args.steps, window.wall)
     profile.tokens = window.tokens / args.steps
+    profile.attention = {k: v / args.steps for k, v in window.attention.items()}
     print(profile.markdown(f"fairseq {args.mode}", unit="update" if args.mode == "train" else "call"),
           file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ms_per_step": profile.wall_ms, "steps": args.steps,
-                       "target_tokens_per_step": profile.tokens, "groups": profile.rows()}, f)
+                       "target_tokens_per_step": profile.tokens,
+                       "attention_elements_per_step": profile.attention, "groups": profile.rows()}, f)
     return 0
 
 

@@ -6,7 +6,8 @@
 # nargen/fairseq ratio of each. Training is measured in fp32 on both sides and, on a CPU
 # with native bf16 matrix products, with nargen in bf16 autocast (fp32 weights; its
 # default there) against the same fairseq fp32 run: fairseq 0.12 trains in fp32 on a CPU
-# (its --bf16 is a TPU path that asks for an XLA device). Decoding is fp32 on both sides.
+# (its --bf16 is a TPU path that asks for an XLA device). Decoding is measured in fp32
+# on both sides and, on such a CPU, with nargen's model in bf16 (`--dtype bf16`) too.
 #
 #   NARGEN_DATA=../shared/data/multi30k ROOT=DIR NARGEN_AR=AR.ckpt NARGEN_CMLM=CMLM.ckpt \
 #       bash benchmarks/vs_fairseq.sh
@@ -84,10 +85,10 @@ fairseq_decode() {  # SUBSET ARGS...: prints its sentences/s
   grep -o "Translated .* sentences/s" "$OUT/fairseq_generate.out" | tail -1 | grep -o "[0-9.]* sentences/s" | cut -d' ' -f1
 }
 
-nargen_decode() {  # FIELD SRC REF ARGS...: prints sentences/s (batched, or batch-1 from its mean ms)
-  local field=$1 src=$2 ref=$3; shift 3
-  "$NARGEN" evaluate --src "$src" --ref "$ref" --threads "$THREADS" --json "$@" 2> /dev/null \
-    | python3 -c "import json, sys; r = json.load(sys.stdin); print(r['sentences_per_s'] if '$field' == 'batched' else round(1000 / r['batch1_ms_mean'], 1))"
+nargen_decode() {  # NAME FIELD SRC REF ARGS...: prints sentences/s (batched, or batch-1 from its mean ms);
+  local name=$1 field=$2 src=$3 ref=$4; shift 4   # the record (BLEU, output length) goes to $OUT/nargen_NAME.json
+  "$NARGEN" evaluate --src "$src" --ref "$ref" --threads "$THREADS" --json "$@" 2> /dev/null > "$OUT/nargen_$name.json"
+  python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(r['sentences_per_s'] if '$field' == 'batched' else round(1000 / r['batch1_ms_mean'], 1))" "$OUT/nargen_$name.json"
 }
 
 printf "round\tmeasure\tfairseq\tnargen\tratio\n" | tee "$OUT/results.tsv"
@@ -98,14 +99,23 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ "$BF16" = 1 ]; then
     row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
   fi
-  row "$round" "greedy batch-1 sentences/s" \
-    "$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)" \
-    "$(nargen_decode batch1 "$TEST200/test.de" "$TEST200/test.en" --ckpt "$NARGEN_AR" --beam 1 --latency-sentences 200)"
-  row "$round" "beam 5 batched sentences/s" \
-    "$(fairseq_decode test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)" \
-    "$(nargen_decode batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_AR" --beam 5 --max-tokens 4096 --latency-sentences 0)"
-  row "$round" "mask-predict T=10 batched sentences/s" \
-    "$(fairseq_decode test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)" \
-    "$(nargen_decode batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0)"
+  fs_greedy=$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
+  fs_beam=$(fairseq_decode test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
+  fs_cmlm=$(fairseq_decode test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
+  # nargen in fp32 (as fairseq), then, where the CPU multiplies bf16 natively, in bf16
+  # (fairseq-generate has no bf16 path: its --fp16 casts to half, which a CPU runs slowly).
+  for dtype in fp32 $([ "$BF16" = 1 ] && echo bf16); do
+    tag=$([ "$dtype" = fp32 ] && echo "" || echo ", nargen $dtype")
+    row "$round" "greedy batch-1 sentences/s$tag" "$fs_greedy" \
+      "$(nargen_decode "greedy_${dtype}_$round" batch1 "$TEST200/test.de" "$TEST200/test.en" --ckpt "$NARGEN_AR" --beam 1 --latency-sentences 200 --dtype "$dtype")"
+    row "$round" "beam 5 batched sentences/s$tag" "$fs_beam" \
+      "$(nargen_decode "beam5_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_AR" --beam 5 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
+    row "$round" "mask-predict T=10 batched sentences/s$tag" "$fs_cmlm" \
+      "$(nargen_decode "cmlm_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
+  done
 done
+# the quality behind the speeds: nargen's BLEU per decode (fairseq's: ROOT=... run_peer.sh eval)
+for f in "$OUT"/nargen_*.json; do
+  python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[1].rsplit('/', 1)[1], 'BLEU', r['bleu'], 'output tokens', r['mean_output_tokens'])" "$f"
+done | tee "$OUT/nargen_bleu.txt"
 echo "wrote $OUT/results.tsv"

@@ -140,6 +140,10 @@ class StepProfile:
     backward: dict[str, float] = field(default_factory=dict)
     tokens: float = 0.0
     """Target tokens per step (padding excluded), when the caller counted them."""
+    attention: dict[str, float] = field(default_factory=dict)
+    """Attention score elements per step of one head and layer, padding included, when
+    the caller counted them (``attention_elements``): what the attention kernel's cost
+    grows with, so two profiles over different batches can be compared."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group that took time: ms per step forward, backward, total, share."""
@@ -160,6 +164,9 @@ class StepProfile:
                  "| group | forward ms | backward ms | total ms | share |"
                  + (" ms per 1k target tokens |" if self.tokens else ""),
                  "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if self.tokens else "")]
+        if self.attention and self.tokens:
+            per_token = ", ".join(f"{name} {value / self.tokens:.1f}" for name, value in self.attention.items())
+            lines[0] += f"; attention score elements per target token (one head, one layer): {per_token}"
         for r in self.rows():
             line = (f"| {r['group']} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
                     f"{r['total_ms']:.2f} | {100 * r['share']:.1f}% |")
@@ -167,6 +174,21 @@ class StepProfile:
                 line += f" {1000 * r['total_ms'] / self.tokens:.2f} |"
             lines.append(line)
         return "\n".join(lines)
+
+
+def attention_elements(src_shape: tuple[int, ...], tgt_shape: tuple[int, ...]) -> dict[str, float]:
+    """Score elements of one head in one layer for a padded batch of sources
+    ``[batch, S]`` and target inputs ``[batch, T]``: encoder self-attention ``B·S²``,
+    decoder self-attention ``B·T²`` (a causal kernel may skip about half) and
+    cross-attention ``B·T·S``."""
+    (batch, s), (_, t) = src_shape[:2], tgt_shape[:2]
+    return {"encoder": float(batch * s * s), "decoder": float(batch * t * t), "cross": float(batch * t * s)}
+
+
+def add_counts(total: dict[str, float], more: dict[str, float]) -> None:
+    """Add ``more`` into ``total`` key by key."""
+    for key, value in more.items():
+        total[key] = total.get(key, 0.0) + value
 
 
 def _owner(event: Any) -> tuple[str | None, str | None, Any]:

@@ -149,3 +149,17 @@ def test_bench_train_counts_only_the_updates_after_the_warm_up(reversal_root, tm
     counted = {(w, n): train_throughput(config, n, w)["target_tokens"] for w, n in ((2, 3), (0, 5), (0, 2))}
     assert counted[(2, 3)] == counted[(0, 5)] - counted[(0, 2)] > 0
     assert not (tmp_path / "run").exists()  # a benchmark writes no run folder
+
+
+def test_bench_train_profile_counts_the_attention_work_of_the_profiled_update(reversal_root, tmp_path):
+    """One profiled update: its score elements are those of one padded batch, so the
+    cross-attention count is the geometric mean of the two self-attention counts."""
+    from conftest import reversal_config
+    from nargen.cli.bench_train import train_throughput
+
+    config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 4)
+    profile = train_throughput(config, 1, 1, profile_steps=1)["profile"]
+    work = profile["attention_elements_per_step"]
+    assert set(work) == {"encoder", "decoder", "cross"} and min(work.values()) > 0
+    assert work["cross"] ** 2 == work["encoder"] * work["decoder"]
+    assert "attention score elements per target token" in profile["markdown"]

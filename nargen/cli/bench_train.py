@@ -18,7 +18,9 @@ from nargen.cli.fit import build_module, close_process_group, set_threads
 from nargen.data import TranslationDataModule
 from nargen.models.precision import precision_settings
 from nargen.models.throughput import ThroughputMonitor
-from nargen.profiling import NARGEN_REGIONS, REGION, StepProfile, label_regions, summarize
+from nargen.profiling import (
+    NARGEN_REGIONS, REGION, StepProfile, add_counts, attention_elements, label_regions, summarize,
+)
 
 
 class StepProfiler(L.Callback):
@@ -34,9 +36,12 @@ class StepProfiler(L.Callback):
         self._profiler: torch.profiler.profile | None = None
         self._started = 0.0
         self._unlabel = None
+        self._attention: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         step = trainer.global_step
+        if self._profiler is not None and self.result is None and "tgt_in" in batch:
+            add_counts(self._attention, attention_elements(batch["src"].shape, batch["tgt_in"].shape))
         if step == self.skip_steps and self._profiler is None and self.steps:
             self.counted = (self.monitor.target_tokens, self.monitor.seconds)
             self._unlabel = label_regions(module.model, NARGEN_REGIONS)
@@ -57,6 +62,7 @@ class StepProfiler(L.Callback):
             self._unlabel()
             self.result = summarize(self._profiler.events(), self.steps, wall)
             self.result.tokens = (self.monitor.target_tokens - self.counted[0]) / self.steps
+            self.result.attention = {k: v / self.steps for k, v in self._attention.items()}
 
 
 def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
@@ -101,6 +107,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     if profiler.result is not None:
         out["profile"] = {"ms_per_step": round(profiler.result.wall_ms, 1), "steps": profile_steps,
                           "target_tokens_per_step": round(profiler.result.tokens, 1),
+                          "attention_elements_per_step": profiler.result.attention,
                           "groups": profiler.result.rows(),
                           "markdown": profiler.result.markdown(f"nargen {config.family}")}
     return out
