@@ -78,11 +78,11 @@ nargen_train() {  # PRECISION
     | python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["target_tokens_per_s"])'
 }
 
-fairseq_decode() {  # SUBSET ARGS...: prints its sentences/s
-  local subset=$1; shift
+fairseq_decode() {  # NAME SUBSET ARGS...: prints its sentences/s; its output stays in $OUT/fairseq_NAME.out
+  local name=$1 subset=$2; shift 2
   "$FS/fairseq-generate" "$ROOT/data/bin" --source-lang de --target-lang en --gen-subset "$subset" \
-    --cpu "$@" > "$OUT/fairseq_generate.out" 2>&1
-  grep -o "Translated .* sentences/s" "$OUT/fairseq_generate.out" | tail -1 | grep -o "[0-9.]* sentences/s" | cut -d' ' -f1
+    --cpu "$@" > "$OUT/fairseq_$name.out" 2>&1
+  grep -o "Translated .* sentences/s" "$OUT/fairseq_$name.out" | tail -1 | grep -o "[0-9.]* sentences/s" | cut -d' ' -f1
 }
 
 nargen_decode() {  # NAME FIELD SRC REF ARGS...: prints sentences/s (batched, or batch-1 from its mean ms);
@@ -99,9 +99,9 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ "$BF16" = 1 ]; then
     row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
   fi
-  fs_greedy=$(fairseq_decode test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
-  fs_beam=$(fairseq_decode test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
-  fs_cmlm=$(fairseq_decode test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
+  fs_greedy=$(fairseq_decode "greedy_$round" test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
+  fs_beam=$(fairseq_decode "beam5_$round" test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
+  fs_cmlm=$(fairseq_decode "cmlm_$round" test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
   # nargen in fp32 (as fairseq), then, where the CPU multiplies bf16 natively, in bf16
   # (fairseq-generate has no bf16 path: its --fp16 casts to half, which a CPU runs slowly).
   for dtype in fp32 $([ "$BF16" = 1 ] && echo bf16); do
@@ -114,8 +114,27 @@ for round in $(seq 1 "$ROUNDS"); do
       "$(nargen_decode "cmlm_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
   done
 done
-# the quality behind the speeds: nargen's BLEU per decode (fairseq's: ROOT=... run_peer.sh eval)
+# the quality behind the speeds: BLEU and output length of every decode, both toolkits
+# (fairseq's hypotheses detokenized with the peer's SentencePiece model, as run_peer.sh does)
 for f in "$OUT"/nargen_*.json; do
   python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(sys.argv[1].rsplit('/', 1)[1], 'BLEU', r['bleu'], 'output tokens', r['mean_output_tokens'])" "$f"
-done | tee "$OUT/nargen_bleu.txt"
+done | tee "$OUT/bleu.txt"
+for f in "$OUT"/fairseq_*_[0-9]*.out; do
+  case $f in *greedy*) ref=$ROOT/data/raw/test200.en ;; *) ref=$ROOT/data/raw/test_2016_flickr.en ;; esac
+  "$FS/python" - "$f" "$ref" "$ROOT/data/spm/spm.model" <<'EOF'
+import sys, sacrebleu, sentencepiece as spm
+out, ref, model = sys.argv[1:]
+sp = spm.SentencePieceProcessor(model_file=model)
+hyps = {}
+for line in open(out):
+    if line.startswith("H-"):
+        key, _, pieces = line.rstrip("\n").split("\t")
+        hyps[int(key[2:])] = pieces.split()
+refs = [line.rstrip("\n") for line in open(ref)]
+texts = [sp.decode_pieces(hyps.get(i, [])) for i in range(len(refs))]
+tokens = sum(len(hyps.get(i, [])) for i in range(len(refs))) / len(refs)
+print(out.rsplit("/", 1)[1], "BLEU", round(sacrebleu.corpus_bleu(texts, [refs]).score, 2), "output tokens", round(tokens, 2),
+      "missing", len(refs) - len(hyps))
+EOF
+done | tee -a "$OUT/bleu.txt"
 echo "wrote $OUT/results.tsv"
