@@ -14,14 +14,11 @@ class KVCache:
     view, so a step copies only its own positions. Cross-attention K/V are computed once
     per source and kept. A slot is one decoder layer, or a pair of layers when adjacent
     layers share K/V. ``reorder`` follows beam search's choice of hypotheses and copies
-    only what has been written; without gradients it copies into the buffers it moved
-    away from last time (two buffer sets in turn), because allocating fresh ones each
-    step costs more on CPU than the copy itself (the first touch of new memory).
+    only what has been written.
     """
 
     def __init__(self, slots: int, capacity: int = 0) -> None:
         self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
-        self._spare: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
         self._written = [0] * slots
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
         self.capacity = capacity
@@ -75,22 +72,17 @@ class KVCache:
         ``indices`` only moves rows among copies of the same source (beams of one
         sentence).
         """
-        rows = indices.shape[0]
         for slot, (buffers, n) in enumerate(zip(self._buffers, self._written)):
             if buffers is None:
                 continue
-            spare = self._spare[slot]
             moved = []
-            for j, old in enumerate(buffers):
-                if torch.is_grad_enabled():  # out= does not record gradients; no reuse
-                    new = old.new_empty(rows, *old.shape[1:])
+            for old in buffers:
+                new = old.new_empty(indices.shape[0], *old.shape[1:])
+                if torch.is_grad_enabled():  # out= does not record gradients
                     new[:, :, :n] = old[:, :, :n].index_select(0, indices)
                 else:
-                    reuse = spare is not None and spare[j].shape[0] >= rows and spare[j].shape[1:] == old.shape[1:]
-                    new = spare[j][:rows] if reuse else old.new_empty(rows, *old.shape[1:])
                     torch.index_select(old[:, :, :n], 0, indices, out=new[:, :, :n])
                 moved.append(new)
-            self._spare[slot] = None if torch.is_grad_enabled() else buffers
             self._buffers[slot] = (moved[0], moved[1])
         if cross:
             self.cross = [
