@@ -78,9 +78,8 @@ def test_cache_reorder_follows_the_chosen_rows():
 
 @torch.no_grad()
 def test_cache_reorders_in_turn_and_shrinking_follow_the_chosen_rows():
-    """Without gradients reorder copies into the buffers of the reorder before: after
-    several reorders, one of them dropping rows, every step still equals the uncached
-    model on the rows followed."""
+    """After several reorders in a row, one of them dropping rows, every cached step
+    still equals the uncached model on the prefixes the rows now hold."""
     model = micro_model().eval()
     src = torch.randint(6, 64, (3, 6))
     tgt = torch.randint(6, 64, (6, 7))
@@ -88,7 +87,7 @@ def test_cache_reorders_in_turn_and_shrinking_follow_the_chosen_rows():
     rows = torch.tensor([0, 1, 2, 0, 1, 2])  # which source each cache row decodes
     enc = encoded.index_select(rows)
     cache = model.new_cache(enc, 8)
-    history = torch.arange(6)[:, None]  # target row whose prefix each cache row holds
+    history = torch.arange(6)  # target row whose prefix each cache row holds
     model.decode(tgt[:, :1], enc, cache=cache)
     for t, order in enumerate([[1, 0, 3, 2, 5, 4], [0, 0, 2, 3, 4, 5], [5, 1, 2], [2, 0, 1], [1, 1, 0]], start=1):
         order = torch.tensor(order)
@@ -96,7 +95,7 @@ def test_cache_reorders_in_turn_and_shrinking_follow_the_chosen_rows():
         history, rows = history[order], rows[order]
         enc = enc.index_select(order)
         # each row continues the prefix it now holds with that target row's next token
-        prefix = torch.stack([tgt[h, : t + 1] for h in history[:, 0]])
+        prefix = tgt[history, : t + 1]
         step = model.decode(prefix[:, -1:], enc, cache=cache)
         full = model(src[rows], prefix)
         torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
