@@ -3,6 +3,7 @@ to exactly the weights of a run never killed."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import torch
 
 from conftest import assert_same_weights, reversal_config, reversal_overrides
 from nargen.cli.fit import run_fit
-from nargen.data import DataConfig, TokenBudgetBatchSampler, TranslationDataModule
+from nargen.data import DataConfig, TokenBudgetBatchSampler, TranslationDataModule, token_budget_batches
 from nargen.models import read_checkpoint
 
 
@@ -37,6 +38,28 @@ def test_sampler_reshuffles_every_epoch_and_covers_every_example_once():
     # the same seed and epoch give the same batches (what resume and DDP ranks rely on)
     again = TokenBudgetBatchSampler(lengths, max_tokens=200, shuffle=True, seed=5)
     assert epoch_batches(again, 1) == epochs[1]
+
+
+def test_length_tiebreak_pads_less_and_keeps_batches_random_among_equal_keys():
+    # pairs of equal cost (the longer side) but different shorter sides
+    rng = random.Random(3)
+    sides = [(rng.randint(1, 30), rng.randint(1, 30)) for _ in range(2000)]
+    lengths = [max(s, t) for s, t in sides]
+
+    def padding(batches):
+        return sum(max(sides[i][j] for i in b) * len(b) - sum(sides[i][j] for i in b)
+                   for b in batches for j in (0, 1))
+
+    plain = token_budget_batches(lengths, 300, seed=1)
+    broken = token_budget_batches(lengths, 300, seed=1, tiebreak=sides)
+    assert sorted(i for b in broken for i in b) == list(range(2000))
+    assert all(max(lengths[i] for i in b) * len(b) <= 300 for b in broken)
+    assert padding(broken) < 0.8 * padding(plain)
+    # items equal in cost and tiebreak still change batches from one seed to the next
+    other = token_budget_batches(lengths, 300, seed=2, tiebreak=sides)
+    assert {frozenset(b) for b in broken} != {frozenset(b) for b in other}
+    with pytest.raises(ValueError, match="tiebreak has 3 keys for 2000 lengths"):
+        token_budget_batches(lengths, 300, tiebreak=sides[:3])
 
 
 def test_evaluation_batches_do_not_shuffle():

@@ -11,20 +11,32 @@ from torch.utils.data import Sampler
 
 
 def token_budget_batches(
-    lengths: Sequence[int], max_tokens: int, *, seed: int | str | None = None, max_sentences: int = 0
+    lengths: Sequence[int],
+    max_tokens: int,
+    *,
+    seed: int | str | None = None,
+    max_sentences: int = 0,
+    tiebreak: Sequence[tuple[int, ...]] | None = None,
 ) -> list[list[int]]:
     """Group indices of similar length so each batch's padded size stays within
     ``max_tokens`` (longest item x batch size).
 
-    With a ``seed``, equal lengths are ordered randomly and the batch order is shuffled;
-    without one the order is by length. A single item longer than the budget gets a
-    batch of its own.
+    Items are ordered by length, then by ``tiebreak`` (for pairs: target and source
+    lengths, so that items of equal cost also share the length of their shorter side
+    and a batch pads less). With a ``seed``, items equal in both are ordered randomly and
+    the batch order is shuffled; without one the order is by length. A single item
+    longer than the budget gets a batch of its own.
     """
+    if tiebreak is not None and len(tiebreak) != len(lengths):
+        raise ValueError(f"tiebreak has {len(tiebreak)} keys for {len(lengths)} lengths")
     order = list(range(len(lengths)))
     rng = random.Random(seed)
     if seed is not None:
         rng.shuffle(order)
-    order.sort(key=lambda i: lengths[i])
+    if tiebreak is None:
+        order.sort(key=lambda i: lengths[i])
+    else:
+        order.sort(key=lambda i: (lengths[i], tiebreak[i]))
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
@@ -86,9 +98,16 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        tiebreak: Sequence[tuple[int, ...]] | None = None,
     ) -> None:
         self.lengths = list(lengths)
+        self.tiebreak = None if tiebreak is None else list(tiebreak)
         self.max_tokens = max_tokens
         self.sampler = EpochPermutation(len(self.lengths), seed) if shuffle else None
         self._skip = 0
@@ -104,7 +123,9 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> list[list[int]]:
         seed = self.sampler.epoch_seed() if self.sampler is not None else None
-        batches = token_budget_batches(self.lengths, self.max_tokens, seed=seed)
+        batches = token_budget_batches(
+            self.lengths, self.max_tokens, seed=seed, tiebreak=self.tiebreak
+        )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             world, rank = dist.get_world_size(), dist.get_rank()
             if self.sampler is not None:

@@ -80,6 +80,11 @@ class PairDataset(Dataset):
         """Padded cost of each item: the longer side, with its EOS/BOS."""
         return [max(len(s), len(t) + 1) for s, t in zip(self.source, self.target)]
 
+    def length_tiebreak(self) -> list[tuple[int, int]]:
+        """Target, then source length of each item: orders items of equal cost so that a
+        batch also pads its shorter side little (the decoder's side first, the costlier)."""
+        return [(len(t), len(s)) for s, t in zip(self.source, self.target)]
+
 
 def collate_pairs(items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Batch of ``src`` (ids + EOS), ``tgt_in`` (BOS + ids), ``tgt_out`` (ids + EOS)."""
@@ -213,7 +218,8 @@ class TranslationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: PairDataset, shuffle: bool) -> DataLoader:
         sampler = TokenBudgetBatchSampler(
-            dataset.lengths(), self.config.max_tokens, shuffle=shuffle, seed=self.config.seed
+            dataset.lengths(), self.config.max_tokens, shuffle=shuffle, seed=self.config.seed,
+            tiebreak=dataset.length_tiebreak(),
         )
         # A private generator: creating an iterator must not draw from the global RNG,
         # or a resumed run's dropout masks would differ from an uninterrupted run's.
