@@ -15,6 +15,7 @@ from nargen.cli.config import ConfigError, parse_fit_args, to_dict
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import read_lines
+from nargen.memory import keep_freed_memory
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
 
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     own_parsers = {("fit",): cmd_fit, ("bench", "train"): cmd_bench_train}  # recipe overrides
