@@ -19,7 +19,11 @@
 # smoothing 0.1, Adam (0.9, 0.98); nargen's SwiGLU FFN (688 hidden units) has the
 # parameters of fairseq's 1,024-unit ReLU FFN. fairseq's decoding speed is its own
 # "Translated ... sentences/s" (model time only); nargen's is `nargen evaluate`'s, which
-# also counts tokenizing and batching.
+# also counts tokenizing and batching. nargen keeps freed memory for reuse (glibc malloc
+# without mmap or trimming, `nargen.memory.keep_freed_memory`); with SAME_MALLOC=1 (the
+# default) every fairseq measure is taken a second time under the same malloc settings
+# (GLIBC_TUNABLES), so the table shows how much of a ratio is the allocator and how much
+# the rest of the toolkit.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +33,8 @@ DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
 NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
 NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
 STEPS=${STEPS:-60} WARMUP_STEPS=${WARMUP_STEPS:-10} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
+SAME_MALLOC=${SAME_MALLOC:-1}
+KEEP_FREED=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647  # what nargen sets itself
 # the nargen bf16 training row where the CPU multiplies bf16 natively (there nargen's
 # precision "auto" is bf16 autocast).
 BF16=${BF16:-$(python3 -c "from nargen.models.precision import cpu_has_native_bf16 as n; print(int(n()))" 2>/dev/null || echo 0)}
@@ -88,20 +94,35 @@ fairseq_decode() {  # NAME SUBSET ARGS...: prints its sentences/s; its output st
 nargen_decode() {  # NAME FIELD SRC REF ARGS...: prints sentences/s (batched, or batch-1 from its mean ms);
   local name=$1 field=$2 src=$3 ref=$4; shift 4   # the record (BLEU, output length) goes to $OUT/nargen_NAME.json
   "$NARGEN" evaluate --src "$src" --ref "$ref" --threads "$THREADS" --json "$@" 2> /dev/null > "$OUT/nargen_$name.json"
-  python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(r['sentences_per_s'] if '$field' == 'batched' else round(1000 / r['batch1_ms_mean'], 1))" "$OUT/nargen_$name.json"
+  nargen_rate "$name" "$field"
+}
+
+nargen_rate() {  # NAME FIELD: the sentences/s of a decode already run
+  python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print(r['sentences_per_s'] if sys.argv[2] == 'batched' else round(1000 / r['batch1_ms_mean'], 1))" "$OUT/nargen_$1.json" "$2"
 }
 
 printf "round\tmeasure\tfairseq\tnargen\tratio\n" | tee "$OUT/results.tsv"
 row() { python3 -c "import sys; f, n = float(sys.argv[3]), float(sys.argv[4]); print(f'{sys.argv[1]}\t{sys.argv[2]}\t{f}\t{n}\t{n / f:.2f}')" "$@" | tee -a "$OUT/results.tsv"; }
+fairseq_decodes() {  # SUFFIX: sets fs_greedy, fs_beam, fs_cmlm
+  fs_greedy=$(fairseq_decode "greedy$1" test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
+  fs_beam=$(fairseq_decode "beam5$1" test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
+  fs_cmlm=$(fairseq_decode "cmlm$1" test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   fairseq_rate=$(fairseq_train)
-  row "$round" "training target tokens/s, both fp32" "$fairseq_rate" "$(nargen_train 32-true)"
+  [ "$SAME_MALLOC" = 1 ] && fairseq_kept=$(GLIBC_TUNABLES=$KEEP_FREED fairseq_train)
+  nargen_rate=$(nargen_train 32-true)
+  row "$round" "training target tokens/s, both fp32" "$fairseq_rate" "$nargen_rate"
+  [ "$SAME_MALLOC" = 1 ] && row "$round" "training target tokens/s, both fp32, same malloc" "$fairseq_kept" "$nargen_rate"
   if [ "$BF16" = 1 ]; then
     row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
   fi
-  fs_greedy=$(fairseq_decode "greedy_$round" test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
-  fs_beam=$(fairseq_decode "beam5_$round" test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
-  fs_cmlm=$(fairseq_decode "cmlm_$round" test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
+  if [ "$SAME_MALLOC" = 1 ]; then
+    GLIBC_TUNABLES=$KEEP_FREED fairseq_decodes "_malloc_$round"
+    kept_greedy=$fs_greedy kept_beam=$fs_beam kept_cmlm=$fs_cmlm
+  fi
+  fairseq_decodes "_$round"
   # nargen in fp32 (as fairseq), then, where the CPU multiplies bf16 natively, in bf16
   # (fairseq-generate has no bf16 path: its --fp16 casts to half, which a CPU runs slowly).
   for dtype in fp32 $([ "$BF16" = 1 ] && echo bf16); do
@@ -113,6 +134,16 @@ for round in $(seq 1 "$ROUNDS"); do
     row "$round" "mask-predict T=10 batched sentences/s$tag" "$fs_cmlm" \
       "$(nargen_decode "cmlm_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
   done
+  if [ "$SAME_MALLOC" = 1 ]; then  # the fp32 rows again, against fairseq under nargen's malloc settings
+    for measure in greedy beam cmlm; do
+      case $measure in
+        greedy) label="greedy batch-1 sentences/s" fs=$kept_greedy name=greedy_fp32 ;;
+        beam) label="beam 5 batched sentences/s" fs=$kept_beam name=beam5_fp32 ;;
+        cmlm) label="mask-predict T=10 batched sentences/s" fs=$kept_cmlm name=cmlm_fp32 ;;
+      esac
+      row "$round" "$label, same malloc" "$fs" "$(nargen_rate "${name}_$round" "$([ "$measure" = greedy ] && echo batch1 || echo batched)")"
+    done
+  fi
 done
 # the quality behind the speeds: BLEU and output length of every decode, both toolkits
 # (fairseq's hypotheses detokenized with the peer's SentencePiece model, as run_peer.sh does)

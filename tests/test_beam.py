@@ -96,3 +96,39 @@ def test_stable_topk_equals_a_stable_sort_with_many_ties(k):
     values, indices = stable_topk(scores, k)
     ordered, order = scores.sort(dim=-1, descending=True, stable=True)
     assert torch.equal(values, ordered[:, :k]) and torch.equal(indices, order[:, :k])
+
+
+class OneCopyPerBeam:
+    """The same transformer without ``groups_rows_by_source``: beam search expands the
+    encoder state once per hypothesis, as it does for any protocol model."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def encode(self, src):
+        return self.model.encode(src)
+
+    def decode(self, tgt, encoded, *, causal=True, cache=None):
+        return self.model.decode(tgt, encoded, causal=causal, cache=cache)
+
+    def new_cache(self, encoded, capacity):
+        return self.model.new_cache(encoded, capacity)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"share_decoder_kv": True, "n_kv_heads": 1}])
+def test_beam_with_one_source_copy_per_sentence_equals_one_per_hypothesis(overrides):
+    from nargen.core import Seq2SeqTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro", **overrides)).eval()
+    src = torch.randint(6, 64, (9, 8))
+    for i in range(9):  # lengths 2..8: sentences hit their caps at different steps (pruning)
+        src[i, 2 + i % 7 :] = 0
+    assert model.groups_rows_by_source
+    for beam in (1, 3):
+        grouped = beam_search(model, src, beam=beam, max_len_a=1.0, max_len_b=2)
+        copied = beam_search(OneCopyPerBeam(model), src, beam=beam, max_len_a=1.0, max_len_b=2)
+        assert torch.equal(grouped.tokens, copied.tokens)
+        assert torch.equal(grouped.hit_cap, copied.hit_cap)
+        torch.testing.assert_close(grouped.scores, copied.scores)
+        assert grouped.passes == copied.passes

@@ -126,3 +126,33 @@ def test_rms_norm_without_gradients_equals_the_training_forward_bit_for_bit():
         inferred = rms_norm(x, weight, 1e-6)
     assert torch.equal(inferred, trained.detach())
     torch.testing.assert_close(inferred, torch.nn.functional.rms_norm(x, (32,), weight.detach(), 1e-6))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 1}, {"share_decoder_kv": True}])
+@torch.no_grad()
+def test_rows_grouped_by_source_decode_as_copies_of_the_source(overrides):
+    """g target rows per encoded source (beam search's layout) give the logits of a
+    batch holding g copies of each source, cached step by step and after a reorder that
+    drops a source."""
+    model = micro_model(**overrides)
+    src = torch.randint(6, 64, (3, 7))
+    src[1, 4:] = 0
+    g = 4
+    tgt = torch.randint(6, 64, (3 * g, 6))
+    encoded = model.encode(src)
+    copies = encoded.index_select(torch.arange(3).repeat_interleave(g))
+    torch.testing.assert_close(model.decode(tgt, encoded), model.decode(tgt, copies), atol=1e-5, rtol=1e-5)
+    grouped, expanded = model.new_cache(encoded, 6), model.new_cache(copies, 6)
+    for t in range(3):
+        a = model.decode(tgt[:, t : t + 1], encoded, cache=grouped)
+        b = model.decode(tgt[:, t : t + 1], copies, cache=expanded)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # keep sources 2 and 0 (in that order), each with its rows shuffled among themselves
+    rows = torch.tensor([9, 8, 8, 11, 0, 3, 2, 1])
+    grouped.reorder(rows, cross=torch.tensor([2, 0]))
+    expanded.reorder(rows)
+    a = model.decode(tgt[rows, 3:4], encoded.index_select(torch.tensor([2, 0])), cache=grouped)
+    b = model.decode(tgt[rows, 3:4], copies.index_select(rows), cache=expanded)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="5 target rows do not divide among 3 sources"):
+        model.decode(tgt[:5], encoded)

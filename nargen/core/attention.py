@@ -132,10 +132,20 @@ class Attention(nn.Module):
         """Attend from ``x`` to itself, or to ``memory`` for cross-attention.
 
         ``mask`` is boolean, broadcastable to ``[batch, 1, queries, keys]``, True where a
-        query may attend. Returns the output and the K/V used, for a sharing layer.
+        query may attend. Cross-attention takes ``g`` rows of ``x`` per row of ``memory``
+        (rows ``i*g .. i*g+g-1`` read source ``i``), so copies of one source, such as
+        the hypotheses of a beam, share its K/V. Returns the output and the K/V used,
+        for a sharing layer.
         """
         if self.cross != (memory is not None):
             raise ValueError("cross-attention needs memory; self-attention takes none")
+        rows, time, width = x.shape
+        if self.cross and memory.shape[0] != rows:
+            # rows grouped by source (beam search): the g rows of a source become g times
+            # more queries of that source; cross-attention has no positions or causality
+            if rows % memory.shape[0]:
+                raise ValueError(f"{rows} target rows do not divide among {memory.shape[0]} sources")
+            x = x.reshape(memory.shape[0], -1, width)
         offset = cache.length if cache is not None and not self.cross else 0
         if self.qkv_proj is not None:
             batch, time, _ = x.shape
@@ -170,4 +180,4 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         out = self.kernel(q, k, v, mask, is_causal, dropout)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.out_proj(out), (k, v)
+        return self.out_proj(out).view(rows, time, width), (k, v)

@@ -65,12 +65,13 @@ class KVCache:
         self._written = [min(n, length) for n in self._written]
         self.length = length
 
-    def reorder(self, indices: torch.Tensor, cross: bool = True) -> None:
+    def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None:
         """Keep batch rows ``indices`` (in that order); rows may repeat or drop out.
 
-        ``cross=False`` leaves the cross-attention K/V alone, which is right when
-        ``indices`` only moves rows among copies of the same source (beams of one
-        sentence).
+        The cross-attention K/V follow ``indices`` (``cross=True``), stay as they are
+        (``False``: ``indices`` only moves rows among copies of the same source, beams of
+        one sentence), or keep the source rows given as a tensor (a decoder that groups
+        its rows by source keeps one cross-attention row per source).
         """
         for slot, (buffers, n) in enumerate(zip(self._buffers, self._written)):
             if buffers is None:
@@ -84,9 +85,10 @@ class KVCache:
                     torch.index_select(old[:, :, :n], 0, indices, out=new[:, :, :n])
                 moved.append(new)
             self._buffers[slot] = (moved[0], moved[1])
-        if cross:
+        sources = cross if isinstance(cross, torch.Tensor) else indices if cross else None
+        if sources is not None:
             self.cross = [
-                None if kv is None else (kv[0].index_select(0, indices), kv[1].index_select(0, indices))
+                None if kv is None else (kv[0].index_select(0, sources), kv[1].index_select(0, sources))
                 for kv in self.cross
             ]
 

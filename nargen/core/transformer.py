@@ -107,8 +107,10 @@ class Seq2SeqTransformer(nn.Module):
     """The shared core: an encoder and a decoder that runs causal or bidirectional.
 
     Implements the decoding protocol of ``nargen.decoding``: ``encode``, ``decode`` and
-    ``new_cache``.
+    ``new_cache``; ``decode`` takes ``g`` target rows per encoded source.
     """
+
+    groups_rows_by_source = True
 
     def __init__(self, cfg: TransformerConfig, pad_id: int = 0) -> None:
         super().__init__()

@@ -32,8 +32,10 @@ def beam_search(
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1)
     steps_needed = int(caps.max()) + 1
 
-    rows = torch.arange(batch, device=device).repeat_interleave(beam)
-    encoded = encoded.index_select(rows)
+    # a model that groups rows by source keeps one copy of each; others get one per beam
+    grouped = bool(getattr(model, "groups_rows_by_source", False))
+    if not grouped:
+        encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(beam))
     cache = model.new_cache(encoded, steps_needed)
     alive = torch.arange(batch, device=device)  # original sentence of each alive group
     prefixes = torch.full((batch * beam, 1), ids.bos, dtype=torch.long, device=device)
@@ -99,11 +101,15 @@ def beam_search(
         alive = alive[kept_groups]
         pruned = kept_groups.shape[0] != n_alive
         # beams of one sentence share its source: cross-attention K/V move only on pruning
-        cache.reorder(source_rows, cross=pruned)
-        if pruned:
-            encoded = encoded.index_select(
-                (kept_groups[:, None] * beam + torch.arange(beam, device=device)).flatten()
-            )
+        if not pruned:
+            cache.reorder(source_rows, cross=False)
+        elif grouped:
+            cache.reorder(source_rows, cross=kept_groups)
+            encoded = encoded.index_select(kept_groups)
+        else:
+            kept_rows = (kept_groups[:, None] * beam + torch.arange(beam, device=device)).flatten()
+            cache.reorder(source_rows, cross=kept_rows)
+            encoded = encoded.index_select(kept_rows)
 
     best: list[list[int]] = []
     best_scores, hit_cap, nbest = [], [], []

@@ -15,7 +15,7 @@ class EncoderState(Protocol):
 
 
 class Cache(Protocol):
-    def reorder(self, indices: torch.Tensor, cross: bool = True) -> None: ...
+    def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None: ...
 
 
 class Seq2SeqModel(Protocol):
@@ -25,7 +25,12 @@ class Seq2SeqModel(Protocol):
     - ``decode(tgt, encoded, causal=..., cache=...)``: logits ``[batch, len, vocab]``;
       with a cache, ``tgt`` holds only the new positions and the cache advances;
     - ``new_cache(encoded, capacity)``: an empty cache with ``reorder(indices, cross)``
-      (``cross=False``: rows moved only among copies of the same source).
+      (``cross=False``: rows moved only among copies of the same source; a tensor: the
+      source rows to keep).
+
+    A model whose ``groups_rows_by_source`` is True also decodes ``g`` target rows per
+    encoder row (rows ``i*g .. i*g+g-1`` read source ``i``): beam search then keeps one
+    copy of each source, not one per hypothesis.
     """
 
     def encode(self, src: torch.Tensor) -> Any: ...
