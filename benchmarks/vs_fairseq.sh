@@ -31,7 +31,8 @@ PEER=${PEER:-$HERE/../shared/peer/run_peer.sh}
 ROOT=${ROOT:?set ROOT to a folder for the peer}
 DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
 NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
-NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
+CMLM=${CMLM:-1}  # CMLM=0: no mask-predict rows (no CMLM checkpoints needed on either side)
+[ "$CMLM" = 0 ] || NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
 STEPS=${STEPS:-60} WARMUP_STEPS=${WARMUP_STEPS:-10} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
 SAME_MALLOC=${SAME_MALLOC:-1}
 KEEP_FREED=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647  # what nargen sets itself
@@ -46,7 +47,7 @@ mkdir -p "$OUT"
 [ -x "$ROOT/venv/bin/fairseq-train" ] || ROOT=$ROOT bash "$PEER" install
 [ -d "$ROOT/data/bin" ] || ROOT=$ROOT bash "$PEER" prep
 [ -f "$ROOT/ckpt/ar/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_ar
-[ -f "$ROOT/ckpt/cmlm/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_cmlm
+[ "$CMLM" = 0 ] || [ -f "$ROOT/ckpt/cmlm/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_cmlm
 FS=$ROOT/venv/bin
 TEST200=$OUT/test200
 mkdir -p "$TEST200"
@@ -106,7 +107,8 @@ row() { python3 -c "import sys; f, n = float(sys.argv[3]), float(sys.argv[4]); p
 fairseq_decodes() {  # SUFFIX: sets fs_greedy, fs_beam, fs_cmlm
   fs_greedy=$(fairseq_decode "greedy$1" test1 --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 1 --batch-size 1 --required-batch-size-multiple 1)
   fs_beam=$(fairseq_decode "beam5$1" test --path "$ROOT/ckpt/ar/checkpoint_last.pt" --task translation --beam 5 --max-tokens 4096)
-  fs_cmlm=$(fairseq_decode "cmlm$1" test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
+  fs_cmlm=""
+  [ "$CMLM" = 0 ] || fs_cmlm=$(fairseq_decode "cmlm$1" test --path "$ROOT/ckpt/cmlm/checkpoint_last.pt" --task translation_lev --iter-decode-max-iter 10 --iter-decode-with-beam 1 --iter-decode-eos-penalty 0 --beam 1 --max-tokens 4096)
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -131,11 +133,11 @@ for round in $(seq 1 "$ROUNDS"); do
       "$(nargen_decode "greedy_${dtype}_$round" batch1 "$TEST200/test.de" "$TEST200/test.en" --ckpt "$NARGEN_AR" --beam 1 --latency-sentences 200 --dtype "$dtype")"
     row "$round" "beam 5 batched sentences/s$tag" "$fs_beam" \
       "$(nargen_decode "beam5_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_AR" --beam 5 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
-    row "$round" "mask-predict T=10 batched sentences/s$tag" "$fs_cmlm" \
+    [ "$CMLM" = 0 ] || row "$round" "mask-predict T=10 batched sentences/s$tag" "$fs_cmlm" \
       "$(nargen_decode "cmlm_${dtype}_$round" batched "$DATA/test_2016_flickr.de.gz" "$DATA/test_2016_flickr.en.gz" --ckpt "$NARGEN_CMLM" --iterations 10 --length-beam 1 --max-tokens 4096 --latency-sentences 0 --dtype "$dtype")"
   done
   if [ "$SAME_MALLOC" = 1 ]; then  # the fp32 rows again, against fairseq under nargen's malloc settings
-    for measure in greedy beam cmlm; do
+    for measure in greedy beam $([ "$CMLM" = 0 ] || echo cmlm); do
       case $measure in
         greedy) label="greedy batch-1 sentences/s" fs=$kept_greedy name=greedy_fp32 ;;
         beam) label="beam 5 batched sentences/s" fs=$kept_beam name=beam5_fp32 ;;
