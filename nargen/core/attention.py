@@ -148,9 +148,8 @@ class Attention(nn.Module):
             x = x.reshape(memory.shape[0], -1, width)
         offset = cache.length if cache is not None and not self.cross else 0
         if self.qkv_proj is not None:
-            batch, time, _ = x.shape
             heads = self.n_heads + self.n_kv_heads
-            qkv = self.qkv_proj(x).view(batch, time, heads + self.n_kv_heads, self.head_dim)
+            qkv = self.qkv_proj(x).view(rows, time, heads + self.n_kv_heads, self.head_dim)
             qk = self._rotate(qkv[:, :, :heads].transpose(1, 2), offset)  # one rotation for both
             q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
             v = qkv[:, :, heads:].transpose(1, 2)
