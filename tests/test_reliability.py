@@ -110,3 +110,26 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
     assert_same_weights(tmp_path / "whole" / "checkpoints" / "last.ckpt", last)
     assert first_attempt.read_text() == logged  # the resume kept them
     assert (killed / "logs" / "version_1" / "metrics.csv").is_file()  # and logged its own
+
+
+def test_last_checkpoint_holds_the_final_step_and_a_rerun_trains_no_further(reversal_root, tmp_path):
+    """A run that stops between two periodic saves (13 updates, a save every 10) still
+    leaves last.ckpt at its final update, and rerunning it resumes there: no update
+    is trained twice and the weights stay as they were."""
+    from conftest import reversal_config
+    from nargen.cli.fit import run_fit
+    from nargen.models import read_checkpoint
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    extra = ("--trainer.checkpoint_every_steps", "10")
+    assert run_fit(reversal_config(reversal_root, run_dir, cache, 13, *extra))["steps"] == 13
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first = read_checkpoint(last)
+    assert first["global_step"] == 13
+
+    again = run_fit(reversal_config(reversal_root, run_dir, cache, 13, *extra))
+    assert again["steps"] == 13 and again["target_tokens"] == 0
+    second = read_checkpoint(last)
+    assert second["global_step"] == 13
+    for name, tensor in first["state_dict"].items():
+        assert torch.equal(tensor, second["state_dict"][name]), name

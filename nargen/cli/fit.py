@@ -75,6 +75,17 @@ class TopCheckpoints(ModelCheckpoint):
         return self._generate_state_key(monitor=self.monitor, mode=self.mode, kept="top-k")
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every N updates and once more when training ends, so that it holds
+    the final state even when the run stops between two saves (``max_steps`` not a
+    multiple of N, or ``max_time``): rerunning a finished run then resumes at its end.
+    Lightning's own end-of-training save is skipped once any ``last.ckpt`` was written."""
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
     """CSV metrics in ``RUN_DIR/logs/version_N`` (a new version per attempt: nothing is
     overwritten), and optionally TensorBoard event files in ``RUN_DIR/tensorboard``."""
@@ -91,7 +102,7 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    last = ModelCheckpoint(
+    last = LastCheckpoint(
         dirpath=checkpoints, save_top_k=0, save_last=True,
         every_n_train_steps=t.checkpoint_every_steps, enable_version_counter=False,
     )
