@@ -180,12 +180,12 @@ def test_glancing_ratio_anneals_linearly_then_holds() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("family, extra, threshold", [
     ("ctc", None, 0.5),
-    ("ctc", ("--family_options", "{glat_ratio: 0.5, glat_ratio_end: 0.3, glat_anneal_steps: 400}"), 0.5),
+    ("ctc", ("--family_options", "{glat_ratio: 0.5, glat_ratio_end: 0.3, glat_anneal_steps: 250}"), 0.5),
     ("nat", ("--family_options", "{glat_ratio: 0.5}"), 0.5),
 ], ids=["ctc", "ctc-glat", "nat-glat"])
 def test_family_learns_to_reverse(family, extra, threshold, reversal_root, tmp_path_factory, request):
     checkpoint = (request.getfixturevalue("trained_ctc") if extra is None
-                  else train_parallel(reversal_root, tmp_path_factory, family, *extra))
+                  else train_parallel(reversal_root, tmp_path_factory, family, *extra, steps=400))
     module = load_module(checkpoint, family=family)
     test = read_split(reversal_root, "test", "src", "tgt")
     for options in ({"beam": 1}, {"beam": 4}) if family == "ctc" else ({},):
