@@ -115,7 +115,7 @@ def trained_ctc(reversal_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_dag(reversal_root, tmp_path_factory) -> Path:
     """DA-Transformer with glancing, as its recipes train it (300 steps: it learns the
-    task in half the others' budget, and each of its steps costs about twice theirs)."""
+    task in half the others' budget, and each of its steps costs about three times theirs)."""
     return train_parallel(reversal_root, tmp_path_factory, "dag", "--family_options", "{glat_ratio: 0.5}", steps=300)
 
 
