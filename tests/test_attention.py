@@ -239,3 +239,21 @@ def test_cuda_bf16_training_selects_the_flash_backend():
     padded = attention_ops(model, *batch("cuda", padded=True), "cuda")
     fused = {"aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention"}
     assert padded & fused and "aten::_scaled_dot_product_attention_math" not in padded
+
+
+def test_bf16_cpu_training_attention_keeps_bf16_and_matches_fp32_gradients():
+    """With gradients, half-precision attention on a CPU runs in fp32 (the flash kernel's
+    bf16 backward is several times slower): output still bf16, values and gradients those
+    of the fp32 kernel on the same bf16 inputs, up to the output's rounding."""
+    q, k, v = (t.bfloat16().requires_grad_() for t in random_qkv(kv_heads=2, tq=6, tk=6))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    out = sdpa_kernel(q, k, v, mask, False, 0.0)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    ref = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    expected = sdpa_kernel(*ref, mask, False, 0.0)
+    expected.bfloat16().float().square().sum().backward()
+    torch.testing.assert_close(out.float(), expected.bfloat16().float())
+    for got, want in zip((q, k, v), ref):
+        torch.testing.assert_close(got.grad.float(), want.grad.bfloat16().float(), rtol=2e-2, atol=2e-2)

@@ -14,6 +14,7 @@ from nargen.core.config import TransformerConfig
 from nargen.core.dropout import Dropout
 from nargen.core.feedforward import SwiGLU
 from nargen.core.norms import RMSNorm
+from nargen.core.projected_loss import projected_cross_entropy
 from nargen.core.rotary import RotaryEmbedding, sinusoidal_positions
 
 
@@ -196,6 +197,13 @@ class Seq2SeqTransformer(nn.Module):
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states onto the (tied) vocabulary."""
         return hidden @ self.embed.weight.t()
+
+    def output_loss(self, hidden: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean label-smoothed cross-entropy of ``output_logits(hidden)`` (``[tokens, d]``)
+        against ``target`` (``[tokens]``), computed a block of tokens at a time
+        (``projected_cross_entropy``): the value and gradients of the plain expression
+        without holding every token's logits."""
+        return projected_cross_entropy(hidden, self.embed.weight, target, label_smoothing)
 
     def decode(
         self,

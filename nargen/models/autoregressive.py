@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from nargen.decoding import DecodeResult, beam_search, greedy, sample
 from nargen.decoding.speculative import speculative
@@ -29,8 +28,7 @@ class AutoregressiveModule(Seq2SeqModule):
         model, target = self.model, batch["tgt_out"]
         real = target != self.ids.pad
         hidden = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), model.encode(batch["src"]))
-        logits = model.output_logits(hidden[real])
-        return F.cross_entropy(logits.float(), target[real], label_smoothing=self.optim.label_smoothing)
+        return model.output_loss(hidden[real], target[real], self.optim.label_smoothing)
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Greedy for ``beam=1``, else beam search; options override ``decode_config``.

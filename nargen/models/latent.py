@@ -135,6 +135,12 @@ class LatentModule(Seq2SeqModule):
     ) -> torch.Tensor:
         """Logits ``[batch, width, vocab]`` of every target position (``width``: the
         longest length by default) from the source and the latent vectors."""
+        return self.model.output_logits(self.token_hidden(encoded, latents, lengths, width))
+
+    def token_hidden(
+        self, encoded: Encoded, latents: torch.Tensor, lengths: torch.Tensor, width: int | None = None
+    ) -> torch.Tensor:
+        """The decoder's final hidden states behind ``decode_tokens``' logits."""
         if width is None:
             width = int(lengths.max()) if lengths.numel() else 1
         inputs = latents.repeat_interleave(self.chunk, dim=1)[:, :width]
@@ -142,7 +148,7 @@ class LatentModule(Seq2SeqModule):
             inputs = F.pad(inputs, (0, 0, 0, width - inputs.shape[1]))
         real = torch.arange(width, device=lengths.device)[None] < lengths[:, None]
         inputs = self.model.dropout(self.model.add_positions(inputs))
-        return self.model.output_logits(self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=real))
+        return self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=real)
 
     def lengths_from(self, latents: torch.Tensor, latent_mask: torch.Tensor) -> torch.Tensor:
         m = latent_mask.sum(1)
@@ -160,8 +166,8 @@ class LatentModule(Seq2SeqModule):
         encoded = self.model.encode(batch["src"])
         states, latent_mask = self.latent_states(encoded, target, real)
         q = self.quantizer(states, latent_mask)
-        logits = self.decode_tokens(encoded, q.vectors, lengths, target.shape[1]).float()
-        token_loss = F.cross_entropy(logits[real], target[real], label_smoothing=self.optim.label_smoothing)
+        hidden = self.token_hidden(encoded, q.vectors, lengths, target.shape[1])
+        token_loss = self.model.output_loss(hidden[real], target[real], self.optim.label_smoothing)
         m = latent_mask.sum(1)
         last = q.vectors[torch.arange(len(m), device=m.device), m - 1]
         length_loss = F.cross_entropy(self.length_head(last).float(), lengths - 1 - self.chunk * (m - 1))

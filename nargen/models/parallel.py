@@ -99,6 +99,17 @@ class ParallelModule(Seq2SeqModule):
     ) -> torch.Tensor:
         """See ``ParallelModel``; with copied inputs, ``reveal`` (glancing) puts the
         embeddings of ``tokens`` in place of the copy at those positions."""
+        return self.model.output_logits(self.parallel_hidden(tokens, encoded, tgt_mask, positions, reveal))
+
+    def parallel_hidden(
+        self,
+        tokens: torch.Tensor,
+        encoded: Encoded,
+        tgt_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        reveal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder's final hidden states behind ``decode_parallel``'s logits."""
         if self.options.decoder_input == "copy":
             copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)
             if reveal is not None:
@@ -107,9 +118,7 @@ class ParallelModule(Seq2SeqModule):
         else:
             inputs = self.model.embed_tokens(tokens)
         hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask)
-        if positions is not None:
-            hidden = hidden[positions]
-        return self.model.output_logits(hidden)
+        return hidden if positions is None else hidden[positions]
 
     # ---- training -----------------------------------------------------------------------
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
@@ -132,10 +141,8 @@ class ParallelModule(Seq2SeqModule):
             reveal = self.glance(inputs, encoded, target, real, ratio)
             predict = predict & ~reveal
             inputs = target.masked_fill(predict, self.mask_id)
-        logits = self.decode_parallel(inputs, encoded, real, positions=predict, reveal=reveal)
-        token_loss = F.cross_entropy(
-            logits.float(), target[predict], label_smoothing=self.optim.label_smoothing
-        )
+        hidden = self.parallel_hidden(inputs, encoded, real, positions=predict, reveal=reveal)
+        token_loss = self.model.output_loss(hidden, target[predict], self.optim.label_smoothing)
         return token_loss + self.options.length_loss_weight * length_loss
 
     @torch.no_grad()
