@@ -26,7 +26,9 @@ class Dropout(nn.Module):
             return nn.functional.dropout(x, self.p, training=True)
         words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
         bits = words.view(torch.int16)[: x.numel()].view(x.shape) & (_RESOLUTION - 1)
-        # the kept elements' scale folded into a mask of x's dtype: one product forward
-        # and one backward (a boolean mask costs a second, scaling pass each way)
-        mask = (bits >= self.threshold).to(x.dtype).mul_(_RESOLUTION / (_RESOLUTION - self.threshold))
-        return x * mask
+        keep, scale = bits >= self.threshold, _RESOLUTION / (_RESOLUTION - self.threshold)
+        if x.dtype in (torch.float32, torch.float64):
+            # the scale folded into a float mask: one product forward and one backward,
+            # where a boolean mask and a scale take two (the same values)
+            return x * keep.to(x.dtype).mul_(scale)
+        return x * keep * scale  # a half-precision mask would round the scale
