@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from nargen.core import Seq2SeqTransformer, TransformerConfig
+from nargen.core.dropout import Dropout
+from nargen.core.feedforward import swiglu_gate
 from nargen.decoding import beam_search, greedy
 
 
@@ -156,3 +158,33 @@ def test_rows_grouped_by_source_decode_as_copies_of_the_source(overrides):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="5 target rows do not divide among 3 sources"):
         model.decode(tgt[:5], encoded)
+
+
+def test_swiglu_gate_values_and_gradients_equal_autograd_through_chunk():
+    gate_up = torch.randn(3, 5, 2 * 12, requires_grad=True)
+    grad = torch.randn(3, 5, 12)
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    expected.backward(grad)
+    want = gate_up.grad.clone()
+    gate_up.grad = None
+    got = swiglu_gate(gate_up)
+    got.backward(grad)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gate_up.grad, want, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(swiglu_gate(gate_up), expected.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_about_p_and_scales_the_rest_without_rounding_the_scale(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(64, 50, 32).to(dtype)
+    drop = Dropout(0.1).train()
+    out = drop(x)
+    kept = out != 0
+    assert 0.08 < 1 - kept.float().mean().item() < 0.12
+    scale = 16384 / (16384 - drop.threshold)
+    expected = x.float()[kept] * torch.tensor(scale, dtype=torch.float32)  # fp32 product math
+    torch.testing.assert_close(out[kept], expected.to(dtype), rtol=0, atol=0)
+    assert torch.equal(drop.eval()(x), x)
