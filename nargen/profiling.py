@@ -44,7 +44,10 @@ FAIRSEQ_REGIONS: list[tuple[str, str]] = [
 
 _KERNEL_OPS = ("scaled_dot_product", "bmm", "baddbmm", "softmax", "multi_head_attention")
 _MATMUL_OPS = ("linear", "addmm", "matmul", "aten::mm")
-_LOSS_OPS = ("cross_entropy", "log_softmax", "nll_loss", "gather", "label_smooth")
+_LOSS_OPS = ("cross_entropy", "log_softmax", "nll_loss", "gather", "label_smooth", "projectedcrossentropy")
+_FUSED_LOSS = "_ProjectedCrossEntropy"
+"""``nargen.core.projected_loss``'s operation: what runs inside it is grouped by itself,
+its matrix products as the output projection and the rest as the loss."""
 _ACTIVATION_OPS = ("relu", "silu", "gelu")
 _CLIP_OPS = ("_foreach_norm", "linalg_vector_norm", "clip_grad", "isfinite", "clamp")
 
@@ -195,6 +198,7 @@ def _owner(event: Any) -> tuple[str | None, str | None, Any]:
     """Innermost region above ``event`` (``None`` when there is none), the outermost
     operator below it (the call the module made), and the backward node above it."""
     top = None
+    inside_fused = False
     node = event
     while node is not None:
         name = node.name
@@ -204,7 +208,11 @@ def _owner(event: Any) -> tuple[str | None, str | None, Any]:
             return "optimizer", top, None
         if name.startswith("autograd::engine::evaluate_function"):
             return None, top, node
-        top = name
+        if name == _FUSED_LOSS and top is not None:
+            top = top if any(k in top.lower() for k in _MATMUL_OPS) else "label_smooth"
+            inside_fused = True
+        elif not inside_fused:
+            top = name
         node = node.cpu_parent
     return None, top, None
 

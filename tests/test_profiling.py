@@ -41,3 +41,21 @@ def test_profile_of_a_training_step_attributes_forward_and_backward():
     total = sum(r["total_ms"] for r in profile.rows())  # no operator time counted twice
     assert abs(total - profile.wall_ms) < 0.05 * profile.wall_ms + 0.1
     assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())
+
+
+def test_the_fused_projection_and_loss_splits_into_output_projection_and_loss():
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro")).train()
+    src, tgt = torch.randint(6, 64, (8, 12)), torch.randint(6, 64, (8, 10))
+    remove = label_regions(model, NARGEN_REGIONS)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        hidden = model.decode_hidden(model.embed_tokens(tgt), model.encode(src))
+        with torch.autograd.profiler.record_function("region:step"):
+            loss = model.output_loss(hidden.flatten(0, 1), tgt.flatten(), 0.1)
+        loss.backward()
+        wall = time.perf_counter() - started
+    remove()
+    profile = summarize(prof.events(), 1, wall)
+    assert profile.forward.get(GROUPS[9], 0) > 0  # the blocks' vocabulary products
+    assert profile.forward.get(GROUPS[10], 0) > 0  # their log-softmax and gradient
+    assert profile.forward.get(GROUPS[9], 0) > profile.forward.get(GROUPS[11], 0)
