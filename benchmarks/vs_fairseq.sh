@@ -30,9 +30,10 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 PEER=${PEER:-$HERE/../shared/peer/run_peer.sh}
 ROOT=${ROOT:?set ROOT to a folder for the peer}
 DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
-NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
+TRAIN_ONLY=${TRAIN_ONLY:-0}
+[ "$TRAIN_ONLY" = 1 ] || NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
 CMLM=${CMLM:-1}  # CMLM=0: no mask-predict rows (no CMLM checkpoints needed on either side)
-[ "$CMLM" = 0 ] || NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
+[ "$CMLM" = 0 ] || [ "$TRAIN_ONLY" = 1 ] || NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
 STEPS=${STEPS:-60} WARMUP_STEPS=${WARMUP_STEPS:-10} ROUNDS=${ROUNDS:-2} THREADS=${THREADS:-2}
 SAME_MALLOC=${SAME_MALLOC:-1}
 KEEP_FREED=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647  # what nargen sets itself
@@ -46,8 +47,10 @@ mkdir -p "$OUT"
 
 [ -x "$ROOT/venv/bin/fairseq-train" ] || ROOT=$ROOT bash "$PEER" install
 [ -d "$ROOT/data/bin" ] || ROOT=$ROOT bash "$PEER" prep
-[ -f "$ROOT/ckpt/ar/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_ar
-[ "$CMLM" = 0 ] || [ -f "$ROOT/ckpt/cmlm/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_cmlm
+if [ "$TRAIN_ONLY" != 1 ]; then
+  [ -f "$ROOT/ckpt/ar/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_ar
+  [ "$CMLM" = 0 ] || [ -f "$ROOT/ckpt/cmlm/checkpoint_last.pt" ] || ROOT=$ROOT bash "$PEER" train_cmlm
+fi
 FS=$ROOT/venv/bin
 TEST200=$OUT/test200
 mkdir -p "$TEST200"
@@ -120,6 +123,7 @@ for round in $(seq 1 "$ROUNDS"); do
   if [ "$BF16" = 1 ]; then
     row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
   fi
+  [ "$TRAIN_ONLY" = 1 ] && continue
   if [ "$SAME_MALLOC" = 1 ]; then
     GLIBC_TUNABLES=$KEEP_FREED fairseq_decodes "_malloc_$round"
     kept_greedy=$fs_greedy kept_beam=$fs_beam kept_cmlm=$fs_cmlm
@@ -147,6 +151,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   fi
 done
+[ "$TRAIN_ONLY" = 1 ] && { echo "wrote $OUT/results.tsv"; exit 0; }
 # the quality behind the speeds: BLEU and output length of every decode, both toolkits
 # (fairseq's hypotheses detokenized with the peer's SentencePiece model, as run_peer.sh does)
 for f in "$OUT"/nargen_*.json; do

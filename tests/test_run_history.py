@@ -73,6 +73,30 @@ def test_keep_last_keeps_periodic_checkpoints_and_averaging_them_is_their_mean(r
 
 
 @pytest.mark.slow
+def test_fit_tests_the_mean_of_the_best_checkpoints_when_asked(reversal_root, tmp_path):
+    run = tmp_path / "run"
+    summary = run_fit(reversal_config(reversal_root, run, tmp_path / "c", 30, "--trainer.val_every_steps", "10",
+                                      "--trainer.keep_best", "3", "--eval.average_best", "2",
+                                      "--eval.decodes", "[{beam: 1}]", "--eval.latency_sentences", "0"))
+    bleu = {int(r["step"]) + 1: float(r["val_bleu"]) for r in metrics_rows(run / "logs" / "version_0" / "metrics.csv")
+            if r.get("val_bleu")}
+    averaged = [int(p.split("top-step=")[1].split("-")[0]) for p in summary["averaged_checkpoints"]]
+    assert len(averaged) == 2 and len(bleu) == 3
+    assert min(bleu[s] for s in averaged) >= max(bleu[s] for s in bleu.keys() - set(averaged))  # the two best
+    assert summary["tested_checkpoint"] == str(run / "checkpoints" / "averaged.ckpt") and summary["test"]
+    a, b = (read_checkpoint(p)["state_dict"] for p in summary["averaged_checkpoints"])
+    for name, value in read_checkpoint(summary["tested_checkpoint"])["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[name].double() + b[name].double()).div(2).to(value.dtype))
+
+
+def test_averaging_more_checkpoints_than_kept_is_refused_before_training(reversal_root, tmp_path):
+    with pytest.raises(ConfigError, match="eval.average_best=4 needs trainer.keep_best"):
+        reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 30, "--trainer.keep_best", "2",
+                        "--eval.average_best", "4")
+
+
+@pytest.mark.slow
 def test_tensorboard_logs_beside_the_csv_metrics(reversal_root, tmp_path):
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "run"

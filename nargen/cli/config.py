@@ -84,6 +84,10 @@ class EvalConfig:
     """Decoder options for each test evaluation (e.g. ``{beam: 4}``, ``{iterations: 10}``)."""
     latency_sentences: int = 100
     """Test sentences timed one at a time (batch size 1)."""
+    average_best: int = 0
+    """Score the mean of the N checkpoints with the best validation BLEU
+    (``checkpoints/averaged.ckpt``, from the ``top-*`` files; needs ``trainer.keep_best``
+    >= N) instead of ``best.ckpt``, as Sockeye does by default. 0: ``best.ckpt``."""
 
 
 @dataclass
@@ -176,6 +180,9 @@ def parse_fit_args(args: list[str]) -> tuple[FitConfig, bool]:
     namespace.pop("config", None)
     config = FitConfig(**vars(parser.instantiate(namespace)))
     check_family_and_model(config)
+    if config.eval.average_best < 0 or config.eval.average_best > config.trainer.keep_best:
+        raise ConfigError(f"eval.average_best={config.eval.average_best} needs trainer.keep_best >= it "
+                          f"(the checkpoints it averages), got {config.trainer.keep_best}")
     if config.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("trainer.tensorboard needs the tensorboard package: pip install tensorboard")
     return config, print_config

@@ -1,4 +1,5 @@
-"""``nargen fit``: train a recipe, keep the best checkpoint, report test BLEU."""
+"""``nargen fit``: train a recipe, keep the best checkpoint (or average the best few),
+report test BLEU."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
 from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, init_core_from, load_module
+from nargen.models.averaging import average_checkpoints
 from nargen.models.final_validation import ValidateAtMaxSteps
 from nargen.models.precision import precision_settings
 from nargen.models.resume import ResumeState
@@ -190,10 +192,23 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         summary["processes"] = trainer.world_size
     best = run_dir / "checkpoints" / "best.ckpt"
     summary["best_checkpoint"] = str(best)
+    if config.eval.average_best and (top := best_checkpoints(trainer, config.eval.average_best)):
+        best = average_checkpoints(top, run_dir / "checkpoints" / "averaged.ckpt")
+        summary["averaged_checkpoints"] = [str(p) for p in top]
+        summary["tested_checkpoint"] = str(best)
     if best.is_file() and config.eval.decodes and config.data.test_split:
         summary["test"] = evaluate_test(config, best)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def best_checkpoints(trainer: L.Trainer, n: int) -> list[Path]:
+    """The (at most) ``n`` kept checkpoints with the highest validation BLEU, best first."""
+    top = next((c for c in trainer.callbacks if isinstance(c, TopCheckpoints)), None)
+    if top is None:
+        return []
+    ranked = sorted(top.best_k_models.items(), key=lambda item: float(item[1]), reverse=True)
+    return [Path(path) for path, _ in ranked[:n] if Path(path).is_file()]
 
 
 def evaluate_test(config: FitConfig, checkpoint: Path) -> list[dict[str, Any]]:

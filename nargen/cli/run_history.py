@@ -17,7 +17,7 @@ RESUMABLE_CHANGES = {
     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.fresh",
     "trainer.allow_config_change", "trainer.keep_last", "trainer.val_every_steps",
     "trainer.checkpoint_every_steps", "trainer.tensorboard", "trainer.keep_best",
-    "trainer.init_from",
+    "trainer.init_from", "eval.average_best",
 }
 """Keys a resumed run may change without asking: its budget, threads, how often it
 logs, validates and saves, and where a new run would take its core from (a resumed run
