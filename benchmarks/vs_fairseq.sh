@@ -30,7 +30,9 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 PEER=${PEER:-$HERE/../shared/peer/run_peer.sh}
 ROOT=${ROOT:?set ROOT to a folder for the peer}
 DATA=${NARGEN_DATA:?set NARGEN_DATA to the Multi30K folder}
-TRAIN_ONLY=${TRAIN_ONLY:-0}
+TRAIN_ONLY=${TRAIN_ONLY:-0}    # 1: the training rows only (no checkpoints needed)
+DECODE_ONLY=${DECODE_ONLY:-0}  # 1: the decoding rows only
+[ "$TRAIN_ONLY" = 1 ] && [ "$DECODE_ONLY" = 1 ] && { echo "TRAIN_ONLY and DECODE_ONLY exclude each other" >&2; exit 2; }
 [ "$TRAIN_ONLY" = 1 ] || NARGEN_AR=${NARGEN_AR:?set NARGEN_AR to an autoregressive checkpoint (recipes/multi30k/ar_tiny.yaml)}
 CMLM=${CMLM:-1}  # CMLM=0: no mask-predict rows (no CMLM checkpoints needed on either side)
 [ "$CMLM" = 0 ] || [ "$TRAIN_ONLY" = 1 ] || NARGEN_CMLM=${NARGEN_CMLM:?set NARGEN_CMLM to a CMLM checkpoint}
@@ -115,13 +117,15 @@ fairseq_decodes() {  # SUFFIX: sets fs_greedy, fs_beam, fs_cmlm
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  fairseq_rate=$(fairseq_train)
-  [ "$SAME_MALLOC" = 1 ] && fairseq_kept=$(GLIBC_TUNABLES=$KEEP_FREED fairseq_train)
-  nargen_rate=$(nargen_train 32-true)
-  row "$round" "training target tokens/s, both fp32" "$fairseq_rate" "$nargen_rate"
-  [ "$SAME_MALLOC" = 1 ] && row "$round" "training target tokens/s, both fp32, same malloc" "$fairseq_kept" "$nargen_rate"
-  if [ "$BF16" = 1 ]; then
-    row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
+  if [ "$DECODE_ONLY" != 1 ]; then
+    fairseq_rate=$(fairseq_train)
+    [ "$SAME_MALLOC" = 1 ] && fairseq_kept=$(GLIBC_TUNABLES=$KEEP_FREED fairseq_train)
+    nargen_rate=$(nargen_train 32-true)
+    row "$round" "training target tokens/s, both fp32" "$fairseq_rate" "$nargen_rate"
+    [ "$SAME_MALLOC" = 1 ] && row "$round" "training target tokens/s, both fp32, same malloc" "$fairseq_kept" "$nargen_rate"
+    if [ "$BF16" = 1 ]; then
+      row "$round" "training target tokens/s, nargen bf16" "$fairseq_rate" "$(nargen_train bf16-mixed)"
+    fi
   fi
   [ "$TRAIN_ONLY" = 1 ] && continue
   if [ "$SAME_MALLOC" = 1 ]; then
