@@ -87,7 +87,7 @@ class EvalConfig:
     average_best: int = 0
     """Score the mean of the N checkpoints with the best validation BLEU
     (``checkpoints/averaged.ckpt``, from the ``top-*`` files; needs ``trainer.keep_best``
-    >= N) instead of ``best.ckpt``, as Sockeye does by default. 0: ``best.ckpt``."""
+    >= N) instead of ``best.ckpt``. 0: ``best.ckpt``."""
 
 
 @dataclass
