@@ -194,7 +194,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     summary["best_checkpoint"] = str(best)
     if config.eval.average_best and (top := best_checkpoints(trainer, config.eval.average_best)):
         best = average_checkpoints(top, run_dir / "checkpoints" / "averaged.ckpt")
-        summary["averaged_checkpoints"] = [str(p) for p in top]
+        summary["averaged_checkpoints"] = [str(run_dir / "checkpoints" / p.name) for p in top]  # as best.ckpt is named
         summary["tested_checkpoint"] = str(best)
     if best.is_file() and config.eval.decodes and config.data.test_split:
         summary["test"] = evaluate_test(config, best)
