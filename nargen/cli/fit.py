@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from nargen.cli.config import FitConfig, TrainerConfig, to_dict
+from nargen.cli.config import ConfigError, FitConfig, TrainerConfig, to_dict
 from nargen.cli.run_history import check_resume, move_aside
 from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
@@ -69,8 +69,8 @@ def max_epochs(t: TrainerConfig) -> int | None:
 
 
 class TopCheckpoints(ModelCheckpoint):
-    """The k best checkpoints by validation BLEU, beside ``best.ckpt`` (which watches the
-    same metric): a state key of its own, so both resume."""
+    """The k best checkpoints by the family's selection metric (validation BLEU), beside
+    ``best.ckpt`` (which watches the same metric): a state key of its own, so both resume."""
 
     @property
     def state_key(self) -> str:
@@ -100,8 +100,9 @@ def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
 def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
     t = config.trainer
     checkpoints = run_dir / "checkpoints"
+    metric = FAMILIES[config.family].selection_metric  # val_bleu but for draft heads
     best = ModelCheckpoint(
-        dirpath=checkpoints, filename="best", monitor="val_bleu", mode="max", save_top_k=1,
+        dirpath=checkpoints, filename="best", monitor=metric, mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     last = LastCheckpoint(
@@ -117,8 +118,8 @@ def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -
         ))
     if t.keep_best:
         callbacks.append(TopCheckpoints(
-            dirpath=checkpoints, filename="top-step={step}-bleu={val_bleu:.2f}", monitor="val_bleu",
-            mode="max", save_top_k=t.keep_best, auto_insert_metric_name=False,
+            dirpath=checkpoints, filename=f"top-step={{step}}-{metric.removeprefix('val_')}={{{metric}:.2f}}",
+            monitor=metric, mode="max", save_top_k=t.keep_best, auto_insert_metric_name=False,
             enable_version_counter=False,
         ))
     precision, precision_plugins = precision_settings(t.precision, t.accelerator)
@@ -151,6 +152,8 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     evaluate the best checkpoint on the test split. Returns the summary (on the main
     process; other ranks of a multi-process run return None)."""
     t = config.trainer
+    if FAMILIES[config.family].needs_init_from and not t.init_from:
+        raise ConfigError(f"family {config.family!r} trains on top of a trained model: set trainer.init_from")
     set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = Path(t.run_dir)
@@ -203,7 +206,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
 
 
 def best_checkpoints(trainer: L.Trainer, n: int) -> list[Path]:
-    """The (at most) ``n`` kept checkpoints with the highest validation BLEU, best first."""
+    """The (at most) ``n`` kept checkpoints with the highest selection metric, best first."""
     top = next((c for c in trainer.callbacks if isinstance(c, TopCheckpoints)), None)
     if top is None:
         return []

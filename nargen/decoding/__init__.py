@@ -14,12 +14,13 @@ from nargen.decoding.mask_predict import (
 )
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 from nargen.decoding.speculative import (
-    AutoregressiveDrafter, Drafter, OnePassDrafter, ParallelDrafter, aligned_continuation, speculative,
+    AutoregressiveDrafter, Drafter, HeadsDrafter, HiddenStateDrafter, OnePassDrafter, ParallelDrafter,
+    aligned_continuation, speculative,
 )
 
 __all__ = [
     "CTCModel", "DAGModel", "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
     "beam_search", "ctc_beam", "ctc_collapse", "ctc_greedy",
     "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "sample", "insertion_decode", "length_beam", "length_caps", "mask_predict",
-    "AutoregressiveDrafter", "Drafter", "OnePassDrafter", "ParallelDrafter", "aligned_continuation", "speculative",
+    "AutoregressiveDrafter", "Drafter", "HeadsDrafter", "HiddenStateDrafter", "OnePassDrafter", "ParallelDrafter", "aligned_continuation", "speculative",
 ]

@@ -32,6 +32,17 @@ class Drafter(Protocol):
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]: ...
 
 
+class HiddenStateDrafter(Drafter, Protocol):
+    """A drafter that reads the target model's own state: after each verification pass,
+    ``observe(rows, hidden, tokens, encoded)`` gets, for each sentence still decoding, the
+    target's final hidden state ``[len(rows), d_model]`` at the position that chose the
+    sentence's last output token, that token, and the target's encoder state of those
+    rows. The target model must then offer ``embed_tokens``, ``decode_hidden`` and
+    ``output_logits`` (as ``nargen.core.Seq2SeqTransformer`` does)."""
+
+    def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None: ...
+
+
 @torch.inference_mode()
 def speculative(
     model: Seq2SeqModel,
@@ -61,6 +72,7 @@ def speculative(
     hit_cap = [False] * batch
     active = list(range(batch))  # rows still decoding, in cache order
     cached = 0  # positions of every active row's input (BOS, out...) held in the cache
+    reads_hidden = hasattr(drafter, "observe")
     while active:
         inputs_all = [[ids.bos, *out[r]] for r in active]
         tails = [seq[cached:] for seq in inputs_all]  # at least the last token
@@ -68,11 +80,15 @@ def speculative(
         drafts = [d[:block] for d in drafts]
         stats["proposed"] += sum(len(d) for d in drafts)
         x = pad_rows([tail + draft for tail, draft in zip(tails, drafts)], ids.pad, device)
-        logits = model.decode(x, encoded, causal=True, cache=cache).float()
+        if reads_hidden:
+            hidden = model.decode_hidden(model.embed_tokens(x, cache.length), encoded, causal=True, cache=cache)
+            logits = model.output_logits(hidden).float()
+        else:
+            logits = model.decode(x, encoded, causal=True, cache=cache).float()
         stats["target_passes"] += 1
         logits[..., [ids.pad, ids.bos]] = float("-inf")
         choice = logits.argmax(-1).tolist()
-        keep_rows, valid = [], []
+        keep_rows, valid, chosen_at = [], [], []
         for i, r in enumerate(active):
             start = len(tails[i]) - 1  # logits here predict the token after out[r]
             done = False
@@ -94,12 +110,16 @@ def speculative(
                 keep_rows.append(i)
                 # K/V of BOS and out[r] minus its last token are exact in the cache
                 valid.append(len(out[r]))
+                chosen_at.append(start + j)
         if not keep_rows:
             break
         if len(keep_rows) < len(active):
             cache.reorder(torch.tensor(keep_rows, device=device))
             encoded = encoded.index_select(torch.tensor(keep_rows, device=device))
             active = [active[i] for i in keep_rows]
+        if reads_hidden:
+            at = hidden[torch.tensor(keep_rows, device=device), torch.tensor(chosen_at, device=device)]
+            drafter.observe(active, at, [out[r][-1] for r in active], encoded)
         cached = min(valid)
         cache.truncate(cached)
     stats["draft_passes"] = drafter.passes - drafted_before
@@ -261,3 +281,31 @@ class OnePassDrafter:
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
         eos = self.module.ids.eos
         return [aligned_continuation(self.drafts[r], p, k, eos) for r, p in zip(rows, prefixes)]
+
+
+class HeadsDrafter:
+    """Draft heads on the target model itself (blockwise parallel decoding, Stern et al.
+    2018): after each verification pass, ``heads.draft(hidden, tokens, encoded, k)`` proposes the
+    next block from the target's hidden state at the position that chose each sentence's
+    last token (``HiddenStateDrafter``), each draft ending at its first ``eos``. It runs
+    no decoder pass of its own (``passes`` stays 0: the heads are a few one-position
+    layers); the first block is empty."""
+
+    def __init__(self, heads: Any, eos: int) -> None:
+        self.heads, self.eos, self.passes = heads, eos, 0
+        self.state: tuple[list[int], torch.Tensor, list[int], Any] | None = None
+
+    def start(self, src: torch.Tensor) -> None:
+        self.state = None
+
+    def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None:
+        self.state = (rows, hidden, tokens, encoded)
+
+    def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
+        if self.state is None:
+            return [[] for _ in rows]
+        observed, hidden, tokens, encoded = self.state
+        if observed != rows:
+            raise ValueError(f"drafting for rows {rows} but the target last reported rows {observed}")
+        drafts = self.heads.draft(hidden, torch.tensor(tokens, device=hidden.device), encoded, k).tolist()
+        return [d[: d.index(self.eos) + 1] if self.eos in d else d for d in drafts]

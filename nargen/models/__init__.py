@@ -1,6 +1,7 @@
 """One LightningModule per generation family, sharing ``Seq2SeqModule``."""
 
 from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.blockwise import BlockwiseModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
 from nargen.models.latent import LatentModule
@@ -14,7 +15,7 @@ from nargen.models.checkpoint import (
 )
 
 __all__ = [
-    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
+    "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "init_core_from", "load_module",
     "read_checkpoint",

@@ -143,6 +143,10 @@ class Seq2SeqModule(L.LightningModule):
     """Every decoder option the family takes, with its default (``None``: any value)."""
     call_only_options: ClassVar[frozenset[str]] = frozenset()
     """Options only code can pass (a loaded reranker or drafter), not a recipe."""
+    selection_metric: ClassVar[str] = "val_bleu"
+    """The validation metric (higher is better) that picks the best checkpoints."""
+    needs_init_from: ClassVar[bool] = False
+    """The family trains on top of another checkpoint's core (``trainer.init_from``)."""
 
     def __init__(
         self,
@@ -219,9 +223,10 @@ class Seq2SeqModule(L.LightningModule):
         o = self.optim
         # The fused kernel updates every parameter in one call (CPU and CUDA): the
         # default per-tensor loop costs ~12 small operator calls per parameter tensor.
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
+        trained = [p for p in self.parameters() if p.requires_grad]
+        fused = all(p.device.type in ("cpu", "cuda") for p in trained)
         optimizer = torch.optim.AdamW(
-            self.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+            trained, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
             weight_decay=o.weight_decay, fused=fused,
         )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_schedule(o.warmup_steps))

@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
+from nargen.models.blockwise import BlockwiseModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
 from nargen.models.latent import LatentModule
@@ -22,7 +23,7 @@ from nargen.models.parallel import CMLMModule, NATModule
 FAMILIES: dict[str, type[Seq2SeqModule]] = {
     family.family: family for family in (
         AutoregressiveModule, NATModule, CMLMModule, InsertionModule, CTCModule, DAGModule,
-        LatentModule,
+        LatentModule, BlockwiseModule,
     )
 }
 

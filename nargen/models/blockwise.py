@@ -1,0 +1,164 @@
+"""Blockwise parallel decoding (Stern et al. 2018): draft heads on a trained, frozen
+autoregressive model propose the next tokens from its own last hidden state, and the
+model verifies them in its next pass, so its greedy output comes out unchanged in fewer
+sequential passes.
+
+Each head is a small decoder layer without self-attention: it joins the state the head
+before it left with the embedding of the token before the one it predicts (the heads
+form a chain, as in Hydra, Ankner et al. 2024), attends to the source, and applies a
+gated feed-forward. Head 1 sees the model's state at position ``t`` and the token the
+model chose there (``y[t+1]``) and predicts ``y[t+2]``; head ``i`` predicts ``y[t+1+i]``. With the model
+frozen and the data its own greedy output, the heads' teacher-forced accuracy is the
+acceptance decoding gets, and ``val_accepted`` (the mean number of drafted tokens the
+model would accept at a position) measures it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from nargen.core import Encoded, TransformerConfig
+from nargen.core.attention import Attention
+from nargen.core.feedforward import SwiGLU
+from nargen.core.norms import RMSNorm
+from nargen.decoding import DecodeResult, greedy
+from nargen.decoding.speculative import HeadsDrafter, speculative
+from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.base import FamilyOptions
+
+
+@dataclass
+class BlockwiseOptions(FamilyOptions):
+    heads: int = 8
+    """Draft heads: the longest block decoding can propose."""
+
+    def __post_init__(self) -> None:
+        if self.heads < 1:
+            raise ValueError(f"heads must be >= 1, got {self.heads}")
+
+
+class DraftHead(nn.Module):
+    """One link of the chain: ``x = state + join([norm(state), norm(token)])``, then
+    cross-attention to the source and a SwiGLU feed-forward, each pre-norm and residual;
+    read out through its own norm and the model's tied output projection."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        d, eps = cfg.d_model, cfg.norm_eps
+        self.state_norm = RMSNorm(d, eps)
+        self.token_norm = RMSNorm(d, eps)
+        self.join = nn.Linear(2 * d, d, bias=False)
+        self.cross_norm = RMSNorm(d, eps)
+        self.cross = Attention(d, cfg.n_heads, cfg.n_kv_heads, rotary=None, cross=True)
+        self.ffn_norm = RMSNorm(d, eps)
+        self.ffn = SwiGLU(d, cfg.ffn_dim)
+        self.out_norm = RMSNorm(d, eps)
+
+    def forward(self, state: torch.Tensor, token: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+        """The next state from ``state`` and the scaled embedding ``token`` (same shape,
+        ``[rows, positions, d_model]``), reading ``encoded``'s source."""
+        x = state + self.join(torch.cat([self.state_norm(state), self.token_norm(token)], dim=-1))
+        h, _ = self.cross(self.cross_norm(x), memory=encoded.memory, mask=encoded.attention_mask)
+        x = x + h
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class BlockwiseModule(AutoregressiveModule):
+    """An autoregressive model (copied from ``trainer.init_from`` and frozen) with draft
+    heads trained on its own greedy output; ``generate`` decodes greedily in blocks the
+    heads propose (``block``: tokens per block, at most ``heads``; 0 decodes plain greedy)."""
+
+    family = "blockwise"
+    options_class = BlockwiseOptions
+    needs_init_from = True
+    selection_metric = "val_accepted"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heads = nn.ModuleList(DraftHead(self.model_config) for _ in range(self.options.heads))
+        self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "BlockwiseModule":
+        """The frozen model stays in evaluation mode (no dropout) while the heads train."""
+        super().train(mode)
+        self.model.train(False)
+        return self
+
+    def _chain(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[DraftHead, torch.Tensor, torch.Tensor]]:
+        """Teacher-forced head states on the frozen model's: yields ``(head, state,
+        wanted)`` for each head, ``wanted`` the target ``i`` tokens further on than the
+        model's own (pad past the end)."""
+        model, target = self.model, batch["tgt_out"]
+        with torch.no_grad():
+            encoded = model.encode(batch["src"])
+            state = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), encoded)
+        padded = nn.functional.pad(target, (0, len(self.heads)), value=self.ids.pad)
+        length = target.shape[1]
+        for i, head in enumerate(self.heads, start=1):
+            token = model.embed(padded[:, i - 1 : i - 1 + length]) * model.embed_scale
+            state = head(state, token, encoded)
+            yield head, state, padded[:, i : i + length]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over heads of each head's label-smoothed cross-entropy on its real targets
+        (heads with none, past every sentence's end, left out)."""
+        losses = []
+        for head, state, wanted in self._chain(batch):
+            real = wanted != self.ids.pad
+            if bool(real.any()):
+                losses.append(self.model.output_loss(head.out_norm(state[real]), wanted[real],
+                                                     self.optim.label_smoothing))
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def accepted_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """For each target position where the model chose a token other than EOS, how many
+        of the heads' teacher-forced proposals in a row are right: the drafted tokens the
+        model accepts there when the target is its own greedy output."""
+        target, ids = batch["tgt_out"], self.ids
+        run = torch.ones_like(target, dtype=torch.bool)
+        accepted = torch.zeros_like(target)
+        for head, state, wanted in self._chain(batch):
+            logits = self.model.output_logits(head.out_norm(state)).float()
+            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            run &= (logits.argmax(-1) == wanted) & (wanted != ids.pad)
+            accepted += run
+        drafts_here = (target != ids.pad) & (target != ids.eos)
+        return accepted[drafts_here]
+
+    def _validate(self, batch: dict[str, torch.Tensor]) -> None:
+        super()._validate(batch)
+        lengths = self.accepted_lengths(batch).float()
+        self.log("val_accepted", lengths.mean(), batch_size=max(lengths.numel(), 1), sync_dist=True)
+
+    @torch.no_grad()
+    def draft(self, hidden: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, k: int) -> torch.Tensor:
+        """The heads' greedy chain: ``[rows, min(k, heads)]`` tokens proposed after
+        ``tokens`` (``[rows]``, the model's choice at the states ``hidden``,
+        ``[rows, d_model]``) for the sources ``encoded``."""
+        model, ids = self.model, self.ids
+        state, token, out = hidden[:, None], tokens[:, None], []
+        for head in self.heads[:k]:
+            state = head(state, model.embed(token) * model.embed_scale, encoded)
+            logits = model.output_logits(head.out_norm(state)).float()
+            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            token = logits.argmax(-1)
+            out.append(token)
+        return torch.cat(out, dim=1)
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """Beam search, sampling or an outside ``draft`` as for the autoregressive model;
+        otherwise greedy output in blocks of ``block`` tokens the heads propose."""
+        o = self.decode_options(options)
+        if o["beam"] > 1 or o["sampling"] or o["draft"] is not None:
+            return super().generate(src, **options)
+        block, common = o["block"], self.decoder_settings(o)
+        if block > len(self.heads):
+            raise ValueError(f"block {block} exceeds this model's {len(self.heads)} draft heads")
+        if block < 1:
+            return greedy(self.model, src, **common)
+        return speculative(self.model, src, HeadsDrafter(self, self.ids.eos), block=block, **common)

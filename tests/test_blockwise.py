@@ -1,0 +1,117 @@
+"""Draft heads on a frozen autoregressive model (blockwise parallel decoding): training
+leaves the model untouched, the heads learn to propose its next tokens, and decoding in
+their blocks gives its greedy output token for token in fewer passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nargen.cli.config import ConfigError
+from nargen.cli.fit import run_fit
+from nargen.data import read_split
+from nargen.data.batching import pad_sequences
+from nargen.decoding import greedy
+from nargen.models import load_module, read_checkpoint
+
+from conftest import reversal_config
+
+HEADS = 4
+
+
+@pytest.fixture(scope="module")
+def blockwise_run(trained_run, reversal_root, tmp_path_factory):
+    """Four draft heads on the reversal model, 400 updates (about 10 s)."""
+    run_dir = tmp_path_factory.mktemp("blockwise")
+    config = reversal_config(
+        reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400, "--family", "blockwise",
+        "--family_options", f"{{heads: {HEADS}}}", "--trainer.init_from",
+        str(trained_run / "checkpoints" / "best.ckpt"), "--decode.validation", "{block: 0}",
+    )
+    summary = run_fit(config)
+    return run_dir, summary
+
+
+@pytest.fixture(scope="module")
+def sources(blockwise_run, reversal_root):
+    module = load_module(blockwise_run[0] / "checkpoints" / "best.ckpt")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:48])]
+    return module, pad_sequences(rows, module.ids.pad)
+
+
+@pytest.mark.slow
+def test_training_moves_only_the_heads(blockwise_run, trained_run):
+    teacher = read_checkpoint(trained_run / "checkpoints" / "best.ckpt")["state_dict"]
+    trained = read_checkpoint(blockwise_run[0] / "checkpoints" / "last.ckpt")["state_dict"]
+    core = [k for k in teacher if k.startswith("model.")]
+    assert core and all(torch.equal(trained[k], teacher[k]) for k in core)
+    heads = [k for k in trained if k.startswith("heads.")]
+    assert len({k.split(".")[1] for k in heads}) == HEADS
+
+
+@pytest.mark.slow
+def test_the_heads_learn_to_propose_what_the_model_then_chooses(blockwise_run, sources):
+    module, src = sources
+    reference = greedy(module.model, src, **module.decoder_settings())
+    out = module.generate(src, block=HEADS)
+    # out of 4 drafted tokens, most are the model's own next ones on this easy task
+    assert out.counts["accepted"] > 0.6 * out.counts["proposed"]
+    assert out.counts["target_passes"] < 0.5 * reference.passes
+    assert out.counts["draft_passes"] == 0
+    assert blockwise_run[1]["steps"] == 400
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 3, 16])
+@pytest.mark.parametrize("block", [1, 2, HEADS])
+def test_output_equals_the_model_greedy_output(sources, batch, block):
+    module, src = sources
+    for start in range(0, 12 if batch < 16 else src.shape[0], batch):
+        rows = src[start : start + batch]
+        rows = rows[:, : int((rows != module.ids.pad).sum(1).max())]
+        reference = greedy(module.model, rows, **module.decoder_settings())
+        out = module.generate(rows, block=block)
+        assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
+        assert torch.equal(out.hit_cap, reference.hit_cap)
+
+
+@pytest.mark.slow
+def test_block_zero_is_plain_greedy_and_too_long_a_block_is_refused(sources):
+    module, src = sources
+    assert module.generate(src, block=0).passes == greedy(module.model, src, **module.decoder_settings()).passes
+    with pytest.raises(ValueError, match=f"block {HEADS + 1} exceeds this model's {HEADS} draft heads"):
+        module.generate(src, block=HEADS + 1)
+
+
+@pytest.mark.slow
+def test_teacher_forced_acceptance_matches_what_decoding_accepts(sources):
+    """With the model's own greedy output as the target, ``accepted_lengths`` counts at
+    each position the drafted tokens decoding would accept there: at block = heads, the
+    tokens decoding accepts in all are those counted at the positions it drafted from."""
+    module, src = sources
+    ids = module.ids
+    outputs = greedy(module.model, src, **module.decoder_settings()).as_lists(ids.pad)
+    target = pad_sequences([torch.tensor(o + [ids.eos]) for o in outputs], ids.pad)
+    tgt_in = torch.cat([torch.full((len(outputs), 1), ids.bos), target[:, :-1]], dim=1)
+    tgt_in = tgt_in.masked_fill(tgt_in == ids.eos, ids.pad)
+    lengths = module.accepted_lengths({"src": src, "tgt_in": tgt_in, "tgt_out": target})
+    assert lengths.numel() == sum(len(o) for o in outputs)
+    # decode each sentence alone, following where it drafts from: the lengths there add up
+    expected = accepted = 0
+    for row, output in enumerate(outputs):
+        one = module.generate(src[row : row + 1, : int((src[row] != ids.pad).sum())], block=HEADS)
+        accepted += one.counts["accepted"]
+        position = 0  # the output position whose token the model chose last
+        per_row = lengths[sum(len(o) for o in outputs[:row]) : sum(len(o) for o in outputs[: row + 1])]
+        while position < len(output):
+            take = int(per_row[position])
+            expected += take
+            position += take + 1
+    assert accepted == expected
+
+
+def test_fit_needs_the_model_to_put_heads_on(reversal_root, tmp_path):
+    config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 1, "--family", "blockwise")
+    with pytest.raises(ConfigError, match="trainer.init_from"):
+        run_fit(config)
