@@ -92,10 +92,7 @@ def test_teacher_forced_acceptance_matches_what_decoding_accepts(sources):
     module, src = sources
     ids = module.ids
     outputs = greedy(module.model, src, **module.decoder_settings()).as_lists(ids.pad)
-    target = pad_sequences([torch.tensor(o + [ids.eos]) for o in outputs], ids.pad)
-    tgt_in = torch.cat([torch.full((len(outputs), 1), ids.bos), target[:, :-1]], dim=1)
-    tgt_in = tgt_in.masked_fill(tgt_in == ids.eos, ids.pad)
-    lengths = module.accepted_lengths({"src": src, "tgt_in": tgt_in, "tgt_out": target})
+    lengths = module.accepted_lengths(src, outputs)
     assert lengths.numel() == sum(len(o) for o in outputs)
     # decode each sentence alone, following where it drafts from: the lengths there add up
     expected = accepted = 0

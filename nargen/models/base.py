@@ -243,13 +243,14 @@ class Seq2SeqModule(L.LightningModule):
         with torch.random.fork_rng(devices=devices):
             self._validate(batch)
 
-    def _validate(self, batch: dict[str, torch.Tensor]) -> None:
+    def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
         size = batch["src"].shape[0]
         self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
         result = self.generate(batch["src"], **self.decode_config.validation)
         texts = self.tokenizer.decode(result.as_lists(self.ids.pad))
         for index, text in zip(batch["index"].tolist(), texts):
             self._val_hyps[index] = text
+        return result
 
     def on_validation_epoch_end(self) -> None:
         refs = getattr(self.trainer.datamodule, "valid_refs", None) if self._trainer else None
