@@ -285,21 +285,26 @@ class OnePassDrafter:
 
 class HeadsDrafter:
     """Draft heads on the target model itself (blockwise parallel decoding, Stern et al.
-    2018): after each verification pass, ``heads.draft(hidden, tokens, encoded, k)`` proposes the
-    next block from the target's hidden state at the position that chose each sentence's
-    last token (``HiddenStateDrafter``), each draft ending at its first ``eos``. It runs
-    no decoder pass of its own (``passes`` stays 0: the heads are a few one-position
-    layers); the first block is empty."""
+    2018): after each verification pass, ``heads.draft(hidden, tokens, encoded, k,
+    prepared)`` proposes the next block from the target's hidden state at the position
+    that chose each sentence's last token (``HiddenStateDrafter``), each draft ending at
+    its first ``eos``; ``prepared = heads.prepare(encoded)`` is computed once for each
+    encoder state (the heads' view of the source). It runs no decoder pass of its own
+    (``passes`` stays 0: the heads are a few one-position layers); the first block is
+    empty."""
 
     def __init__(self, heads: Any, eos: int) -> None:
         self.heads, self.eos, self.passes = heads, eos, 0
         self.state: tuple[list[int], torch.Tensor, list[int], Any] | None = None
+        self.prepared: tuple[Any, Any] = (None, None)  # (encoder state, heads.prepare of it)
 
     def start(self, src: torch.Tensor) -> None:
-        self.state = None
+        self.state, self.prepared = None, (None, None)
 
     def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None:
         self.state = (rows, hidden, tokens, encoded)
+        if self.prepared[0] is not encoded:
+            self.prepared = (encoded, self.heads.prepare(encoded))
 
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
         if self.state is None:
@@ -307,5 +312,6 @@ class HeadsDrafter:
         observed, hidden, tokens, encoded = self.state
         if observed != rows:
             raise ValueError(f"drafting for rows {rows} but the target last reported rows {observed}")
-        drafts = self.heads.draft(hidden, torch.tensor(tokens, device=hidden.device), encoded, k).tolist()
+        last = torch.tensor(tokens, device=hidden.device)
+        drafts = self.heads.draft(hidden, last, encoded, k, self.prepared[1]).tolist()
         return [d[: d.index(self.eos) + 1] if self.eos in d else d for d in drafts]

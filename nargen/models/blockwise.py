@@ -61,11 +61,15 @@ class DraftHead(nn.Module):
         self.ffn = SwiGLU(d, cfg.ffn_dim)
         self.out_norm = RMSNorm(d, eps)
 
-    def forward(self, state: torch.Tensor, token: torch.Tensor, encoded: Encoded) -> torch.Tensor:
+    def forward(
+        self, state: torch.Tensor, token: torch.Tensor, encoded: Encoded,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The next state from ``state`` and the scaled embedding ``token`` (same shape,
-        ``[rows, positions, d_model]``), reading ``encoded``'s source."""
+        ``[rows, positions, d_model]``), reading ``encoded``'s source (through its K/V
+        ``kv`` when already projected)."""
         x = state + self.join(torch.cat([self.state_norm(state), self.token_norm(token)], dim=-1))
-        h, _ = self.cross(self.cross_norm(x), memory=encoded.memory, mask=encoded.attention_mask)
+        h, _ = self.cross(self.cross_norm(x), memory=encoded.memory, mask=encoded.attention_mask, shared_kv=kv)
         x = x + h
         return x + self.ffn(self.ffn_norm(x))
 
@@ -144,14 +148,23 @@ class BlockwiseModule(AutoregressiveModule):
         return result
 
     @torch.no_grad()
-    def draft(self, hidden: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, k: int) -> torch.Tensor:
+    def prepare(self, encoded: Encoded) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each head's cross-attention K/V of ``encoded``, for ``draft`` (once per batch)."""
+        return [head.cross.project_kv(encoded.memory) for head in self.heads]
+
+    @torch.no_grad()
+    def draft(
+        self, hidden: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, k: int,
+        prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         """The heads' greedy chain: ``[rows, min(k, heads)]`` tokens proposed after
         ``tokens`` (``[rows]``, the model's choice at the states ``hidden``,
-        ``[rows, d_model]``) for the sources ``encoded``."""
+        ``[rows, d_model]``) for the sources ``encoded`` (``prepared``: ``prepare(encoded)``)."""
         model, ids = self.model, self.ids
+        prepared = prepared or self.prepare(encoded)
         state, token, out = hidden[:, None], tokens[:, None], []
-        for head in self.heads[:k]:
-            state = head(state, model.embed(token) * model.embed_scale, encoded)
+        for head, kv in zip(self.heads[:k], prepared):
+            state = head(state, model.embed(token) * model.embed_scale, encoded, kv)
             logits = model.output_logits(head.out_norm(state)).float()
             logits[..., [ids.pad, ids.bos]] = float("-inf")
             token = logits.argmax(-1)
