@@ -26,8 +26,9 @@ from profile_decode import read_lines
 
 
 def timed(drafter: Any) -> dict[str, float]:
-    """Wrap ``drafter``'s ``start`` and ``propose`` to add up their seconds."""
-    seconds = {"start": 0.0, "propose": 0.0}
+    """Wrap ``drafter``'s ``start``, ``propose`` and (draft heads) ``observe`` to add up
+    their seconds."""
+    seconds = {name: 0.0 for name in ("start", "propose", "observe") if hasattr(drafter, name)}
     for name in seconds:
         method = getattr(drafter, name)
 
@@ -68,9 +69,10 @@ def main() -> None:
                 for key, value in result.counts.items():
                     counts[key] = counts.get(key, 0) + value
             total = time.perf_counter() - begin
-            target = total - seconds["start"] - seconds["propose"]
+            target = total - sum(seconds.values())
             print(f"block {block}: {1000 * total / n:.1f} ms/sentence = drafter start "
-                  f"{1000 * seconds['start'] / n:.1f} + proposals {1000 * seconds['propose'] / n:.1f} + target "
+                  f"{1000 * seconds['start'] / n:.1f} + proposals "
+                  f"{1000 * (seconds['propose'] + seconds.get('observe', 0.0)) / n:.1f} + target "
                   f"{1000 * target / n:.1f} ({counts['target_passes'] / n:.2f} target passes, "
                   f"{1000 * target / max(counts['target_passes'], 1):.2f} ms each with the encoder; "
                   f"{counts['draft_passes'] / n:.2f} drafter passes); "

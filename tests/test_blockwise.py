@@ -9,9 +9,10 @@ import torch
 
 from nargen.cli.config import ConfigError
 from nargen.cli.fit import run_fit
+from nargen.cli.options import load_drafter
 from nargen.data import read_split
 from nargen.data.batching import pad_sequences
-from nargen.decoding import greedy
+from nargen.decoding import HeadsDrafter, greedy
 from nargen.models import load_module, read_checkpoint
 
 from conftest import reversal_config
@@ -106,6 +107,20 @@ def test_teacher_forced_acceptance_matches_what_decoding_accepts(sources):
             expected += take
             position += take + 1
     assert accepted == expected
+
+
+@pytest.mark.slow
+def test_the_heads_draft_for_the_plain_model_as_a_drafter_checkpoint(blockwise_run, trained_run, sources):
+    """``--draft-ckpt`` with a blockwise checkpoint: its heads read the target's states."""
+    blockwise, src = sources
+    ar_path = trained_run / "checkpoints" / "best.ckpt"
+    module = load_module(ar_path)
+    drafter = load_drafter(str(blockwise_run[0] / "checkpoints" / "best.ckpt"), module, str(ar_path))
+    assert isinstance(drafter, HeadsDrafter)
+    out = module.generate(src, draft=drafter, block=HEADS)
+    own = blockwise.generate(src, block=HEADS)
+    assert out.as_lists(module.ids.pad) == greedy(module.model, src, **module.decoder_settings()).as_lists(module.ids.pad)
+    assert out.counts == own.counts  # the same model underneath: the same blocks
 
 
 def test_fit_needs_the_model_to_put_heads_on(reversal_root, tmp_path):

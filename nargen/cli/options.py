@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from nargen.decoding import autoregressive_reranker
-from nargen.decoding.speculative import AutoregressiveDrafter, Drafter, OnePassDrafter, ParallelDrafter
+from nargen.decoding.speculative import (
+    AutoregressiveDrafter, Drafter, HeadsDrafter, OnePassDrafter, ParallelDrafter,
+)
 from nargen.models import CheckpointError, Seq2SeqModule, load_module
 
 def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
@@ -26,8 +28,10 @@ def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
 def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
     """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
     ``owner``): an autoregressive model drafts greedily, a NAT or CMLM model in one
-    parallel pass per block after the output so far, any other family the whole
-    sentence once with its own decoding settings; both models must share one tokenizer."""
+    parallel pass per block after the output so far, a blockwise checkpoint's draft
+    heads from ``module``'s own hidden states (they were trained on one model's: its
+    own), any other family the whole sentence once with its own decoding settings; both
+    models must share one tokenizer."""
     drafter = load_module(path, map_location=module.device)
     if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
@@ -36,4 +40,6 @@ def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
         return AutoregressiveDrafter(drafter.model, drafter.ids)
     if drafter.family in ("nat", "cmlm"):
         return ParallelDrafter(drafter)
+    if drafter.family == "blockwise":
+        return HeadsDrafter(drafter, drafter.ids.eos)
     return OnePassDrafter(drafter)

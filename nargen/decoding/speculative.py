@@ -8,6 +8,11 @@ shortest accepted one; a sentence that accepted more feeds its extra accepted to
 again at the head of its next block (right-padded blocks, so causal attention keeps
 real positions exact). The output equals ``greedy``'s token for token, up to the
 float tolerance of batched scores (README, "Batch invariance and ties").
+
+Drafters: ``AutoregressiveDrafter`` (a small AR model, greedily), ``ParallelDrafter``
+(NAT/CMLM, a pass per block), ``OnePassDrafter`` (any parallel model, once per batch,
+realigned), and ``HeadsDrafter`` (draft heads reading the target's own hidden states:
+blockwise parallel decoding).
 """
 
 from __future__ import annotations
