@@ -55,7 +55,12 @@ class Tokenizer:
         """Token ids for each text (no BOS/EOS added)."""
         # One thread here and in decode: SentencePiece's thread pool costs ~1 ms a call
         # (more on a busy machine), more than it saves even on a 1,000-line batch.
-        return self.processor.encode(texts, out_type=int, num_threads=1)
+        try:
+            return self.processor.encode(texts, out_type=int, num_threads=1)
+        except TypeError:
+            # a str UTF-8 cannot hold (a lone surrogate, as a lenient decode upstream
+            # leaves): each unencodable character is read as "?", one output per text still
+            return self.processor.encode([_utf8_safe(t) for t in texts], out_type=int, num_threads=1)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Detokenized text for each id list; reserved ids are dropped."""
@@ -130,3 +135,10 @@ def train_tokenizer(
         tmp.write(model.getvalue())
     Path(tmp.name).replace(path)
     return Tokenizer(model.getvalue())
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with the characters UTF-8 cannot encode (lone surrogates) as "?"."""
+    if not isinstance(text, str):
+        raise TypeError(f"texts must be str, got {type(text).__name__}")
+    return text.encode("utf-8", "replace").decode("utf-8")
