@@ -291,15 +291,15 @@ class OnePassDrafter:
 class HeadsDrafter:
     """Draft heads on the target model itself (blockwise parallel decoding, Stern et al.
     2018): after each verification pass, ``heads.draft(hidden, tokens, encoded, k,
-    prepared)`` proposes the next block from the target's hidden state at the position
-    that chose each sentence's last token (``HiddenStateDrafter``), each draft ending at
-    its first ``eos``; ``prepared = heads.prepare(encoded)`` is computed once for each
-    encoder state (the heads' view of the source). It runs no decoder pass of its own
-    (``passes`` stays 0: the heads are a few one-position layers); the first block is
-    empty."""
+    prepared, min_confidence)`` proposes the next block (a list of ids per sentence) from
+    the target's hidden state at the position that chose each sentence's last token
+    (``HiddenStateDrafter``), each draft ending at its first ``eos``;
+    ``prepared = heads.prepare(encoded)`` is computed once for each encoder state (the
+    heads' view of the source). It runs no decoder pass of its own (``passes`` stays 0:
+    the heads are a few one-position layers); the first block is empty."""
 
-    def __init__(self, heads: Any, eos: int) -> None:
-        self.heads, self.eos, self.passes = heads, eos, 0
+    def __init__(self, heads: Any, eos: int, min_confidence: float = 0.0) -> None:
+        self.heads, self.eos, self.passes, self.min_confidence = heads, eos, 0, min_confidence
         self.state: tuple[list[int], torch.Tensor, list[int], Any] | None = None
         self.prepared: tuple[Any, Any] = (None, None)  # (encoder state, heads.prepare of it)
 
@@ -318,5 +318,5 @@ class HeadsDrafter:
         if observed != rows:
             raise ValueError(f"drafting for rows {rows} but the target last reported rows {observed}")
         last = torch.tensor(tokens, device=hidden.device)
-        drafts = self.heads.draft(hidden, last, encoded, k, self.prepared[1]).tolist()
+        drafts = self.heads.draft(hidden, last, encoded, k, self.prepared[1], self.min_confidence)
         return [d[: d.index(self.eos) + 1] if self.eos in d else d for d in drafts]

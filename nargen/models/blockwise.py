@@ -77,10 +77,13 @@ class DraftHead(nn.Module):
 class BlockwiseModule(AutoregressiveModule):
     """An autoregressive model (copied from ``trainer.init_from`` and frozen) with draft
     heads trained on its own greedy output; ``generate`` decodes greedily in blocks the
-    heads propose (``block``: tokens per block, at most ``heads``; 0 decodes plain greedy)."""
+    heads propose (``block``: tokens per block, at most ``heads``; 0 decodes plain greedy;
+    ``draft_confidence``: a block ends before a token its head gives less probability,
+    which saves the heads' and the verification's work on tokens likely rejected)."""
 
     family = "blockwise"
     options_class = BlockwiseOptions
+    decode_defaults = {**AutoregressiveModule.decode_defaults, "draft_confidence": 0.0}
     needs_init_from = True
     selection_metric = "val_accepted"
 
@@ -155,21 +158,32 @@ class BlockwiseModule(AutoregressiveModule):
     @torch.no_grad()
     def draft(
         self, hidden: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, k: int,
-        prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
-        """The heads' greedy chain: ``[rows, min(k, heads)]`` tokens proposed after
+        prepared: list[tuple[torch.Tensor, torch.Tensor]] | None = None, min_confidence: float = 0.0,
+    ) -> list[list[int]]:
+        """The heads' greedy chain: up to ``min(k, heads)`` tokens proposed after each of
         ``tokens`` (``[rows]``, the model's choice at the states ``hidden``,
-        ``[rows, d_model]``) for the sources ``encoded`` (``prepared``: ``prepare(encoded)``)."""
+        ``[rows, d_model]``) for the sources ``encoded`` (``prepared``: ``prepare(encoded)``).
+        A row's draft stops before its first token whose head gives it less than
+        ``min_confidence`` probability, and the chain stops when every row's has."""
         model, ids = self.model, self.ids
         prepared = prepared or self.prepare(encoded)
-        state, token, out = hidden[:, None], tokens[:, None], []
+        state, token = hidden[:, None], tokens[:, None]
+        out, confident = [], torch.ones_like(token, dtype=torch.bool)
         for head, kv in zip(self.heads[:k], prepared):
             state = head(state, model.embed(token) * model.embed_scale, encoded, kv)
             logits = model.output_logits(head.out_norm(state)).float()
             logits[..., [ids.pad, ids.bos]] = float("-inf")
-            token = logits.argmax(-1)
-            out.append(token)
-        return torch.cat(out, dim=1)
+            if min_confidence > 0:
+                probability, token = logits.softmax(-1).max(-1)
+                confident &= probability >= min_confidence
+                if not bool(confident.any()):
+                    break
+            else:
+                token = logits.argmax(-1)
+            out.append(torch.where(confident, token, -1))
+        if not out:
+            return [[] for _ in range(len(tokens))]
+        return [[t for t in row if t >= 0] for row in torch.cat(out, dim=1).tolist()]
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Beam search, sampling or an outside ``draft`` as for the autoregressive model;
@@ -182,4 +196,5 @@ class BlockwiseModule(AutoregressiveModule):
             raise ValueError(f"block {block} exceeds this model's {len(self.heads)} draft heads")
         if block < 1:
             return greedy(self.model, src, **common)
-        return speculative(self.model, src, HeadsDrafter(self, self.ids.eos), block=block, **common)
+        drafter = HeadsDrafter(self, self.ids.eos, min_confidence=o["draft_confidence"])
+        return speculative(self.model, src, drafter, block=block, **common)
