@@ -64,6 +64,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["draft"] = load_drafter(args.draft_ckpt, module, args.ckpt)
     if args.block is not None:
         options["block"] = args.block
+    if args.draft_confidence is not None:
+        options["draft_confidence"] = args.draft_confidence
     drawn = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     drawn = {k: v for k, v in drawn.items() if v is not None}
     if drawn and not args.sampling:
@@ -356,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--draft-ckpt", default=None,
                        help="autoregressive greedy: speculative decoding with this drafter "
                             "(any family's checkpoint); same output, fewer passes")
-        p.add_argument("--block", type=int, default=None, help="speculative: tokens drafted per block")
+        p.add_argument("--block", type=int, default=None,
+                       help="speculative, blockwise: tokens drafted per block (blockwise: 0 = plain greedy)")
+        p.add_argument("--draft-confidence", type=float, default=None,
+                       help="blockwise: a block ends before a token its head gives less probability")
         p.add_argument("--sampling", action="store_true",
                        help="autoregressive, latent (its prior): draw tokens instead of the argmax")
         p.add_argument("--temperature", type=float, default=None, help="sampling: softmax temperature (default 1)")
