@@ -5,9 +5,13 @@ decoding of the same sentences:
     python benchmarks/speculative_split.py --ckpt runs/ar_tiny/checkpoints/best.ckpt \\
         --draft-ckpt runs/ctc_glat_tiny_distilled/checkpoints/best.ckpt --src test.de \\
         --sentences 200 --blocks 4 8
+    python benchmarks/speculative_split.py --ckpt runs/ar_tiny/checkpoints/averaged.ckpt \\
+        --draft-ckpt runs/blockwise_tiny/checkpoints/best.ckpt --src val.de --blocks 2 4 8 \\
+        --draft-confidence 0 0.3 0.5 0.7
 
-Prints one line per block size: ms per sentence split into drafter start, proposals and
-target passes (the rest), passes per sentence and the share of drafted tokens accepted.
+Prints one line per block size (and confidence floor of draft heads): ms per sentence
+split into drafter start, proposals and target passes (the rest), passes per sentence
+and the share of drafted tokens accepted.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from nargen.cli.options import load_drafter
 from nargen.decoding import greedy
-from nargen.decoding.speculative import speculative
+from nargen.decoding.speculative import HeadsDrafter, speculative
 from nargen.models import load_module
 from profile_decode import read_lines
 
@@ -49,6 +53,8 @@ def main() -> None:
     parser.add_argument("--src", required=True)
     parser.add_argument("--sentences", type=int, default=200)
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--draft-confidence", type=float, nargs="+", default=[0.0],
+                        help="draft heads (a blockwise checkpoint): each confidence floor in turn")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,8 +65,12 @@ def main() -> None:
         begin = time.perf_counter()
         passes = sum(greedy(module.model, src, **module.decoder_settings()).passes for src in sources)
         print(f"greedy: {1000 * (time.perf_counter() - begin) / n:.1f} ms/sentence, {passes / n:.2f} passes")
-        for block in args.blocks:
+        for block, floor in [(b, f) for b in args.blocks for f in args.draft_confidence]:
             drafter = load_drafter(args.draft_ckpt, module, args.ckpt)
+            if floor:
+                if not isinstance(drafter, HeadsDrafter):
+                    parser.error("--draft-confidence needs a blockwise checkpoint as --draft-ckpt")
+                drafter.min_confidence = floor
             seconds = timed(drafter)
             counts: dict[str, int] = {}
             begin = time.perf_counter()
@@ -70,7 +80,7 @@ def main() -> None:
                     counts[key] = counts.get(key, 0) + value
             total = time.perf_counter() - begin
             target = total - sum(seconds.values())
-            print(f"block {block}: {1000 * total / n:.1f} ms/sentence = drafter start "
+            print(f"block {block}{f' floor {floor}' if floor else ''}: {1000 * total / n:.1f} ms/sentence = drafter start "
                   f"{1000 * seconds['start'] / n:.1f} + proposals "
                   f"{1000 * (seconds['propose'] + seconds.get('observe', 0.0)) / n:.1f} + target "
                   f"{1000 * target / n:.1f} ({counts['target_passes'] / n:.2f} target passes, "
