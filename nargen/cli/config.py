@@ -95,7 +95,8 @@ class FitConfig:
     """A recipe: family and model, data, optimizer, decoding, trainer, test evaluation"""
 
     family: str = "autoregressive"
-    """autoregressive, nat, cmlm, insertion, ctc, dag or latent."""
+    """autoregressive, nat, cmlm, insertion, ctc, dag, latent or blockwise (draft heads on a
+    trained autoregressive model: needs trainer.init_from)."""
     family_options: dict[str, Any] = field(default_factory=dict)
     """Settings only the family has (e.g. ``{order: balanced_tree}`` for insertion,
     ``{upsample: 4.0, glat_ratio: 0.5}`` for dag); checked against the family."""
