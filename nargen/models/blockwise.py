@@ -7,8 +7,8 @@ Each head is a small decoder layer without self-attention: it joins the state th
 before it left with the embedding of the token before the one it predicts (the heads
 form a chain, as in Hydra, Ankner et al. 2024), attends to the source, and applies a
 gated feed-forward. Head 1 sees the model's state at position ``t`` and the token the
-model chose there (``y[t+1]``) and predicts ``y[t+2]``; head ``i`` predicts ``y[t+1+i]``. With the model
-frozen, the heads' teacher-forced accuracy on its own greedy output is the acceptance
+model chose there (``y[t+1]``) and predicts ``y[t+2]``; head ``i`` predicts
+``y[t+1+i]``. With the model frozen, the heads' teacher-forced accuracy on its own greedy output is the acceptance
 decoding gets: ``val_accepted``, the mean number of drafted tokens the model accepts at
 a position of its validation output, measures it exactly, and picks the checkpoints.
 The heads train best on the model's own greedy translations of the training set
@@ -135,12 +135,16 @@ class BlockwiseModule(AutoregressiveModule):
         run = torch.ones_like(target, dtype=torch.bool)
         accepted = torch.zeros_like(target)
         for head, state, wanted in self._chain(batch):
-            logits = self.model.output_logits(head.out_norm(state)).float()
-            logits[..., [ids.pad, ids.bos]] = float("-inf")
-            run &= (logits.argmax(-1) == wanted) & (wanted != ids.pad)
+            run &= (self._logits(head, state).argmax(-1) == wanted) & (wanted != ids.pad)
             accepted += run
         drafts_here = (target != ids.pad) & (target != ids.eos)
         return accepted[drafts_here]
+
+    def _logits(self, head: DraftHead, state: torch.Tensor) -> torch.Tensor:
+        """``head``'s fp32 scores over the vocabulary, PAD and BOS ruled out as greedy does."""
+        logits = self.model.output_logits(head.out_norm(state)).float()
+        logits[..., [self.ids.pad, self.ids.bos]] = float("-inf")
+        return logits
 
     def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
         """Also logs ``val_accepted``, the mean of ``accepted_lengths`` over the validation
@@ -165,14 +169,13 @@ class BlockwiseModule(AutoregressiveModule):
         ``[rows, d_model]``) for the sources ``encoded`` (``prepared``: ``prepare(encoded)``).
         A row's draft stops before its first token whose head gives it less than
         ``min_confidence`` probability, and the chain stops when every row's has."""
-        model, ids = self.model, self.ids
+        model = self.model
         prepared = prepared or self.prepare(encoded)
         state, token = hidden[:, None], tokens[:, None]
         out, confident = [], torch.ones_like(token, dtype=torch.bool)
         for head, kv in zip(self.heads[:k], prepared):
             state = head(state, model.embed(token) * model.embed_scale, encoded, kv)
-            logits = model.output_logits(head.out_norm(state)).float()
-            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            logits = self._logits(head, state)
             if min_confidence > 0:
                 probability, token = logits.softmax(-1).max(-1)
                 confident &= probability >= min_confidence
