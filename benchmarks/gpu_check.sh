@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU path, checked on one CUDA device in one run:
+#   1. the CUDA tests (bf16 autocast selects FlashAttention, never the math fallback);
+#   2. each base recipe trained for FIT_MINUTES under bf16 autocast, its fit summary
+#      (target tokens/s, MFU, peak memory) kept;
+#   3. the speculative bench spec (batch-1 latency by output length, every drafter
+#      whose checkpoint exists under runs/);
+#   4. the whole test suite with a GPU present (CLI paths pick the GPU by default).
+# Each stage's results are packed into OUT_DIR/gpu_check.tgz as soon as it ends, so a
+# run stopped early keeps what it finished.
+#
+#   benchmarks/gpu_check.sh OUT_DIR [RECIPE ...]     (default recipes: ar_base cmlm_base dag_base)
+#   env: FIT_MINUTES (default 0.75), SUITE_SECONDS (default 150; 0 skips the suite),
+#        BENCH_SPEC (default recipes/multi30k/bench/speculative_tiny.yaml)
+set -u
+out=$(realpath -m "${1:?usage: benchmarks/gpu_check.sh OUT_DIR [RECIPE ...]}")
+shift
+recipes=("${@:-ar_base cmlm_base dag_base}")
+read -r -a recipes <<< "${recipes[*]}"
+work="$out/gpu_check"
+mkdir -p "$work"
+pack() { tar czf "$out/gpu_check.tgz" -C "$out" gpu_check; }
+stage() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+stage environment
+python - <<'EOF' | tee "$work/environment.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), "bf16", torch.cuda.is_bf16_supported())
+    print("flash sdp", torch.backends.cuda.flash_sdp_enabled(),
+          "mem-efficient sdp", torch.backends.cuda.mem_efficient_sdp_enabled(),
+          "tf32 matmul", torch.backends.cuda.matmul.allow_tf32)
+EOF
+pack
+
+stage CUDA tests
+python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$work/pytest_attention.log"
+pack
+
+for recipe in "${recipes[@]}"; do
+    stage "fit $recipe for ${FIT_MINUTES:-0.75} min"
+    nargen fit --config "recipes/multi30k/$recipe.yaml" --trainer.run_dir "runs/gpu_check/$recipe" \
+        --trainer.fresh true --trainer.max_epochs null --trainer.max_time_minutes "${FIT_MINUTES:-0.75}" \
+        --trainer.val_every_steps 1000000 --trainer.progress_bar false --eval.decodes '[]' \
+        > "$work/fit_$recipe.log" 2>&1
+    echo "exit $?"
+    cp "runs/gpu_check/$recipe/summary.json" "$work/fit_$recipe.json" 2>/dev/null && cat "$work/fit_$recipe.json"
+    pack
+done
+
+spec=${BENCH_SPEC:-recipes/multi30k/bench/speculative_tiny.yaml}
+stage "bench $spec"
+nargen bench systems --spec "$spec" --out "$work/bench" --latency-sentences 200 --skip-missing \
+    > "$work/bench.log" 2>&1
+echo "exit $?"
+cat "$work/bench/bench.md" 2>/dev/null
+pack
+
+if [ "${SUITE_SECONDS:-150}" -gt 0 ]; then
+    stage "test suite (${SUITE_SECONDS:-150} s at most)"
+    workers=$(python -c "import xdist" 2>/dev/null && echo "-n 8")
+    timeout "${SUITE_SECONDS:-150}" python -m pytest -q -p no:cacheprovider $workers -m "not slow" \
+        > "$work/pytest_suite.log" 2>&1
+    echo "exit $?"
+    tail -30 "$work/pytest_suite.log"
+    pack
+fi
+stage done
