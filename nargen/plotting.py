@@ -4,6 +4,7 @@ markers and lines, so a reader needs no legend."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,29 +90,50 @@ def _colour(point: Point) -> str:
     return "#c33" if point.highlight else "#36c"
 
 
+def _far_spots() -> list[tuple[float, float, str, str]]:
+    """Label spots farther out, on a grid above, below and beside the marker (nearest
+    first), each aligned so the text grows away from the marker."""
+    spots = []
+    for dy in range(-180, 181, 10):
+        for dx in (0, 40, -40, 80, -80):
+            if abs(dy) < 20 and abs(dx) < 40:
+                continue  # the near spots cover these
+            ha = "center" if dx == 0 else ("left" if dx > 0 else "right")
+            va = "center" if dy == 0 else ("bottom" if dy > 0 else "top")
+            spots.append((float(dx), float(dy), ha, va))
+    return sorted(spots, key=lambda s: math.hypot(s[0], s[1]))
+
+
 # Where a point's label may go, in points from the marker, with its alignment: beside it
-# first, then above or below, then farther out (joined to the marker by a thin line).
+# first, then above or below, then farther out (joined to the marker by a thin line), so
+# a crowded cluster's labels fan out into the free space around it.
 _SPOTS = [
     (5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"),
     (-5, -3, "right", "top"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
     (12, 12, "left", "bottom"), (12, -12, "left", "top"), (-12, 12, "right", "bottom"),
     (-12, -12, "right", "top"), (0, 18, "center", "bottom"), (0, -18, "center", "top"),
     (24, 0, "left", "center"), (-24, 0, "right", "center"),
+    *_far_spots(),
 ]
 
 
-def _line_boxes(ax, lines: list[Line], step: float = 4.0) -> list:
-    """Small display-space boxes along every drawn line, so labels keep off the lines."""
+def _segment_boxes(start: tuple[float, float], end: tuple[float, float], step: float = 4.0) -> list:
+    """Small display-space boxes along a straight segment."""
     from matplotlib.transforms import Bbox
 
+    (x0, y0), (x1, y1) = start, end
+    n = max(int(math.hypot(x1 - x0, y1 - y0) / step), 1)
+    points = ((x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(n + 1))
+    return [Bbox.from_extents(x - 1, y - 1, x + 1, y + 1) for x, y in points]
+
+
+def _line_boxes(ax, lines: list[Line]) -> list:
+    """Boxes along every drawn line, so labels keep off the lines."""
     boxes = []
     for line in lines:
-        xy = [ax.transData.transform(p) for p in zip(line.x, line.y)]
-        for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
-            n = max(int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step), 1)
-            for i in range(n + 1):
-                x, y = x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n
-                boxes.append(Bbox.from_extents(x - 1, y - 1, x + 1, y + 1))
+        xy = [tuple(ax.transData.transform(p)) for p in zip(line.x, line.y)]
+        for a, b in zip(xy, xy[1:]):
+            boxes += _segment_boxes(a, b)
     return boxes
 
 
@@ -122,6 +144,7 @@ def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> 
     boxes, in the order of ``points``."""
     if not points:
         return []
+    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
     fig.canvas.draw()  # fixes the limits, so data maps to display coordinates
@@ -153,17 +176,21 @@ def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> 
                 p.label, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
                 fontsize=7, color=_colour(p),
                 arrowprops=dict(arrowstyle="-", color=_colour(p), lw=0.5, alpha=0.6) if far else None)
-            box = text.get_window_extent(renderer)
-            cost = overlap(box)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
+            x, y = ax.transData.transform((p.x, p.y))
+            leader = _segment_boxes((x, y), (x + dx * scale, y + dy * scale)) if far else []
+            cost = overlap(box) + 5 * sum(shared(b, o) for b in leader for o in taken[len(points):])
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
-                best = (cost, text, box)
+                best = (cost, text, box, leader)
             else:
                 text.remove()
             if cost == 0:
                 break
         taken.append(best[2])
+        crossed += best[3]  # later labels keep off this leader line
         placed[i] = best[2]
     return [placed[i] for i in range(len(points))]
 
