@@ -23,7 +23,7 @@ pack() { tar czf "$out/gpu_check.tgz" -C "$out" gpu_check; }
 stage() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stage environment
-python - <<'EOF' | tee "$work/environment.txt"
+python3 - <<'EOF' | tee "$work/environment.txt"
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda)
 if torch.cuda.is_available():
@@ -35,7 +35,7 @@ EOF
 pack
 
 stage CUDA tests
-python -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$work/pytest_attention.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$work/pytest_attention.log"
 pack
 
 for recipe in "${recipes[@]}"; do
@@ -59,8 +59,8 @@ pack
 
 if [ "${SUITE_SECONDS:-150}" -gt 0 ]; then
     stage "test suite (${SUITE_SECONDS:-150} s at most)"
-    workers=$(python -c "import xdist" 2>/dev/null && echo "-n 8")
-    timeout "${SUITE_SECONDS:-150}" python -m pytest -q -p no:cacheprovider $workers -m "not slow" \
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+    timeout "${SUITE_SECONDS:-150}" python3 -m pytest -q -p no:cacheprovider $workers -m "not slow" \
         > "$work/pytest_suite.log" 2>&1
     echo "exit $?"
     tail -30 "$work/pytest_suite.log"

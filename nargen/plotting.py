@@ -139,9 +139,10 @@ def _line_boxes(ax, lines: list[Line]) -> list:
 
 def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> list:
     """Label each point at the first of ``_SPOTS`` whose text stays inside the axes and
-    clear of every marker, line and label placed before it (points from top to bottom);
-    where no spot is clear, at the spot that overlaps least. Returns the labels' display
-    boxes, in the order of ``points``."""
+    clear of every marker, line, label and leader line placed before it, and whose own
+    leader line crosses no label (points from top to bottom); where no spot is clear, at
+    the spot that overlaps least. Returns the labels' display boxes (the text alone), in
+    the order of ``points``."""
     if not points:
         return []
     from matplotlib.text import Text
@@ -169,6 +170,7 @@ def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> 
     placed: dict[int, object] = {}
     for i in sorted(range(len(points)), key=lambda i: -points[i].y):
         p = points[i]
+        x, y = ax.transData.transform((p.x, p.y))
         best = None
         for dx, dy, ha, va in _SPOTS:
             far = abs(dx) > 5 or abs(dy) > 6
@@ -178,7 +180,6 @@ def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> 
                 arrowprops=dict(arrowstyle="-", color=_colour(p), lw=0.5, alpha=0.6) if far else None)
             text.update_positions(renderer)
             box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
-            x, y = ax.transData.transform((p.x, p.y))
             leader = _segment_boxes((x, y), (x + dx * scale, y + dy * scale)) if far else []
             cost = overlap(box) + 5 * sum(shared(b, o) for b in leader for o in taken[len(points):])
             if best is None or cost < best[0]:
