@@ -80,7 +80,8 @@ def main() -> None:
                     counts[key] = counts.get(key, 0) + value
             total = time.perf_counter() - begin
             target = total - sum(seconds.values())
-            print(f"block {block}{f' floor {floor}' if floor else ''}: {1000 * total / n:.1f} ms/sentence = drafter start "
+            setting = f"block {block}" + (f" floor {floor}" if floor else "")
+            print(f"{setting}: {1000 * total / n:.1f} ms/sentence = drafter start "
                   f"{1000 * seconds['start'] / n:.1f} + proposals "
                   f"{1000 * (seconds['propose'] + seconds.get('observe', 0.0)) / n:.1f} + target "
                   f"{1000 * target / n:.1f} ({counts['target_passes'] / n:.2f} target passes, "

@@ -8,9 +8,10 @@ before it left with the embedding of the token before the one it predicts (the h
 form a chain, as in Hydra, Ankner et al. 2024), attends to the source, and applies a
 gated feed-forward. Head 1 sees the model's state at position ``t`` and the token the
 model chose there (``y[t+1]``) and predicts ``y[t+2]``; head ``i`` predicts
-``y[t+1+i]``. With the model frozen, the heads' teacher-forced accuracy on its own greedy output is the acceptance
-decoding gets: ``val_accepted``, the mean number of drafted tokens the model accepts at
-a position of its validation output, measures it exactly, and picks the checkpoints.
+``y[t+1+i]``. With the model frozen, the heads' teacher-forced accuracy on its own
+greedy output is the acceptance decoding gets: ``val_accepted``, the mean number of
+drafted tokens the model accepts at a position of its validation output, measures it
+exactly, and picks the checkpoints.
 The heads train best on the model's own greedy translations of the training set
 (``nargen distill --beam 1``).
 """
