@@ -181,7 +181,8 @@ def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> 
             text.update_positions(renderer)
             box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
             leader = _segment_boxes((x, y), (x + dx * scale, y + dy * scale)) if far else []
-            cost = overlap(box) + 5 * sum(shared(b, o) for b in leader for o in taken[len(points):])
+            labels = taken[len(points):]  # after the markers: line-end labels, then placed labels
+            cost = overlap(box) + 5 * sum(shared(b, o) for b in leader for o in labels)
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
