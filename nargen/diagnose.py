@@ -51,7 +51,7 @@ LENGTH_FAMILIES = ("nat", "cmlm")
 ORDER_FAMILIES = ("cmlm",)
 DECODER_VARIANTS = {
     "ctc": [{"beam": 1}, {"beam": 5}],
-    "dag": [{"decoder": "greedy"}, {"decoder": "lookahead"}, {"decoder": "viterbi"}],
+    "dag": [{"decoder": "greedy"}, {"decoder": "lookahead"}, {"decoder": "viterbi"}, {"decoder": "joint_viterbi"}],
 }
 FAMILIES = ("nat", "cmlm", "insertion", "latent", *DECODER_VARIANTS)
 

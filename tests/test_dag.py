@@ -1,4 +1,4 @@
-"""DA-Transformer: the path-summed likelihood, the best alignment and the three decoders
+"""DA-Transformer: the path-summed likelihood, the best alignment and the four decoders
 against enumeration of every path; the family learns the reversal task."""
 
 from __future__ import annotations
@@ -95,23 +95,72 @@ class FixedGraph:
         return self.scores
 
 
-def test_viterbi_finds_the_best_length_normalised_path() -> None:
-    emit, links, mask = random_graph(3, [7, 5, 6])
-    src = torch.zeros(3, 2, dtype=torch.long)
+def merged(tokens: list[int]) -> list[int]:
+    """``tokens`` with each token equal to the one before it dropped."""
+    return [t for i, t in enumerate(tokens) if i == 0 or tokens[i - 1] != t]
+
+
+@pytest.mark.parametrize("joint", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_viterbi_is_the_best_path_by_enumeration_under_the_reference_definition(joint: bool, seed: int) -> None:
+    """Shao et al.: maximise score / |Y| ** beta over paths with |Y| >= 1 output vertices
+    (BOS and EOS not counted); score = links (Viterbi), + best-token log-probs (joint)."""
+    sizes = [7, 5, 6, 3]
+    emit, links, mask = random_graph(seed, sizes, vocab=4)  # few tokens: neighbours often repeat
+    src = torch.zeros(len(sizes), 2, dtype=torch.long)
     for penalty in (0.0, 1.0, 2.0):
-        out = dag_viterbi(FixedGraph(emit, links, mask), src, length_penalty=penalty, ids=IDS)
-        for b, n in enumerate([7, 5, 6]):
-            banned = emit[b].clone()
-            banned[:, [0, 1, 2]] = -math.inf
-            best_lp, best_tok = banned.max(-1)
+        for dedup in (True, False):
+            out = dag_viterbi(FixedGraph(emit, links, mask), src, length_penalty=penalty, joint=joint,
+                              dedup=dedup, ids=IDS)
+            for b, n in enumerate(sizes):
+                banned = emit[b].clone()
+                banned[:, [0, 1, 2]] = -math.inf
+                best_lp, best_tok = banned.max(-1)
 
-            def score(p):
-                inner = sum(float(best_lp[v]) for v in p[1:-1])
-                return (inner + sum(float(links[b, x, y]) for x, y in zip(p, p[1:]))) / len(p) ** penalty
+                def score(p):
+                    total = sum(float(links[b, x, y]) for x, y in zip(p, p[1:]))
+                    if joint:
+                        total += sum(float(best_lp[v]) for v in p[1:-1])
+                    return total / (len(p) - 2) ** penalty
 
-            best = max((p for m in range(2, n + 1) for p in paths(n, m)), key=score)
-            got = [t for t in out.tokens[b].tolist() if t != 0]
-            assert got == [int(best_tok[v]) for v in best[1:-1]], penalty
+                candidates = [p for m in range(3, n + 1) for p in paths(n, m)]
+                best = max(candidates, key=lambda p: (score(p), -len(p)))
+                expected = [int(best_tok[v]) for v in best[1:-1]]
+                got = [t for t in out.tokens[b].tolist() if t != 0]
+                assert got == (merged(expected) if dedup else expected), (penalty, dedup, b)
+
+
+def test_the_output_token_count_not_the_vertex_count_normalises() -> None:
+    """Paths 0-1-3 ("a", links log .25 = -1.386) and 0-1-2-3 ("a b", log .05 = -2.996).
+    With beta = 2.5, per output token: -1.386 / 1 against -2.996 / 2 ** 2.5 = -0.530, "a b";
+    per vertex (BOS and EOS counted) it would be -1.386 / 3 ** 2.5 = -0.089 against
+    -2.996 / 4 ** 2.5 = -0.094, "a". With beta = 1 both pick "a"."""
+    links = torch.full((1, 4, 4), -math.inf)
+    links[0, 0, 1] = links[0, 0, 2] = math.log(0.5)
+    links[0, 1, 2] = links[0, 1, 3] = math.log(0.5)
+    links[0, 2, 3] = math.log(0.2)
+    emit = torch.full((1, 4, 5), -10.0)
+    emit[0, 1, 3] = emit[0, 2, 4] = 0.0  # vertex 1 says "a", vertex 2 "b"
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    model, src = FixedGraph(emit, links, mask), torch.zeros(1, 1, dtype=torch.long)
+    assert dag_viterbi(model, src, length_penalty=1.0, ids=IDS).tokens.tolist() == [[3]]
+    assert dag_viterbi(model, src, length_penalty=2.5, ids=IDS).tokens.tolist() == [[3, 4]]
+
+
+def test_greedy_and_lookahead_merge_consecutive_repeats_unless_told_not_to() -> None:
+    # 4 vertices on one line, vertices 1 and 2 both say "a", vertex 3 is EOS
+    emit = torch.full((1, 4, 5), -10.0)
+    emit[0, 1, 3] = emit[0, 2, 3] = 0.0
+    emit[0, 3, 2] = 0.0
+    links = torch.full((1, 4, 4), -math.inf)
+    links[0, 0, 1], links[0, 0, 2], links[0, 0, 3] = math.log(0.8), math.log(0.1), math.log(0.1)
+    links[0, 1, 2], links[0, 1, 3] = math.log(0.9), math.log(0.1)
+    links[0, 2, 3] = 0.0
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    model, src = FixedGraph(emit, links, mask), torch.zeros(1, 1, dtype=torch.long)
+    for decode in (dag_greedy, dag_lookahead):
+        assert decode(model, src, ids=IDS).tokens.tolist() == [[3]]
+        assert decode(model, src, dedup=False, ids=IDS).tokens.tolist() == [[3, 3]]
 
 
 def test_greedy_and_lookahead_follow_their_definitions_on_a_hand_made_graph() -> None:
@@ -136,7 +185,7 @@ def test_greedy_and_lookahead_follow_their_definitions_on_a_hand_made_graph() ->
 def test_dag_with_glancing_learns_to_reverse(trained_dag, reversal_root):
     module = load_module(trained_dag, family="dag")
     test = read_split(reversal_root, "test", "src", "tgt")
-    for decoder in ("greedy", "lookahead", "viterbi"):
+    for decoder in ("greedy", "lookahead", "viterbi", "joint_viterbi"):
         out = module.translate(test.source, decoder=decoder).texts
         exact = sum(o == r for o, r in zip(out, test.target)) / len(test.target)
         assert exact >= 0.5, (decoder, exact)

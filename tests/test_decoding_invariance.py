@@ -34,6 +34,7 @@ SYSTEMS = [
     ("dag", {"decoder": "greedy"}),
     ("dag", {"decoder": "lookahead"}),
     ("dag", {"decoder": "viterbi"}),
+    ("dag", {"decoder": "joint_viterbi", "dedup": False}),
     ("latent", {"latent_beam": 1}),
     ("latent", {"latent_beam": 3}),
 ]

@@ -122,7 +122,7 @@ def test_diagnose_command_writes_json_markdown_and_plots(trained_cmlm, reversal_
 
 
 @pytest.mark.parametrize("family, decodings", [
-    ("ctc", ["beam=1", "beam=5"]), ("dag", ["decoder=greedy", "decoder=lookahead", "decoder=viterbi"]),
+    ("ctc", ["beam=1", "beam=5"]), ("dag", ["decoder=greedy", "decoder=lookahead", "decoder=viterbi", "decoder=joint_viterbi"]),
 ])
 def test_single_pass_families_compare_their_decoders(family, decodings, request, test_split):
     module = load_module(request.getfixturevalue(f"trained_{family}"), family=family)

@@ -50,9 +50,10 @@ def test_span_weights_follow_the_order():
     prefix = targets_of(tokens, [True, True, False, False, False], order="left_to_right")
     assert prefix.weight[0].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
     assert prefix.slot[0].tolist() == [-1, -1, 2, -1, -1]
-    assert prefix.end_slots.tolist() == [[True, True, False]]  # inside the prefix: nothing missing
-    done = targets_of(tokens, [True] * 5, order="left_to_right")
-    assert done.end_slots.tolist() == [[True] * 6]
+    # the slots inside the prefix carry no loss: one term, the next token in the last slot
+    assert prefix.end_slots.tolist() == [[False, False, False]] and prefix.slots.tolist() == [1.0]
+    done = targets_of(tokens, [True] * 5, order="left_to_right")  # complete: end in the last slot
+    assert done.end_slots.tolist() == [[False] * 5 + [True]] and done.slots.tolist() == [1.0]
 
 
 def module(tokenizer, order):
@@ -89,6 +90,10 @@ def test_loss_with_one_slot_is_the_cross_entropy_of_that_slot(tokenizer, order):
 
 
 def test_left_to_right_loss_on_a_prefix_is_one_next_token_term(tokenizer):
+    """Stern et al.'s left-to-right loss, -log p(y_k+1, k): on a prefix of k tokens, minus
+    the joint (slot, token) log-probability of the next token in the last slot; on a
+    complete canvas, of end-of-slot there. Nothing else enters: interior slots carry no
+    end-of-slot term, and no average over slots dilutes the next token."""
     m = module(tokenizer, "left_to_right")
     batch = batch_of([[A, B, C], [D, E, 0]])
     keep = torch.tensor([[True, False, False], [True, True, False]])
@@ -97,10 +102,8 @@ def test_left_to_right_loss_on_a_prefix_is_one_next_token_term(tokenizer):
     logits_b = m.slot_logits(torch.tensor([[1, D, E, 2]]), m.encode(batch["src"][1:]), torch.ones(1, 4, dtype=torch.bool))
     joint_a = torch.log_softmax(logits_a.float().flatten(), 0).view_as(logits_a)
     joint_b = torch.log_softmax(logits_b.float().flatten(), 0).view_as(logits_b)
-    # row 1: slot 0 (before A) ends, slot 1 learns B; row 2 is complete: its 3 slots end
-    row_a = (joint_a[0, 0, 2] + joint_a[0, 1, B]) / 2
-    row_b = joint_b[0, :, 2].sum() / 3
-    expected = -(row_a + row_b) / 2
+    # row 1: the prefix "A"; slot 1 (after A) learns B. Row 2 is complete: slot 2 ends.
+    expected = -(joint_a[0, 1, B] + joint_b[0, 2, 2]) / 2
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -185,14 +188,51 @@ class RightFirstInserter(OracleInserter):
         return out
 
 
-def test_sequential_decoding_reopens_a_slot_that_ended_too_early():
+@pytest.mark.parametrize("parallel", [True, False])
+def test_decoding_reopens_a_slot_that_ended_too_early(parallel):
+    """Every slot is scored afresh at every pass (Stern et al.): a slot that said
+    end-of-slot while the span beside it was unfinished takes its tokens later."""
     rows, src = references()
-    result = insertion_decode(RightFirstInserter(), src, parallel=False, ids=IDS, max_len=64)
+    result = insertion_decode(RightFirstInserter(), src, parallel=parallel, ids=IDS, max_len=64)
+    assert result.as_lists(0) == rows
+    if not parallel:
+        assert result.passes == max(len(r) for r in rows) + 1
+
+
+def test_closing_ended_slots_for_good_loses_what_they_would_have_taken():
+    rows, src = references()
+    closed = insertion_decode(RightFirstInserter(), src, parallel=True, close_ended_slots=True, ids=IDS,
+                              max_len=64).as_lists(0)[-1]
+    assert len(closed) < len(rows[-1]) and [t for t in rows[-1] if t in closed] == closed  # a subsequence
+    # with an oracle that never ends a slot early, both ways agree
+    reopen = insertion_decode(OracleInserter(), src, parallel=True, ids=IDS, max_len=64)
+    close = insertion_decode(OracleInserter(), src, parallel=True, close_ended_slots=True, ids=IDS, max_len=64)
+    assert reopen.as_lists(0) == close.as_lists(0) == rows and reopen.passes == close.passes
+
+
+class AppendingInserter(OracleInserter):
+    """Knows the reference; its last slot wants the next reference token (or ends), and
+    every interior slot wants some token, as an untrained slot might."""
+
+    def slot_logits(self, canvas, encoded, canvas_mask):
+        out = torch.zeros(canvas.shape[0], canvas.shape[1] - 1, self.vocab)
+        for row, (tokens, mask) in enumerate(zip(canvas.tolist(), canvas_mask.tolist())):
+            reference = [t for t in encoded.src[row].tolist() if t > 2]
+            placed = [t for t, m in zip(tokens, mask) if m][1:-1]
+            out[row, : len(placed), 30] = 9.0  # interior slots: a token, more confident than the last
+            nxt = reference[len(placed)] if len(placed) < len(reference) else IDS.eos
+            out[row, len(placed), nxt] = 5.0
+        return out
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_last_slot_only_appends_the_next_token_and_ignores_interior_slots(parallel):
+    rows, src = references()
+    result = insertion_decode(AppendingInserter(), src, parallel=parallel, last_slot_only=True, ids=IDS, max_len=64)
     assert result.as_lists(0) == rows
     assert result.passes == max(len(r) for r in rows) + 1
-    # parallel decoding closes those slots for good: a shorter subsequence of the reference
-    longest = insertion_decode(RightFirstInserter(), src, parallel=True, ids=IDS, max_len=64).as_lists(0)[-1]
-    assert len(longest) < len(rows[-1]) and [t for t in rows[-1] if t in longest] == longest
+    for i, reference in enumerate(rows):  # left to right: position j inserted at pass j
+        assert result.schedule[i, : len(reference)].tolist() == list(range(len(reference)))
 
 
 def test_insertion_stops_at_the_length_cap_and_says_so():

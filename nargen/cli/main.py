@@ -54,10 +54,14 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["early_stop"] = True
     if args.sequential:
         options["parallel"] = False
+    if args.close_ended_slots:
+        options["close_ended_slots"] = True
     if args.eos_penalty is not None:
         options["eos_penalty"] = args.eos_penalty
     if args.decoder is not None:
         options["decoder"] = args.decoder
+    if args.no_dedup:
+        options["dedup"] = False
     if args.rerank_ckpt:
         options["rerank"] = load_reranker(args.rerank_ckpt, module, args.ckpt)
     if args.draft_ckpt:
@@ -74,7 +78,7 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options.update(sampling=True, **drawn)
     unknown = unknown_options(module, list(options))
     if unknown:
-        flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential", "draft": "draft-ckpt"}
+        flag_of = {"rerank": "rerank-ckpt", "parallel": "sequential", "draft": "draft-ckpt", "dedup": "no-dedup"}
         unknown = [name for name in unknown if name not in ("temperature", "top_k", "seed")]
         flags = ", ".join("--" + flag_of.get(name, name).replace("_", "-") for name in unknown)
         raise ConfigError(f"{flags} does not apply to a {module.family!r} checkpoint")
@@ -347,11 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cmlm: freeze a candidate once an iteration changes none of its tokens")
         p.add_argument("--sequential", action="store_true",
                        help="insertion: one insertion a pass instead of one in every open slot")
+        p.add_argument("--close-ended-slots", action="store_true",
+                       help="insertion, parallel: a slot that predicted end-of-slot stays closed at later "
+                            "passes (default: every slot is scored afresh each pass)")
         p.add_argument("--eos-penalty", type=float, default=None,
                        help="insertion: a slot ends only when ending beats its best insertion by this "
                             "much in log probability")
-        p.add_argument("--decoder", choices=["greedy", "lookahead", "viterbi"], default=None,
-                       help="dag: how to find the output path")
+        p.add_argument("--decoder", choices=["greedy", "lookahead", "viterbi", "joint_viterbi"], default=None,
+                       help="dag: how to find the output path (viterbi: links only; joint_viterbi: links "
+                            "and tokens)")
+        p.add_argument("--no-dedup", action="store_true",
+                       help="dag: emit every path vertex's token (default: a token equal to the one "
+                            "before it is dropped, as the reference decoders do)")
         p.add_argument("--rerank-ckpt", default=None,
                        help="nat/cmlm: autoregressive checkpoint that rescores the length beam; "
                             "latent: that rescores the latent candidates")

@@ -37,7 +37,7 @@ def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     drafter.eval()
     if drafter.family == "autoregressive":
-        return AutoregressiveDrafter(drafter.model, drafter.ids)
+        return AutoregressiveDrafter(drafter.model, drafter.ids, drafter.model_config.max_len)
     if drafter.family in ("nat", "cmlm"):
         return ParallelDrafter(drafter)
     if drafter.family == "blockwise":

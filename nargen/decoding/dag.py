@@ -1,14 +1,17 @@
 """Decoding a directed acyclic graph of decoder states (DA-Transformer, Huang et al.
 2022): vertex ``v`` emits a token with ``log P(token | v)``, and a path moves from
 ``v`` to a later ``u`` with ``log P(u | v)``. Every path starts at the first vertex
-(which emits BOS) and ends at the last (EOS); the output is the tokens of the vertices
-in between. All three decoders use one decoder pass.
+(which emits BOS) and ends at the last (EOS); the output is the best tokens of the
+vertices in between, with a token equal to the one before it dropped (``dedup``, as the
+reference implementation always does; ``dedup=False`` emits every vertex's token). All
+decoders use one decoder pass.
 
 - greedy: at each vertex its best token, then its most likely next vertex;
 - lookahead: the next vertex maximises ``log P(u | v) + max_token log P(token | u)``;
-- Viterbi (Shao et al. 2022): the best path of each number of vertices under the
-  lookahead score, then the number whose total divided by ``vertices ** length_penalty``
-  is highest.
+- Viterbi (Shao et al. 2022): the path maximising its links' log-probabilities divided
+  by ``|Y| ** length_penalty``, ``|Y|`` its number of output vertices (BOS and EOS
+  excluded, before duplicates are merged); joint Viterbi adds each output vertex's best
+  token log-probability to the path's score.
 """
 
 from __future__ import annotations
@@ -43,9 +46,19 @@ def _scores(model: DAGModel, src: torch.Tensor, ids: SpecialIds, banned: tuple[i
     return emit, links.float(), vertex_mask
 
 
-def _result(paths: list[list[int]], emit_tokens: torch.Tensor, ids: SpecialIds, device) -> DecodeResult:
-    """Tokens of the inner vertices of each path."""
-    rows = [[int(emit_tokens[b, v]) for v in path[1:-1]] for b, path in enumerate(paths)]
+def _result(
+    paths: list[list[int]], emit_tokens: torch.Tensor, ids: SpecialIds, device: torch.device, dedup: bool
+) -> DecodeResult:
+    """Tokens of the inner vertices of each path, consecutive repeats merged if ``dedup``."""
+    table = emit_tokens.tolist()
+    rows = []
+    for b, path in enumerate(paths):
+        row: list[int] = []
+        for v in path[1:-1]:
+            token = table[b][v]
+            if not (dedup and row and row[-1] == token):
+                row.append(token)
+        rows.append(row)
     return DecodeResult(
         tokens=pad_rows(rows, ids.pad, device), passes=1, hit_cap=torch.zeros(len(rows), dtype=torch.bool, device=device)
     )
@@ -75,67 +88,80 @@ def _next_vertex(links: torch.Tensor, vertex_mask: torch.Tensor, bonus: torch.Te
 
 @torch.inference_mode()
 def dag_greedy(
-    model: DAGModel, src: torch.Tensor, *, ids: SpecialIds = SpecialIds(), banned: tuple[int, ...] = ()
+    model: DAGModel, src: torch.Tensor, *, dedup: bool = True, ids: SpecialIds = SpecialIds(),
+    banned: tuple[int, ...] = (),
 ) -> DecodeResult:
     """Best token at each vertex, then its most likely successor."""
     emit, links, vertex_mask = _scores(model, src, ids, banned)
     tokens = emit.argmax(-1)
-    return _result(walk(_next_vertex(links, vertex_mask, None), vertex_mask), tokens, ids, src.device)
+    return _result(walk(_next_vertex(links, vertex_mask, None), vertex_mask), tokens, ids, src.device, dedup)
 
 
 @torch.inference_mode()
 def dag_lookahead(
-    model: DAGModel, src: torch.Tensor, *, ids: SpecialIds = SpecialIds(), banned: tuple[int, ...] = ()
+    model: DAGModel, src: torch.Tensor, *, dedup: bool = True, ids: SpecialIds = SpecialIds(),
+    banned: tuple[int, ...] = (),
 ) -> DecodeResult:
     """The successor maximising transition plus its best token's log-probability."""
     emit, links, vertex_mask = _scores(model, src, ids, banned)
     best, tokens = emit.max(-1)
     last = vertex_mask.sum(1, keepdim=True) - 1
     best = best.scatter(1, last, 0.0)  # the last vertex emits EOS, not a scored token
-    return _result(walk(_next_vertex(links, vertex_mask, best), vertex_mask), tokens, ids, src.device)
+    return _result(walk(_next_vertex(links, vertex_mask, best), vertex_mask), tokens, ids, src.device, dedup)
 
 
-def best_paths_by_length(links: torch.Tensor, vertex_score: torch.Tensor, vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For one graph: ``best[m]``, the highest total of ``vertex_score`` plus links over
-    paths from vertex 0 to vertex ``vertices - 1`` with ``m + 1`` vertices, and back
-    pointers ``[m + 1, vertices]`` to recover them (``-inf`` where no such path)."""
-    n = vertices
-    score = torch.full((n,), -math.inf, dtype=links.dtype, device=links.device)
-    score[0] = vertex_score[0]
-    back = torch.zeros(n, n, dtype=torch.long, device=links.device)
-    best = torch.full((n,), -math.inf, dtype=links.dtype, device=links.device)
-    step_links = links[:n, :n]
+def best_paths_by_length(links: torch.Tensor, vertex_score: torch.Tensor, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch of graphs (``links [batch, V, V]``, ``vertex_score [batch, V]``, real
+    ``vertices [batch]``): ``best[b, m]``, the highest total of ``vertex_score`` plus
+    links over paths from vertex 0 to vertex ``vertices[b] - 1`` with ``m`` links
+    (``-inf`` where none), and back pointers ``[batch, V, V]`` (``back[b, m, u]``: the
+    vertex before ``u`` on the best ``m``-link path to ``u``)."""
+    batch, n = vertex_score.shape
+    score = torch.full_like(vertex_score, -math.inf)
+    score[:, 0] = vertex_score[:, 0]
+    back = torch.zeros(batch, n, n, dtype=torch.long, device=links.device)
+    best = torch.full_like(vertex_score, -math.inf)
+    last = (vertices - 1)[:, None]
     for m in range(1, n):
-        candidates = score[:, None] + step_links  # [from, to]
-        score, back[m] = candidates.max(0)
-        score = score + vertex_score[:n]
-        best[m] = score[n - 1]
+        score, back[:, m] = (score[:, :, None] + links).max(1)  # [batch, from, to] -> to
+        score = score + vertex_score
+        best[:, m] = score.gather(1, last)[:, 0]
     return best, back
 
 
 @torch.inference_mode()
 def dag_viterbi(
-    model: DAGModel, src: torch.Tensor, *, length_penalty: float = 1.0, ids: SpecialIds = SpecialIds(),
-    banned: tuple[int, ...] = (),
+    model: DAGModel, src: torch.Tensor, *, length_penalty: float = 1.0, joint: bool = False, dedup: bool = True,
+    ids: SpecialIds = SpecialIds(), banned: tuple[int, ...] = (),
 ) -> DecodeResult:
-    """The path maximising ``(sum of links + best-token log-probs) / vertices **
-    length_penalty`` over every number of vertices (first and last included)."""
+    """The path maximising ``score / |Y| ** length_penalty`` over paths with at least one
+    output vertex, ``|Y|`` the output vertices (BOS and EOS excluded) and ``score`` the sum
+    of its links' log-probabilities (Viterbi), plus its output vertices' best-token
+    log-probabilities with ``joint`` (joint Viterbi). Ties go to the fewest vertices."""
     emit, links, vertex_mask = _scores(model, src, ids, banned)
     best_token_lp, tokens = emit.max(-1)
-    paths = []
-    for b in range(src.shape[0]):
-        n = int(vertex_mask[b].sum())
-        vertex_score = best_token_lp[b].clone()
-        vertex_score[0] = vertex_score[n - 1] = 0.0  # BOS and EOS vertices: fixed tokens
-        if n == 1:
-            paths.append([0])
-            continue
-        best, back = best_paths_by_length(links[b], vertex_score, n)
-        m = torch.arange(n, dtype=best.dtype, device=best.device)
-        normalized = best / (m + 1) ** length_penalty
-        steps = int(normalized.argmax())  # ties: the fewest vertices
-        path = [n - 1]
-        for k in range(steps, 0, -1):
-            path.append(int(back[k, path[-1]]))
-        paths.append(path[::-1])
-    return _result(paths, tokens, ids, src.device)
+    vertices = vertex_mask.sum(1)
+    inner = vertex_mask.clone()
+    inner[:, 0] = False
+    inner.scatter_(1, (vertices - 1)[:, None], False)
+    if joint:
+        vertex_score = best_token_lp.masked_fill(~inner, 0.0)
+    else:
+        vertex_score = torch.zeros_like(best_token_lp)
+    best, back = best_paths_by_length(links, vertex_score, vertices)
+    outputs = torch.arange(best.shape[1], device=best.device, dtype=best.dtype) - 1  # |Y| of m links
+    normalized = best / outputs.clamp(min=1) ** length_penalty
+    normalized[:, :2] = -math.inf  # a path needs an output vertex (unless the graph has none)
+    steps = torch.where(vertices > 2, normalized.argmax(1), (vertices - 1).clamp(min=0))
+    # back-track every row at once; a path rises through the vertices, so the set of its
+    # vertices gives its order
+    at = vertices - 1
+    on_path = torch.zeros_like(vertex_mask)
+    on_path[:, 0] = True
+    on_path.scatter_(1, at[:, None], True)
+    for k in range(int(steps.max()) if steps.numel() else 0, 1, -1):
+        before = back[:, k].gather(1, at[:, None])[:, 0]
+        at = torch.where(k <= steps, before, at)
+        on_path.scatter_(1, at[:, None], True)
+    paths = [[v for v, on in enumerate(row) if on] for row in on_path.tolist()]
+    return _result(paths, tokens, ids, src.device, dedup)

@@ -42,15 +42,19 @@ def insertion_decode(
     banned: tuple[int, ...] = (),
     eos_penalty: float = 0.0,
     keep_history: bool = False,
+    close_ended_slots: bool = False,
+    last_slot_only: bool = False,
 ) -> DecodeResult:
     """Start from the empty canvas and insert until the model ends every slot.
 
-    Each pass scores every slot; a slot whose best token is end-of-slot (EOS) is
-    closed, and a sentence ends when all its slots are closed. Parallel: every open
-    slot inserts its best token at once, and a closed slot stays closed. Sequential:
-    only the open slot whose best token is most likely under the joint (slot, token)
-    distribution inserts it, and every slot is scored afresh at the next pass (one
-    that ended while the canvas around it was incomplete may open again). A
+    Each pass scores every slot afresh; a slot whose best token is end-of-slot (EOS)
+    is closed for that pass, and a sentence ends when all its slots are closed at once
+    (Stern et al.). Parallel: every open slot inserts its best token at once; with
+    ``close_ended_slots`` a slot that ended stays closed at later passes (the canvas
+    around it may have grown since). Sequential: only the open slot whose best token is
+    most likely under the joint (slot, token) distribution inserts it.
+    ``last_slot_only``: only the last slot is scored (a model trained under the
+    left-to-right order, which learned nothing of the others, decodes by appending). A
     sentence stops at its length cap ``a * src_len + b``: the pass that finds it full
     sets ``hit_cap`` when the model still wanted to insert. ``eos_penalty`` (Stern
     et al.'s EOS penalty) is taken off every end-of-slot logit before the choice: a
@@ -83,9 +87,10 @@ def insertion_decode(
         best_logit, best_token = (t.tolist() for t in logits.max(dim=-1))
         for a, i in enumerate(active):
             ends = [best_token[a][s] == ids.eos for s in range(len(rows[i]) + 1)]
-            # parallel: a slot that ends closes for good; sequential: every slot is
-            # asked again at every pass, as the canvas around it grows
-            closed[i] = [c or e for c, e in zip(closed[i], ends)] if parallel else ends
+            if last_slot_only:
+                ends[:-1] = [True] * len(rows[i])
+            keep_closed = parallel and close_ended_slots
+            closed[i] = [c or e for c, e in zip(closed[i], ends)] if keep_closed else ends
             open_slots = [s for s in range(len(rows[i]) + 1) if not closed[i][s]]
             if not parallel and open_slots:  # the best (slot, token) of the joint distribution
                 open_slots = [max(open_slots, key=lambda s: (best_logit[a][s], -s))]

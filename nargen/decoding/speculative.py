@@ -69,7 +69,9 @@ def speculative(
     batch, device = src.shape[0], src.device
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
-    cache = model.new_cache(encoded, max(caps, default=0) + block + 2)
+    # BOS and up to ``cap`` tokens: drafts are cut to the room left below each cap, so no
+    # pass reads a position greedy would not
+    cache = model.new_cache(encoded, max(caps, default=0) + 1)
     drafted_before = drafter.passes
     drafter.start(src)
     stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0}
@@ -81,8 +83,10 @@ def speculative(
     while active:
         inputs_all = [[ids.bos, *out[r]] for r in active]
         tails = [seq[cached:] for seq in inputs_all]  # at least the last token
-        drafts = drafter.propose(active, [out[r] for r in active], block)
-        drafts = [d[:block] for d in drafts]
+        room = [caps[r] - len(out[r]) for r in active]
+        k = min(block, max(room))
+        drafts = drafter.propose(active, [out[r] for r in active], k) if k else [[] for _ in active]
+        drafts = [d[: min(block, left)] for d, left in zip(drafts, room)]
         stats["proposed"] += sum(len(d) for d in drafts)
         x = pad_rows([tail + draft for tail, draft in zip(tails, drafts)], ids.pad, device)
         if reads_hidden:
@@ -141,10 +145,11 @@ class AutoregressiveDrafter:
     is cut back to the longest prefix every sentence still shares with what it holds
     (after a rejected draft, the accepted output replaces the rest), and each sentence
     feeds its tokens from there, right-padded. At batch 1 every drafted token costs one
-    single-position pass."""
+    single-position pass. A sentence stops drafting where the next token would sit past
+    the drafter's own ``max_len`` positions (BOS included)."""
 
-    def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds()) -> None:
-        self.model, self.ids, self.passes = model, ids, 0
+    def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds(), max_len: int = 256) -> None:
+        self.model, self.ids, self.passes, self.max_len = model, ids, 0, max_len
         self.encoded: Any = None
         self.cache: Any = None
         self.rows: list[int] = []  # batch rows in cache order
@@ -173,7 +178,8 @@ class AutoregressiveDrafter:
         self._keep(rows)
         seqs = [[ids.bos, *p] for p in prefixes]
         drafts: list[list[int]] = [[] for _ in rows]
-        for _ in range(k):
+        k = min(k, self.max_len - max(len(s) for s in seqs) + 1)  # the last input sits at max_len - 1
+        for _ in range(max(k, 0)):
             shared = min(_common_prefix(h, s) for h, s in zip(self.held, seqs))
             shared = min(shared, min(len(s) for s in seqs) - 1)  # every row feeds its last token
             self.cache.truncate(shared)
@@ -225,7 +231,8 @@ class ParallelDrafter:
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
         m = self.module
         eos, mask_id = m.ids.eos, m.mask_id
-        canvases = [p + [mask_id] * max(self.lengths[r] - len(p), 0) for r, p in zip(rows, prefixes)]
+        limit = m.model_config.max_len
+        canvases = [(p + [mask_id] * max(self.lengths[r] - len(p), 0))[:limit] for r, p in zip(rows, prefixes)]
         x = pad_rows(canvases, m.ids.pad, self.device)
         real = x != m.ids.pad
         encoded = self.encoded.index_select(torch.tensor(rows, device=self.device))
@@ -236,7 +243,7 @@ class ParallelDrafter:
         best = logits.argmax(-1).tolist()
         drafts = []
         for i, (p, c) in enumerate(zip(prefixes, canvases)):
-            guess = best[i][len(p) : len(c)] + [eos]
+            guess = best[i][len(p) : len(c)] + [eos] if len(p) < limit else []  # no room past its positions
             drafts.append(guess[:k])
         return drafts
 

@@ -21,7 +21,7 @@ from nargen.models.base import Seq2SeqModule
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 from nargen.models.parallel import upsampled_frames, uniform_copy
 
-DECODERS = ("greedy", "lookahead", "viterbi")
+DECODERS = ("greedy", "lookahead", "viterbi", "joint_viterbi")
 NEG = -1e9  # stands for log 0 inside the training DP: finite, so gradients stay finite
 
 
@@ -100,7 +100,7 @@ class DAGModule(Seq2SeqModule):
 
     family = "dag"
     options_class = DAGOptions
-    decode_defaults = {"decoder": "lookahead", "length_penalty": 1.0}
+    decode_defaults = {"decoder": "lookahead", "length_penalty": 1.0, "dedup": True}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,13 +185,14 @@ class DAGModule(Seq2SeqModule):
         return {"ids": self.ids, "banned": (self.tokenizer.special.mask, self.tokenizer.special.blank)}
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        """``decoder``: ``greedy``, ``lookahead`` (default) or ``viterbi`` (with
-        ``length_penalty``, default 1)."""
+        """``decoder``: ``greedy``, ``lookahead`` (default), ``viterbi`` (links only) or
+        ``joint_viterbi`` (links and tokens), both with ``length_penalty`` (default 1);
+        ``dedup`` (default True) merges a token equal to the one before it."""
         o = self.decode_options(options)
         decoder, length_penalty = o["decoder"], o["length_penalty"]
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
-        common = self.decoder_settings()
-        if decoder == "viterbi":
-            return dag_viterbi(self, src, length_penalty=length_penalty, **common)
+        common = {**self.decoder_settings(), "dedup": o["dedup"]}
+        if decoder in ("viterbi", "joint_viterbi"):
+            return dag_viterbi(self, src, length_penalty=length_penalty, joint=decoder == "joint_viterbi", **common)
         return (dag_greedy if decoder == "greedy" else dag_lookahead)(self, src, **common)

@@ -20,7 +20,8 @@ ORDERS = ("left_to_right", "balanced_tree", "uniform")
 @dataclass
 class InsertionOptions:
     order: str = "balanced_tree"
-    """Training order: ``left_to_right`` (a prefix canvas; only its next token),
+    """Training order: ``left_to_right`` (a prefix canvas; only its next token, or
+    end-of-slot in the last slot once the canvas is complete; decoded by appending),
     ``balanced_tree`` (each slot's missing tokens weighted by closeness to the span's
     middle, softened by ``tree_temperature``) or ``uniform`` (equal weights)."""
     tree_temperature: float = 1.0
@@ -36,7 +37,8 @@ class InsertionOptions:
 class SlotTargets:
     """What a canvas of each training target must learn: the canvas itself, and for
     every missing target token its slot and weight; ``end_slots`` marks the slots that
-    must predict end-of-slot, and ``slots`` how many slots each row's loss averages over."""
+    must predict end-of-slot, and ``slots`` how many slot terms each row's loss averages
+    over."""
 
     canvas: torch.Tensor  # [batch, canvas_len]: BOS, kept tokens, EOS, padding
     slot: torch.Tensor  # [batch, tgt_len]: slot of each target token (-1: not to learn)
@@ -50,11 +52,13 @@ def slot_targets(
 ) -> SlotTargets:
     """Training targets for canvases holding the ``keep`` positions of ``target``.
 
-    Missing tokens fall in the slot after the kept tokens before them; every slot with
-    nothing missing must predict end-of-slot. Weights within a slot's span of missing
-    tokens: ``left_to_right`` puts 1 on the first missing token (the canvas is a
-    prefix, so only the last slot has any); ``balanced_tree`` uses
-    ``softmax(-|offset - middle| / temperature)`` over the span; ``uniform`` 1/span.
+    Missing tokens fall in the slot after the kept tokens before them. Weights within a
+    slot's span of missing tokens: ``balanced_tree`` uses ``softmax(-|offset - middle| /
+    temperature)`` over the span, ``uniform`` 1/span, and every slot with nothing missing
+    must predict end-of-slot; the loss averages over the slots. ``left_to_right`` (Stern
+    et al.: ``-log p(y_k+1, k)``, the canvas a prefix of ``k`` tokens) learns one term: the
+    next token in the last slot, or end-of-slot there once the prefix is the whole
+    target; the slots inside the prefix carry no loss.
     """
     batch, length = target.shape
     kept = keep.sum(1)
@@ -95,9 +99,15 @@ def slot_targets(
         total = torch.zeros(batch, width - 1, device=target.device).scatter_add(1, key, exp)
         weight = exp / total.gather(1, key).clamp(min=1e-30)
     n_slots = kept + 1
-    end_slots = (span == 0) & (torch.arange(width - 1, device=target.device)[None] < n_slots[:, None])
+    slot_index = torch.arange(width - 1, device=target.device)[None]
+    if options.order == "left_to_right":  # one term a canvas: the last slot
+        end_slots = (span == 0) & (slot_index == kept[:, None])
+        terms = torch.ones_like(n_slots)
+    else:
+        end_slots = (span == 0) & (slot_index < n_slots[:, None])
+        terms = n_slots
     slot = slot.masked_fill(weight == 0, -1)
-    return SlotTargets(canvas, slot, weight, end_slots, n_slots.float())
+    return SlotTargets(canvas, slot, weight, end_slots, terms.float())
 
 
 class InsertionModule(Seq2SeqModule):
@@ -107,8 +117,8 @@ class InsertionModule(Seq2SeqModule):
 
     family = "insertion"
     options_class = InsertionOptions
-    decode_defaults = {"parallel": True, "max_len_a": 1.5, "max_len_b": 10, "eos_penalty": 0.0,
-                       "keep_history": False}
+    decode_defaults = {"parallel": True, "close_ended_slots": False, "max_len_a": 1.5, "max_len_b": 10,
+                       "eos_penalty": 0.0, "keep_history": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -164,10 +174,13 @@ class InsertionModule(Seq2SeqModule):
         return -((token_term + end_term) / t.slots).mean()
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        """Parallel insertion decoding by default; ``parallel=False`` for sequential."""
+        """Parallel insertion decoding by default; ``parallel=False`` for sequential;
+        ``close_ended_slots=True`` keeps a slot that ended closed at later parallel passes.
+        A left-to-right model learned only its last slot, so it only appends."""
         o = self.decode_options(options)
         return insertion_decode(self, src, parallel=o["parallel"], keep_history=o["keep_history"],
-                                **self.decoder_settings(o))
+                                close_ended_slots=o["close_ended_slots"],
+                                last_slot_only=self.options.order == "left_to_right", **self.decoder_settings(o))
 
     def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The keyword arguments of ``insertion_decode`` (ids, length caps, banned ids)."""
