@@ -9,7 +9,7 @@ import torch
 from nargen.core import KVCache
 from nargen.data import read_split
 from nargen.data.batching import pad_sequences
-from nargen.decoding import greedy
+from nargen.decoding import SpecialIds, greedy
 from nargen.decoding.speculative import (
     AutoregressiveDrafter, OnePassDrafter, ParallelDrafter, aligned_continuation, speculative,
 )
@@ -173,3 +173,67 @@ def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal
     record = json.loads(capsys.readouterr().out)
     assert 0 < record["draft_acceptance"] <= 1 and record["target_passes"] > 0
     assert 0 < record["batch1_draft_acceptance"] <= 1 and record["batch1_target_passes"] >= 1
+
+
+def _model_that_runs_to_its_cap(max_len: int, seed: int) -> torch.nn.Module:
+    """A random-weight model whose EOS logit is always 0 (its embedding zeroed), below the
+    best of 37 other random logits: greedy decoding runs to the length cap."""
+    from nargen.core import Seq2SeqTransformer, TransformerConfig
+
+    torch.manual_seed(seed)
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro", vocab_size=40, max_len=max_len)).eval()
+    with torch.no_grad():
+        model.embed.weight[EOS].zero_()
+    return model
+
+
+def _sources_with_a_cap_at_max_len(max_len: int) -> torch.Tensor:
+    """Row 0: a source whose cap (1.5 * length + 10) is clipped to max_len - 1; then short ones."""
+    g = torch.Generator().manual_seed(5)
+    lengths = [max_len - 8, 3, 5, 2]
+    rows = [torch.cat([torch.randint(3, 40, (n - 1,), generator=g), torch.tensor([EOS])]) for n in lengths]
+    return pad_sequences(rows, 0)
+
+
+@pytest.mark.parametrize("block", range(1, 9))
+def test_speculative_output_equals_greedy_when_a_cap_reaches_max_len(block: int) -> None:
+    max_len = 32
+    model = _model_that_runs_to_its_cap(max_len, seed=0)
+    src = _sources_with_a_cap_at_max_len(max_len)
+    settings = {"max_len": max_len}
+    for rows in ([0], [0, 1, 2, 3]):  # alone, and in a batch with short sentences
+        reference = greedy(model, src[rows], **settings)
+        truth = reference.as_lists(0)
+        assert len(truth[0]) == max_len - 1 and bool(reference.hit_cap[0])  # the long row fills the model
+
+        def right_then_past_the_cap(row, prefix, k):  # the right tokens, then more than fit
+            return (truth[row][len(prefix):] + [7] * k)[:k]
+
+        def wrong_every_third(row, prefix, k):
+            rest = truth[row][len(prefix):] + [7] * k
+            return [t if (len(prefix) + j) % 3 else 8 for j, t in enumerate(rest[:k])]
+
+        own = AutoregressiveDrafter(model, SpecialIds(), max_len=max_len)
+        shorter = AutoregressiveDrafter(_model_that_runs_to_its_cap(28, seed=1), SpecialIds(), max_len=28)
+        for drafter in (ListDrafter(right_then_past_the_cap), ListDrafter(wrong_every_third), own, shorter):
+            out = speculative(model, src[rows], drafter, block=block, **settings)
+            assert out.as_lists(0) == truth, (block, rows, drafter)
+            assert torch.equal(out.hit_cap, reference.hit_cap)
+
+
+@pytest.mark.slow
+def test_translate_with_a_drafter_takes_a_line_as_long_as_the_model(trained_run, trained_cmlm, tmp_path):
+    """A line cut to the model's maximum has a cap at ``max_len - 1``: with a drafter it
+    translates to what plain greedy gives, at every block size."""
+    from nargen.cli.main import main
+
+    source = tmp_path / "long.src"
+    source.write_text(" ".join(["ka", "lo", "mi", "nu", "pe", "ro", "su"] * 12) + "\nza bu\n", encoding="utf-8")
+    ckpt = str(trained_run / "checkpoints" / "best.ckpt")
+    plain = tmp_path / "plain.out"
+    assert main(["translate", "--ckpt", ckpt, "-i", str(source), "-o", str(plain)]) == 0
+    for block in (1, 4, 8):
+        drafted = tmp_path / f"drafted{block}.out"
+        assert main(["translate", "--ckpt", ckpt, "--draft-ckpt", str(trained_cmlm), "--block", str(block),
+                     "-i", str(source), "-o", str(drafted)]) == 0
+        assert drafted.read_text(encoding="utf-8") == plain.read_text(encoding="utf-8")
