@@ -311,8 +311,9 @@ def latent_rows(
 ) -> list[dict[str, Any]]:
     """Prior latents (greedy, beam 4, greedy with the reference's latent count) against
     oracle latents: BLEU, codebook usage, the passes one sentence needs alone (prior: its
-    latents + the end step, then the decoder pass; with a latent from the reference, which
-    a real decoding does not have: the decoder pass) and BLEU by reference length."""
+    latents + the end step, then the decoder pass, also when held to the reference's
+    count; with the reference's latents, which a real decoding does not have: the decoder
+    pass) and BLEU by reference length."""
     ref_lengths = [0] * len(references)
     for b in batches:
         for i, n in zip(b.rows, b.ref_lengths.tolist()):
@@ -336,8 +337,8 @@ def latent_rows(
             return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
 
         decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
-        oracle = name != "prior greedy" and name != "prior beam 4"  # latents from the reference
-        decoded.passes = [1 if oracle else latents[i] + 2 for i in range(len(references))]
+        prior_runs = name != "oracle latents"  # held to a count or not, the prior steps once a latent
+        decoded.passes = [latents[i] + 2 if prior_runs else 1 for i in range(len(references))]
         words = torch.cat(used)
         codes = module.codes(words)
         perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
@@ -345,7 +346,7 @@ def latent_rows(
                      "mean_latents": round(statistics.fmean(latents.values()), 2),
                      "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4),
                      "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
-                     "passes_by_length": [] if oracle else passes_by_length(decoded)})
+                     "passes_by_length": passes_by_length(decoded) if prior_runs else []})
         log(f"latent {name}: BLEU {rows[-1]['bleu']}")
     return rows
 

@@ -52,16 +52,25 @@ def test_bench_measures_every_system_and_writes_table_and_plot(trained_run, reve
     # mean output length in SentencePiece tokens, as the tokenizer reads the outputs back
     tokens = load_module(ar).tokenizer.encode(hyps)
     assert greedy["mean_output_tokens"] == round(sum(map(len, tokens)) / len(tokens), 2)
-    # speed-ups are the measured ratios against the baselines the spec names
-    nat_rec, beam_rec = records["NAT k=2 + rerank"], records["AR beam 2"]
-    assert nat_rec["speedup_batch1_vs_greedy"] == round(greedy["batch1_ms_mean"] / nat_rec["batch1_ms_mean"], 2)
-    assert nat_rec["speedup_batched_vs_beam"] == round(nat_rec["sentences_per_s"] / beam_rec["sentences_per_s"], 2)
+    # the baselines: the AR rows decoding with beam 1 and beam > 1; each is 1.0x of itself,
+    # and a system is faster than a baseline exactly when its time is shorter
+    beam_rec = records["AR beam 2"]
+    assert {r["greedy_baseline"] for r in records.values()} == {"AR greedy"}
+    assert {r["beam_baseline"] for r in records.values()} == {"AR beam 2"}
+    assert greedy["speedup_batch1_vs_greedy"] == beam_rec["speedup_batch1_vs_beam"] == 1.0
+    for r in records.values():
+        for label, base in (("greedy", greedy), ("beam", beam_rec)):
+            if abs(r["batch1_ms_mean"] - base["batch1_ms_mean"]) > 0.01 * base["batch1_ms_mean"]:
+                assert (r[f"speedup_batch1_vs_{label}"] > 1) == (r["batch1_ms_mean"] < base["batch1_ms_mean"])
+            if abs(r["sentences_per_s"] - base["sentences_per_s"]) > 0.01 * base["sentences_per_s"]:
+                assert (r[f"speedup_batched_vs_{label}"] > 1) == (r["sentences_per_s"] > base["sentences_per_s"])
     # The reranker is one more sequential pass inside the NAT system.
     assert records["NAT k=2 + rerank"]["mean_passes_per_sentence"] == 2.0
     assert records["NAT k=2 + rerank"]["rerank_ckpt"] == ar
 
     table = (tmp_path / "out" / "bench.md").read_text()
-    assert all(f"| {name} |" in table for name in records)
+    assert "| AR greedy (greedy baseline) |" in table and "| AR beam 2 (beam baseline) |" in table
+    assert "| NAT k=2 + rerank |" in table
     assert greedy["bleu_signature"] in table and greedy["bleu_signature"] in capsys.readouterr().out
     for name in ("bench", "latency"):  # the frontier and latency-by-length plots
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000
@@ -81,8 +90,30 @@ def test_bench_without_batch_one_timing_still_writes_its_table(trained_run, reve
     assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency-sentences", "0"]) == 0
     (greedy, beam) = json.loads((out / "bench.json").read_text())["records"]
     assert "batch1_ms_mean" not in greedy and "speedup_batch1_vs_greedy" not in beam
-    assert beam["speedup_batched_vs_greedy"] > 0
-    assert "| AR beam 2 |" in (out / "bench.md").read_text()
+    assert greedy["speedup_batched_vs_greedy"] == beam["speedup_batched_vs_beam"] == 1.0
+    assert "| AR beam 2 (beam baseline) |" in (out / "bench.md").read_text()
+
+
+def test_bench_baselines_follow_the_options_used_and_skip_drafted_systems(trained_run, trained_cmlm,
+                                                                            reversal_root, tmp_path):
+    """The baselines are picked by the beam each system decodes with (a checkpoint's own
+    decode options count), and a speculative system is never the greedy baseline."""
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    module = load_module(ar)
+    module.decode_config.options = {"beam": 2}  # a checkpoint that decodes with beam 2 unless told
+    beam_by_default = tmp_path / "beam_by_default.ckpt"
+    torch.save({"nargen": module.metadata(), "state_dict": module.state_dict()}, beam_by_default)
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "AR speculative", "ckpt": ar, "options": {"beam": 1, "block": 3}, "draft_ckpt": str(trained_cmlm)},
+        {"name": "AR own beam", "ckpt": str(beam_by_default)},
+        {"name": "AR greedy", "ckpt": str(beam_by_default), "options": {"beam": 1}},
+    ])
+    out = tmp_path / "out"
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency-sentences", "0"]) == 0
+    records = {r["system"]: r for r in json.loads((out / "bench.json").read_text())["records"]}
+    assert records["AR own beam"]["decode_options"]["beam"] == 2
+    assert {r["greedy_baseline"] for r in records.values()} == {"AR greedy"}
+    assert {r["beam_baseline"] for r in records.values()} == {"AR own beam"}
 
 
 def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversal_root, tmp_path, capsys):

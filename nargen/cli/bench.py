@@ -57,9 +57,11 @@ class BenchSpec:
     max_tokens: int = 2500
     """Source-token budget of a batch in the throughput run."""
     greedy_baseline: str | None = None
-    """Name of the AR greedy system (default: the first autoregressive one with beam 1)."""
+    """Name of the AR greedy system (default: the first autoregressive one decoding with
+    beam 1, without a drafter)."""
     beam_baseline: str | None = None
-    """Name of the AR beam system (default: the first autoregressive one with beam > 1)."""
+    """Name of the AR beam system (default: the first autoregressive one decoding with
+    beam > 1)."""
     systems: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -98,14 +100,22 @@ def split_missing(systems: list[SystemSpec]) -> tuple[list[SystemSpec], list[dic
     return kept, left_out
 
 
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``options`` a JSON record can hold (no reranker or drafter object)."""
+    return {k: v for k, v in options.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
 def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> dict[str, Any] | None:
+    """The record named ``name``, else the first autoregressive one without a drafter
+    whose beam (as decoded: the spec's options over the checkpoint's own) is 1 for the
+    greedy baseline, more for the beam baseline."""
     for record in records:
         if name is not None:
             if record["system"] == name:
                 return record
             continue
-        width = record["options"].get("beam", 1)
-        if record["family"] == "autoregressive" and (width > 1) == beam:
+        width = record["decode_options"].get("beam", 1)
+        if record["family"] == "autoregressive" and not record["draft_ckpt"] and (width > 1) == beam:
             return record
     return None
 
@@ -184,6 +194,7 @@ def run_bench(
             "training_data": system.training_data,
             "checkpoint": system.ckpt,
             "options": dict(system.options),
+            "decode_options": _plain(module.decode_options({k: v for k, v in system.options.items() if k != "max_tokens"})),
             "rerank_ckpt": system.rerank_ckpt,
             "draft_ckpt": system.draft_ckpt,
             "data_signature": module.data_signature,

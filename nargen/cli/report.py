@@ -37,8 +37,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["records"]:
+        role = [f"{label} baseline" for label in ("greedy", "beam") if r.get(f"{label}_baseline") == r["system"]]
+        name = f"{r['system']} ({', '.join(role)})" if role else r["system"]
         rows.append(
-            f"| {r['system']} | {r['training_data'] or '-'} | {r['bleu']:.2f} | {r['chrf']:.2f} "
+            f"| {name} | {r['training_data'] or '-'} | {r['bleu']:.2f} | {r['chrf']:.2f} "
             f"| {r['repetition_rate']:.4f} | {_number(r, 'mean_output_tokens', '.1f')} "
             f"| {_number(r, 'mean_passes_per_sentence', '.2f')} "
             f"| {_number(r, 'batch1_ms_mean', '.1f')} ({_number(r, 'batch1_ms_p90', '.1f')}) "
