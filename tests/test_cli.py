@@ -121,7 +121,8 @@ def test_every_recipe_parses_and_names_a_known_family():
         config = load_fit_config(path, [])
         assert config.family in FAMILIES, path
         options = FAMILIES[config.family].options_class(**config.family_options)
-        assert options is not None
+        # every option the recipe sets reaches the family's options unchanged
+        assert {k: getattr(options, k) for k in config.family_options} == config.family_options, path
     tiny = load_fit_config("recipes/multi30k/ar_tiny.yaml", ["--trainer.max_steps", "20"])
     assert tiny.trainer.max_steps == 20 and tiny.trainer.max_time_minutes == 30
 

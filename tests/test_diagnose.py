@@ -3,6 +3,8 @@ learned order, insertion passes; and the oracle-order properties on a real decod
 
 from __future__ import annotations
 
+import math
+
 import json
 
 import pytest
@@ -84,7 +86,27 @@ def test_cmlm_report_has_every_setting_and_orders_in_range(cmlm, test_split, tra
     at_one = {r["policy"]: r["bleu"] for r in report["order"] if r["iterations"] == 1}
     assert len(set(at_one.values())) == 1  # one pass: no order to choose, all policies agree
     (learned,) = report["learned_order"]
-    assert -1 <= learned["tau_left_to_right"] <= 1 and learned["sentences"] > 30
+    assert learned["sentences"] > 30 and learned["tau_left_to_right"] is not None
+
+
+def test_learned_order_is_the_mean_tau_against_each_reference_order():
+    from nargen.diagnose import Decoded, learned_order
+
+    schedules = [
+        [0, 1, 2, 3, 4],  # left to right
+        [4, 3, 2, 1, 0],  # right to left
+        [2, 1, 0, 2, 1],  # the balanced tree of 5: the middle, then 1 and 4, then 0 and 3
+        [0, 0, 0],  # all at once: no order, left out
+        [0],  # one position: left out
+    ]
+    got = learned_order(Decoded(tokens=[[]] * 5, schedules=schedules, passes=[1] * 5))
+    assert got["sentences"] == 3
+    # tree against left to right: 3 concordant, 5 discordant pairs, 2 tied in the tree:
+    # tau-b = (3 - 5) / sqrt((10 - 2) * 10); left to right and its mirror give 1 and -1
+    tree_vs_l2r = -2 / math.sqrt(80)
+    assert got["tau_left_to_right"] == pytest.approx((1 - 1 + tree_vs_l2r) / 3, abs=1e-3)
+    # against the tree: the tree itself scores 1; left to right and its mirror cancel
+    assert got["tau_balanced_tree"] == pytest.approx((tree_vs_l2r - tree_vs_l2r + 1) / 3, abs=1e-3)
 
 
 def test_sequential_insertion_takes_one_pass_per_token_plus_one(trained_insertion, test_split):
