@@ -1,0 +1,63 @@
+"""Decoding loops read the device only where they must: greedy's one read (has every
+sentence finished?) happens once per ``check_every`` steps, and the output does not
+depend on how often it happens. Counted with the profiler on a CPU, where a read shows
+as ``aten::item`` / ``aten::_local_scalar_dense`` / ``aten::is_nonzero`` / ``aten::nonzero``
+events exactly as a device synchronisation would on a GPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from nargen.core import Seq2SeqTransformer, TransformerConfig
+from nargen.decoding import greedy
+
+HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
+EOS = 2
+
+
+def host_reads(fn) -> tuple[int, object]:  # noqa: ANN001
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return sum(e.name in HOST_READS for e in prof.events()), result
+
+
+@pytest.fixture(scope="module")
+def model_and_source():
+    """Random weights with EOS never chosen (its embedding, hence its logit, is 0 and
+    below the best of the other tokens'): every sentence runs to its 30-token cap."""
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(TransformerConfig.from_preset("micro", vocab_size=40)).eval()
+    with torch.no_grad():
+        model.embed.weight[EOS].zero_()
+    src = torch.tensor([[5, 6, 7, 8, 9, 10, EOS], [11, 12, 13, EOS, 0, 0, 0]])
+    return model, src
+
+
+def test_greedy_reads_the_device_once_per_check(model_and_source):
+    model, src = model_and_source
+    settings = {"max_len_a": 0.0, "max_len_b": 30, "max_len": 64}
+    greedy(model, src, **settings)  # warm-up
+    reads, outputs = {}, {}
+    for every in (1, 4, 8):
+        reads[every], outputs[every] = host_reads(lambda: greedy(model, src, check_every=every, **settings))
+    steps = 31  # 30 tokens, then EOS at the cap
+    # a read is at most 3 events (is_nonzero, item, _local_scalar_dense); a few more
+    # belong to the call, not to its steps (the encoder's padding check, the output width)
+    for every, count in reads.items():
+        assert count <= 3 * math.ceil(steps / every) + 12, (every, count)
+    assert reads[8] < reads[4] < reads[1]
+    # the output and the passes reported do not depend on how often the loop looks
+    for every in (4, 8):
+        assert torch.equal(outputs[every].tokens, outputs[1].tokens)
+        assert outputs[every].passes == outputs[1].passes == steps
+        assert torch.equal(outputs[every].hit_cap, outputs[1].hit_cap)
+
+
+def test_check_every_must_be_positive(model_and_source):
+    model, src = model_and_source
+    with pytest.raises(ValueError, match="check_every"):
+        greedy(model, src, check_every=0)
