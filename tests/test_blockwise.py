@@ -38,7 +38,7 @@ def sources(blockwise_run, reversal_root):
     module = load_module(blockwise_run[0] / "checkpoints" / "best.ckpt")
     test = read_split(reversal_root, "test", "src", "tgt")
     rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:48])]
-    return module, pad_sequences(rows, module.ids.pad)
+    return module, pad_sequences(rows, module.ids.pad).to(module.device)
 
 
 @pytest.mark.slow

@@ -285,7 +285,7 @@ def test_translate_jsonl_nbest_matches_beam_search_and_files_keep_alignment(trai
     assert len(records) == 3 and records[1]["text"] == "" and records[1]["nbest"] == []
     module = load_module(ckpt)
     for record, line in zip((records[0], records[2]), ("ka lo mi", "nu pe ro su")):
-        src = pad_sequences([torch.tensor(module.tokenizer.encode([line])[0] + [module.ids.eos])], 0)
+        src = pad_sequences([torch.tensor(module.tokenizer.encode([line])[0] + [module.ids.eos])], 0).to(module.device)
         direct = beam_search(module.model, src, beam=3, length_penalty=module.decode_options()["length_penalty"],
                              **module.decoder_settings())
         assert [h["tokens"] for h in record["nbest"]] == [t for t, _ in direct.nbest[0]]

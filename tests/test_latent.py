@@ -59,8 +59,8 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     out = module.translate(test.source).texts
     prior_exact = sum(o == r for o, r in zip(out, test.target)) / len(test.target)
     ids = module.tokenizer
-    src = pad_sequences([torch.tensor(x + [2]) for x in ids.encode(test.source)], 0)
-    tgt = pad_sequences([torch.tensor(x) for x in ids.encode(test.target)], 0)
+    src = pad_sequences([torch.tensor(x + [2]) for x in ids.encode(test.source)], 0).to(module.device)
+    tgt = pad_sequences([torch.tensor(x) for x in ids.encode(test.target)], 0).to(module.device)
     words = module.oracle_words(src, tgt)
     oracle = ids.decode([[t for t in row if t] for row in
                          module.decode_from_codes(src, module.model.encode(src), words).tolist()])
@@ -74,7 +74,7 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     assert set(rows) == {"prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents"}
     # held to the reference's latent count, the prior writes exactly that many latents
     assert rows["prior greedy, oracle count"]["mean_latents"] == rows["oracle latents"]["mean_latents"]
-    counts = torch.tensor([len(w) for w in words])
+    counts = torch.tensor([len(w) for w in words], device=module.device)
     assert [len(w) for w in module.prior_words_of_count(src, counts)] == counts.tolist()
     assert [len(w) for w in module.prior_words_of_count(src, counts + 2)] == (counts + 2).tolist()
     assert rows["oracle latents"]["bleu"] >= rows["prior greedy"]["bleu"]

@@ -67,7 +67,7 @@ def ar_and_sources(trained_run, reversal_root):
     module = load_module(trained_run / "checkpoints" / "best.ckpt")
     test = read_split(reversal_root, "test", "src", "tgt")
     rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:24])]
-    return module, pad_sequences(rows, module.ids.pad)
+    return module, pad_sequences(rows, module.ids.pad).to(module.device)
 
 
 def settings(module):
@@ -116,7 +116,9 @@ def test_the_cached_drafter_drafts_what_the_model_drafts_without_a_cache(ar_and_
     def uncached(row, prefix, k):  # one sentence, whole prefix each pass
         seq, out = [ids.bos, *prefix], []
         while len(out) < k and ids.eos not in out:
-            logits = model.decode(torch.tensor([seq]), encoded.index_select(torch.tensor([row])), causal=True)
+            device = src.device
+            logits = model.decode(torch.tensor([seq], device=device),
+                                  encoded.index_select(torch.tensor([row], device=device)), causal=True)
             logits[..., [ids.pad, ids.bos]] = float("-inf")
             out.append(int(logits[0, -1].argmax()))
             seq.append(out[-1])

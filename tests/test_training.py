@@ -155,7 +155,7 @@ def test_checkpoint_round_trip_keeps_options_and_logits(family, options, model, 
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)  # the hook Lightning calls when it saves
     torch.save(checkpoint, tmp_path / "m.ckpt")
-    loaded = load_module(tmp_path / "m.ckpt", family=family)  # built afresh: other random weights
+    loaded = load_module(tmp_path / "m.ckpt", family=family, map_location="cpu")  # built afresh: other random weights
     assert loaded.options == module.options
     assert loaded.model_config == cfg and loaded.decode_config == module.decode_config
     src = torch.randint(6, tokenizer.vocab_size, (3, 7))
