@@ -97,7 +97,7 @@ def test_bench_without_batch_one_timing_still_writes_its_table(trained_run, reve
 def test_bench_baselines_follow_the_options_used_and_skip_drafted_systems(trained_run, trained_cmlm,
                                                                             reversal_root, tmp_path):
     """The baselines are picked by the beam each system decodes with (a checkpoint's own
-    decode options count), and a speculative system is never the greedy baseline."""
+    decode options count), and a speculative or sampling system is never the greedy baseline."""
     ar = str(trained_run / "checkpoints" / "best.ckpt")
     module = load_module(ar)
     module.decode_config.options = {"beam": 2}  # a checkpoint that decodes with beam 2 unless told
@@ -105,6 +105,7 @@ def test_bench_baselines_follow_the_options_used_and_skip_drafted_systems(traine
     torch.save({"nargen": module.metadata(), "state_dict": module.state_dict()}, beam_by_default)
     spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
         {"name": "AR speculative", "ckpt": ar, "options": {"beam": 1, "block": 3}, "draft_ckpt": str(trained_cmlm)},
+        {"name": "AR sampled", "ckpt": ar, "options": {"beam": 1, "sampling": True, "seed": 1}},
         {"name": "AR own beam", "ckpt": str(beam_by_default)},
         {"name": "AR greedy", "ckpt": str(beam_by_default), "options": {"beam": 1}},
     ])

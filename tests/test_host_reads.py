@@ -61,3 +61,26 @@ def test_check_every_must_be_positive(model_and_source):
     model, src = model_and_source
     with pytest.raises(ValueError, match="check_every"):
         greedy(model, src, check_every=0)
+
+
+def test_steps_past_the_last_eos_change_nothing(model_and_source):
+    """Rows that end at different steps before their caps: checking every 8 steps runs
+    past the last EOS, which changes no token, no pass count and no cap flag."""
+    model, src = model_and_source
+    ends = torch.tensor([5, 11])  # the step at which each row emits EOS
+
+    def finishing(logits, state={"step": 0}):  # noqa: B006 - one counter per decoding
+        chosen = logits.argmax(-1).masked_fill(ends == state["step"], EOS)
+        state["step"] += 1
+        return chosen
+
+    results = []
+    for every in (1, 8):
+        state = {"step": 0}
+        results.append(greedy(model, src, check_every=every, max_len_a=0.0, max_len_b=30, max_len=64,
+                              pick=lambda logits, state=state: finishing(logits, state)))
+    plain, sparse = results
+    assert plain.as_lists(0) == sparse.as_lists(0)
+    assert [len(row) for row in plain.as_lists(0)] == [5, 11]
+    assert plain.passes == sparse.passes == 12
+    assert not plain.hit_cap.any() and not sparse.hit_cap.any()

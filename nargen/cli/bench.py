@@ -106,16 +106,17 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> dict[str, Any] | None:
-    """The record named ``name``, else the first autoregressive one without a drafter
-    whose beam (as decoded: the spec's options over the checkpoint's own) is 1 for the
+    """The record named ``name``, else the first autoregressive one without a drafter or
+    sampling whose beam (as decoded: the spec's options over the checkpoint's own) is 1 for the
     greedy baseline, more for the beam baseline."""
     for record in records:
         if name is not None:
             if record["system"] == name:
                 return record
             continue
-        width = record["decode_options"].get("beam", 1)
-        if record["family"] == "autoregressive" and not record["draft_ckpt"] and (width > 1) == beam:
+        o = record["decode_options"]
+        argmax = not record["draft_ckpt"] and not o.get("sampling")
+        if record["family"] == "autoregressive" and argmax and (o.get("beam", 1) > 1) == beam:
             return record
     return None
 

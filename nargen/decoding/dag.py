@@ -11,7 +11,9 @@ decoders use one decoder pass.
 - Viterbi (Shao et al. 2022): the path maximising its links' log-probabilities divided
   by ``|Y| ** length_penalty``, ``|Y|`` its number of output vertices (BOS and EOS
   excluded, before duplicates are merged); joint Viterbi adds each output vertex's best
-  token log-probability to the path's score.
+  token log-probability to the path's score. (The reference code's links-only mode also
+  adds its first output vertex's token score, and it searches |Y| only up to
+  ``2 * vertices / upsample``; here Viterbi is the paper's ``P(A | X)`` over every length.)
 """
 
 from __future__ import annotations

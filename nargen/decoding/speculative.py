@@ -145,8 +145,9 @@ class AutoregressiveDrafter:
     is cut back to the longest prefix every sentence still shares with what it holds
     (after a rejected draft, the accepted output replaces the rest), and each sentence
     feeds its tokens from there, right-padded. At batch 1 every drafted token costs one
-    single-position pass. A sentence stops drafting where the next token would sit past
-    the drafter's own ``max_len`` positions (BOS included)."""
+    single-position pass. The batch stops drafting where its longest sentence's next
+    token would sit past the drafter's own ``max_len`` positions (BOS included), and the
+    drafter reads at most that many source tokens."""
 
     def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds(), max_len: int = 256) -> None:
         self.model, self.ids, self.passes, self.max_len = model, ids, 0, max_len
@@ -157,7 +158,7 @@ class AutoregressiveDrafter:
         self.device = torch.device("cpu")
 
     def start(self, src: torch.Tensor) -> None:
-        self.encoded, self.device = self.model.encode(src), src.device
+        self.encoded, self.device = self.model.encode(fit_source(src, self.max_len, self.ids)), src.device
         self.cache = self.model.new_cache(self.encoded, 0)  # grows as drafts lengthen
         self.rows = list(range(src.shape[0]))
         self.held = [[] for _ in self.rows]
@@ -201,6 +202,16 @@ class AutoregressiveDrafter:
         return drafts
 
 
+def fit_source(src: torch.Tensor, max_len: int, ids: SpecialIds) -> torch.Tensor:
+    """``src`` cut to a drafter's ``max_len`` tokens, a cut row ending in EOS as the
+    target's own source rows do: a drafter may hold fewer positions than its target."""
+    if src.shape[1] <= max_len:
+        return src
+    cut = src[:, :max_len].clone()
+    cut[:, -1] = torch.where(cut[:, -1] == ids.pad, cut[:, -1], torch.full_like(cut[:, -1], ids.eos))
+    return cut
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     """Length of the longest common prefix of ``a`` and ``b``."""
     n = 0
@@ -224,6 +235,7 @@ class ParallelDrafter:
 
     def start(self, src: torch.Tensor) -> None:
         m = self.module
+        src = fit_source(src, m.model_config.max_len, m.ids)
         self.encoded, self.device = m.encode(src), src.device
         lengths, _ = m.predict_lengths(self.encoded, (src != m.ids.pad).sum(1), 1)
         self.lengths = lengths[:, 0].tolist()
@@ -284,7 +296,8 @@ class OnePassDrafter:
         self.drafts: list[list[int]] = []
 
     def start(self, src: torch.Tensor) -> None:
-        result = self.module.generate(src, **self.options)
+        m = self.module
+        result = m.generate(fit_source(src, m.model_config.max_len, m.ids), **self.options)
         self.passes += result.passes
         ids = self.module.ids
         rows = [row[: row.index(ids.eos)] if ids.eos in row else row for row in result.tokens.tolist()]
