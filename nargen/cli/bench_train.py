@@ -43,7 +43,7 @@ class StepProfiler(L.Callback):
         if self._profiler is not None and self.result is None and "tgt_in" in batch:
             add_counts(self._attention, attention_elements(batch["src"].shape, batch["tgt_in"].shape))
         if step == self.skip_steps and self._profiler is None and self.steps:
-            self.counted = (self.monitor.target_tokens, self.monitor.seconds)
+            self.counted = self.monitor.counted()
             self._unlabel = label_regions(module.model, NARGEN_REGIONS)
             step_fn = type(module).training_step
 
@@ -61,7 +61,7 @@ class StepProfiler(L.Callback):
             del module.training_step
             self._unlabel()
             self.result = summarize(self._profiler.events(), self.steps, wall)
-            self.result.tokens = (self.monitor.target_tokens - self.counted[0]) / self.steps
+            self.result.tokens = (self.monitor.counted()[0] - self.counted[0]) / self.steps
             self.result.attention = {k: v / self.steps for k, v in self._attention.items()}
 
 
@@ -91,6 +91,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     )
     trainer.fit(module, datamodule=datamodule)
     if profile_steps:  # the throughput counted only the steps before the profile
+        monitor.counted()  # fold what the device still holds, then drop the profiled steps
         monitor.target_tokens, monitor.seconds = profiler.counted
     monitor.gather(trainer)
     close_process_group()
@@ -99,7 +100,7 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     out = {
         "family": config.family, "steps": steps, "warmup_steps": warmup_steps,
         "parameters": sum(p.numel() for p in module.parameters()),
-        **monitor.summary(module.device),
+        **monitor.summary(trainer.strategy.root_device),
         "device": str(module.device), "processes": trainer.world_size,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -187,7 +187,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        **monitor.summary(module.device),
+        **monitor.summary(trainer.strategy.root_device),
     }
     if not trainer.is_global_zero:
         return None

@@ -36,6 +36,9 @@ class ThroughputMonitor(L.Callback):
         self._enc_params = self._dec_params = 0
         self.processes = 1
         """Processes whose counts ``gather`` summed."""
+        self._pending: torch.Tensor | None = None
+        """Target and source tokens counted on the device since the last read: read once
+        per logging interval, not once per step (each read waits for the device)."""
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         model = module.model
@@ -60,17 +63,32 @@ class ThroughputMonitor(L.Callback):
         if not counted:
             return
         pad = module.ids.pad
-        tgt = int((batch["tgt_out"] != pad).sum())
-        src = int((batch["src"] != pad).sum())
+        counts = torch.stack([(batch["tgt_out"] != pad).sum(), (batch["src"] != pad).sum()])
+        self._pending = counts if self._pending is None else self._pending + counts
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            self._read_counts()
+            if self.seconds > 0:  # all processes: this one's rate times their number
+                module.log("train_tok_s", self.target_tokens * trainer.world_size / self.seconds,
+                           prog_bar=True)
+
+    def counted(self) -> tuple[int, float]:
+        """Target tokens and training seconds so far (reads the device's counts)."""
+        self._read_counts()
+        return self.target_tokens, self.seconds
+
+    def _read_counts(self) -> None:
+        """Fold the device-side token counts into the totals (one host read)."""
+        if self._pending is None:
+            return
+        tgt, src = self._pending.tolist()
+        self._pending = None
         self.target_tokens += tgt
         self.flops += 6.0 * (self._enc_params * src + self._dec_params * tgt)
-        if self.seconds > 0:  # all processes: this one's rate times their number
-            module.log("train_tok_s", self.target_tokens * trainer.world_size / self.seconds,
-                       prog_bar=True)
 
     def gather(self, trainer: L.Trainer) -> None:
         """Totals over every process of a multi-process run (tokens and FLOPs summed,
         the slowest process's seconds); call on every process."""
+        self._read_counts()
         if trainer.world_size == 1:
             return
         totals = torch.tensor([float(self.target_tokens), self.flops], dtype=torch.float64)
@@ -82,6 +100,10 @@ class ThroughputMonitor(L.Callback):
         self.processes = trainer.world_size
 
     def summary(self, device: torch.device) -> dict[str, Any]:
+        """Totals, rate, and on a GPU peak memory and MFU; ``device``: the one trained on
+        (the strategy's, not the module's: Lightning moves the module back to the CPU
+        when fitting ends)."""
+        self._read_counts()
         rate = self.target_tokens / self.seconds if self.seconds else 0.0
         out: dict[str, Any] = {
             "target_tokens": self.target_tokens,
