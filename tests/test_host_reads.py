@@ -1,6 +1,6 @@
 """Decoding loops read the device only where they must: greedy's one read (has every
 sentence finished?) happens once per ``check_every`` steps, and the output does not
-depend on how often it happens. Counted with the profiler on a CPU, where a read shows
+depend on how often it happens; beam search reads once a step. Counted with the profiler on a CPU, where a read shows
 as ``aten::item`` / ``aten::_local_scalar_dense`` / ``aten::is_nonzero`` / ``aten::nonzero``
 events exactly as a device synchronisation would on a GPU."""
 
@@ -13,16 +13,30 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nargen.core import Seq2SeqTransformer, TransformerConfig
-from nargen.decoding import greedy
+from nargen.decoding import beam_search, greedy
 
 HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
 EOS = 2
 
 
 def host_reads(fn) -> tuple[int, object]:  # noqa: ANN001
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        result = fn()
-    return sum(e.name in HOST_READS for e in prof.events()), result
+    """Profiler events of reads during ``fn()``, plus its ``Tensor.tolist`` calls (one
+    transfer each on a GPU; on a CPU they leave no such event)."""
+    calls = 0
+    tolist = torch.Tensor.tolist
+
+    def counted(self):  # noqa: ANN001, ANN202
+        nonlocal calls
+        calls += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            result = fn()
+    finally:
+        torch.Tensor.tolist = tolist
+    return sum(e.name in HOST_READS for e in prof.events()) + calls, result
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +98,15 @@ def test_steps_past_the_last_eos_change_nothing(model_and_source):
     assert [len(row) for row in plain.as_lists(0)] == [5, 11]
     assert plain.passes == sparse.passes == 12
     assert not plain.hit_cap.any() and not sparse.hit_cap.any()
+
+
+def test_beam_search_reads_the_device_about_once_a_step(model_and_source):
+    """One transfer a step brings the candidates back (ties would cost a second); the
+    rest of the call reads a handful of times (caps, the encoder's padding check)."""
+    model, src = model_and_source
+    settings = {"max_len_a": 0.0, "max_len_b": 30, "max_len": 64}
+    for rows in ([0], [0, 1]):
+        beam_search(model, src[rows], beam=4, **settings)  # warm-up
+        reads, result = host_reads(lambda: beam_search(model, src[rows], beam=4, **settings))
+        assert result.passes == 31
+        assert reads <= result.passes + 12, (rows, reads)

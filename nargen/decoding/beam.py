@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nargen.core.ties import stable_topk
+from nargen.core.ties import retie, topk_with_ties
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 
@@ -24,21 +24,25 @@ def beam_search(
     ``sum log p / length ** length_penalty`` (length counts EOS).
 
     A sentence is done once it holds ``beam`` finished hypotheses; done sentences leave
-    the batch (and the cache) so the remaining ones run on a smaller batch.
+    the batch (and the cache) so the remaining ones run on a smaller batch. Each step
+    reads the device once: the step's candidates come back in one transfer (a second
+    only when equal scores need re-ranking), and the hypotheses' tokens are kept on the
+    host, where the bookkeeping runs.
     """
     device = src.device
     batch = src.shape[0]
     encoded = model.encode(src)
-    caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1)
-    steps_needed = int(caps.max()) + 1
+    caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
+    steps_needed = max(caps, default=0) + 1
 
     # a model that groups rows by source keeps one copy of each; others get one per beam
     grouped = bool(getattr(model, "groups_rows_by_source", False))
     if not grouped:
         encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(beam))
     cache = model.new_cache(encoded, steps_needed)
-    alive = torch.arange(batch, device=device)  # original sentence of each alive group
-    prefixes = torch.full((batch * beam, 1), ids.bos, dtype=torch.long, device=device)
+    alive = list(range(batch))  # original sentence of each alive group
+    prefixes: list[list[int]] = [[] for _ in range(batch * beam)]  # tokens after BOS, per row
+    last = torch.full((batch * beam, 1), ids.bos, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beam, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     finished: list[list[tuple[float, list[int], bool]]] = [[] for _ in range(batch)]
@@ -46,68 +50,69 @@ def beam_search(
     passes = 0
 
     for step in range(steps_needed):
-        logits = model.decode(prefixes[:, -1:], encoded, causal=True, cache=cache)[:, -1]
+        logits = model.decode(last, encoded, causal=True, cache=cache)[:, -1]
         passes += 1
         lprobs = torch.log_softmax(logits.float(), dim=-1)
         lprobs.index_fill_(1, banned, float("-inf"))
-        n_alive = alive.shape[0]
-        vocab = lprobs.shape[-1]
-        at_cap = (step >= caps[alive]).repeat_interleave(beam)
-        if bool(at_cap.any()):
-            would_stop = lprobs[at_cap].argmax(-1) == ids.eos
-            forced = lprobs[at_cap]
+        n_alive, vocab = len(alive), lprobs.shape[-1]
+        capped_rows = [g * beam + j for g, s in enumerate(alive) if step >= caps[s] for j in range(beam)]
+        would_stop = lprobs.new_empty(0)
+        if capped_rows:  # sentences at their cap: only EOS may follow
+            at_cap = torch.tensor(capped_rows, device=device)
+            forced = lprobs.index_select(0, at_cap)
+            would_stop = (forced.argmax(-1) == ids.eos).float()
             eos_scores = forced[:, ids.eos].clone()
             forced.fill_(float("-inf"))
             forced[:, ids.eos] = eos_scores
-            lprobs[at_cap] = forced
-            capped_rows = at_cap.nonzero().flatten()[~would_stop]
-        else:
-            capped_rows = torch.empty(0, dtype=torch.long, device=device)
+            lprobs.index_copy_(0, at_cap, forced)
         total = (lprobs.view(n_alive, beam, vocab) + scores[:, :, None]).view(n_alive, -1)
-        cand_scores, cand_idx = stable_topk(total, 2 * beam)
-        cand_beam = torch.div(cand_idx, vocab, rounding_mode="floor")
-        cand_tok = cand_idx % vocab
-        is_eos = cand_tok == ids.eos
+        cand_scores, cand_idx, redo = topk_with_ties(total, 2 * beam)
+        # one transfer: candidates, their ties and which capped rows had wanted to go on
+        packed = torch.cat([cand_scores.double().flatten(), cand_idx.double().flatten(),
+                            redo.double(), would_stop.double()]).tolist()
+        width = n_alive * 2 * beam
+        if any(packed[2 * width : 2 * width + n_alive]):  # equal scores: rank by index
+            retie(total, cand_scores, cand_idx, redo)
+            packed[: 2 * width] = torch.cat([cand_scores.double().flatten(), cand_idx.double().flatten()]).tolist()
+        went_on = {row for row, stop in zip(capped_rows, packed[2 * width + n_alive :]) if not stop}
 
-        # Finish hypotheses that end with EOS among the top `beam` candidates.
-        top_eos = (is_eos[:, :beam] & (cand_scores[:, :beam] > float("-inf"))).nonzero().tolist()
-        capped = set(capped_rows.tolist())
-        for group, rank in top_eos:
-            sentence = int(alive[group])
-            if len(finished[sentence]) >= beam:
-                continue
-            row = group * beam + int(cand_beam[group, rank])
-            length = step + 1
-            normalized = float(cand_scores[group, rank]) / length**length_penalty
-            finished[sentence].append((normalized, prefixes[row, 1:].tolist(), row in capped))
-
-        # Continue with the best `beam` non-EOS candidates.
-        order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :beam]
-        next_beam = cand_beam.gather(1, order)
-        next_tok = cand_tok.gather(1, order)
-        next_scores = cand_scores.gather(1, order)
-
-        keep = torch.tensor(
-            [len(finished[int(s)]) < beam for s in alive.tolist()], device=device
-        )
-        if not bool(keep.any()):
+        kept_groups, order = [], []
+        for group, sentence in enumerate(alive):
+            base = group * 2 * beam
+            ranked = [(packed[base + r], int(packed[width + base + r])) for r in range(2 * beam)]
+            # finish the hypotheses that end with EOS among the top `beam` candidates
+            for score, index in ranked[:beam]:
+                if index % vocab == ids.eos and score > float("-inf") and len(finished[sentence]) < beam:
+                    row = group * beam + index // vocab
+                    normalized = score / (step + 1) ** length_penalty
+                    finished[sentence].append((normalized, prefixes[row], row in went_on))
+            if len(finished[sentence]) < beam:  # go on with the best `beam` non-EOS candidates
+                kept_groups.append(group)
+                ranks = [r for r, (_, i) in enumerate(ranked) if i % vocab != ids.eos]
+                ranks += [r for r, (_, i) in enumerate(ranked) if i % vocab == ids.eos]
+                order.append(ranks[:beam])
+        if not kept_groups:
             break
-        kept_groups = keep.nonzero().flatten()
-        source_rows = (kept_groups[:, None] * beam + next_beam[kept_groups]).flatten()
-        prefixes = torch.cat(
-            [prefixes.index_select(0, source_rows), next_tok[kept_groups].reshape(-1, 1)], dim=1
-        )
-        scores = next_scores[kept_groups]
-        alive = alive[kept_groups]
-        pruned = kept_groups.shape[0] != n_alive
+        rows = [(g, ranked_at) for g, ranks in zip(kept_groups, order) for ranked_at in ranks]
+        choices = [int(packed[width + g * 2 * beam + r]) for g, r in rows]
+        source_rows_list = [g * beam + index // vocab for (g, _), index in zip(rows, choices)]
+        prefixes = [prefixes[row] + [index % vocab] for row, index in zip(source_rows_list, choices)]
+
+        groups = torch.tensor(kept_groups, device=device)
+        pick = torch.tensor([g * 2 * beam + r for g, r in rows], device=device)
+        scores = cand_scores.flatten().index_select(0, pick).view(-1, beam)
+        last = (cand_idx.flatten().index_select(0, pick) % vocab).view(-1, 1)
+        source_rows = torch.tensor(source_rows_list, device=device)
+        pruned = len(kept_groups) != n_alive
+        alive = [alive[g] for g in kept_groups]
         # beams of one sentence share its source: cross-attention K/V move only on pruning
         if not pruned:
             cache.reorder(source_rows, cross=False)
         elif grouped:
-            cache.reorder(source_rows, cross=kept_groups)
-            encoded = encoded.index_select(kept_groups)
+            cache.reorder(source_rows, cross=groups)
+            encoded = encoded.index_select(groups)
         else:
-            kept_rows = (kept_groups[:, None] * beam + torch.arange(beam, device=device)).flatten()
+            kept_rows = (groups[:, None] * beam + torch.arange(beam, device=device)).flatten()
             cache.reorder(source_rows, cross=kept_rows)
             encoded = encoded.index_select(kept_rows)
 
@@ -121,11 +126,11 @@ def beam_search(
         hit_cap.append(capped)
         nbest.append([(t, s) for s, t, _ in ranked])
     width = max((len(t) for t in best), default=0)
-    out = torch.full((batch, width), ids.pad, dtype=torch.long, device=device)
+    out = torch.full((batch, width), ids.pad, dtype=torch.long)
     for i, tokens in enumerate(best):
-        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long, device=device)
+        out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return DecodeResult(
-        tokens=out,
+        tokens=out.to(device),
         passes=passes,
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device),
         scores=torch.tensor(best_scores, device=device),
