@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds, pad_rows
+from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids, pad_rows
 
 
 class CTCModel(Protocol):
@@ -43,8 +43,7 @@ def _frame_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits, frame_mask = model.frame_logits(model.encode(src))
     logits = logits.float()
-    never = sorted({ids.pad, ids.bos, ids.eos, *banned} - {blank})
-    logits[..., never] = float("-inf")
+    logits.index_fill_(-1, banned_ids({ids.pad, ids.bos, ids.eos, *banned} - {blank}, logits.device), float("-inf"))
     return logits.log_softmax(-1), frame_mask
 
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds, pad_rows
+from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids, pad_rows
 
 
 class DAGModel(Protocol):
@@ -44,7 +44,7 @@ class DAGModel(Protocol):
 def _scores(model: DAGModel, src: torch.Tensor, ids: SpecialIds, banned: tuple[int, ...]):
     emit, links, vertex_mask = model.dag_scores(model.encode(src))
     emit = emit.float().clone()
-    emit[..., sorted({ids.pad, ids.bos, ids.eos, *banned})] = float("-inf")
+    emit.index_fill_(-1, banned_ids({ids.pad, ids.bos, ids.eos, *banned}, emit.device), float("-inf"))
     return emit, links.float(), vertex_mask
 
 

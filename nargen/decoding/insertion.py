@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds, length_caps, pad_rows
+from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids, length_caps, pad_rows
 
 
 class InsertionModel(Protocol):
@@ -69,7 +69,7 @@ def insertion_decode(
     batch = src.shape[0]
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 2).tolist()
-    never = sorted({ids.pad, ids.bos, *banned} - {ids.eos})
+    never = banned_ids({ids.pad, ids.bos, *banned} - {ids.eos}, device)
     rows: list[list[int]] = [[] for _ in range(batch)]
     born: list[list[int]] = [[] for _ in range(batch)]
     closed: list[list[bool]] = [[False] for _ in range(batch)]  # per slot
@@ -81,7 +81,7 @@ def insertion_decode(
         canvas = pad_rows([[ids.bos, *rows[i], ids.eos] for i in active], ids.pad).to(device)
         enc = encoded if len(active) == batch else encoded.index_select(torch.tensor(active, device=device))
         logits = model.slot_logits(canvas, enc, canvas != ids.pad).float()
-        logits[..., never] = float("-inf")
+        logits.index_fill_(-1, never, float("-inf"))
         if eos_penalty:
             logits[..., ids.eos] -= eos_penalty
         best_logit, best_token = (t.tolist() for t in logits.max(dim=-1))

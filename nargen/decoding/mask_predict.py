@@ -6,7 +6,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, SpecialIds
+from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids
 from nargen.decoding.remask import RemaskPolicy, RemaskState, confidence
 
 
@@ -96,7 +96,7 @@ def mask_predict(
     probs = torch.zeros(batch * k, width, device=device)
     last_pass = torch.zeros(batch * k, width, dtype=torch.long, device=device)
     frozen = torch.zeros(batch * k, dtype=torch.bool, device=device)
-    never = sorted({ids.pad, ids.bos, ids.eos, mask_id, *banned})
+    never = banned_ids({ids.pad, ids.bos, ids.eos, mask_id, *banned}, device)
     history: list[torch.Tensor] = []
     passes = 0
     previous = tokens
@@ -112,7 +112,7 @@ def mask_predict(
         passes += 1
         logits = logits.float()
         normalizer = torch.logsumexp(logits, dim=-1)  # no full log-softmax tensor
-        logits[:, never] = float("-inf")
+        logits.index_fill_(-1, never, float("-inf"))
         best_logit, best_tok = logits.max(dim=-1)
         updated = tok_a.masked_scatter(masked, best_tok)
         probs_a = probs.index_select(0, active).masked_scatter(masked, best_logit - normalizer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -77,6 +77,13 @@ class DecodeResult:
     def as_lists(self, pad: int) -> list[list[int]]:
         """Rows as Python lists with padding removed."""
         return [[t for t in row if t != pad] for row in self.tokens.tolist()]
+
+
+def banned_ids(ids: Iterable[int], device: torch.device | str) -> torch.Tensor:
+    """Token ids a decoder rules out, as one tensor on ``device`` made once per call:
+    indexing logits with a Python list copies it to the device at every pass. Use with
+    ``logits.index_fill_(-1, banned, float("-inf"))``."""
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=device)
 
 
 def pad_rows(rows: list[list[int]], pad: int, device: torch.device | str = "cpu") -> torch.Tensor:

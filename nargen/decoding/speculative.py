@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps, pad_rows
+from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows
 
 
 class Drafter(Protocol):
@@ -75,6 +75,7 @@ def speculative(
     drafted_before = drafter.passes
     drafter.start(src)
     stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0}
+    never = banned_ids((ids.pad, ids.bos), device)
     out: list[list[int]] = [[] for _ in range(batch)]
     hit_cap = [False] * batch
     active = list(range(batch))  # rows still decoding, in cache order
@@ -95,7 +96,7 @@ def speculative(
         else:
             logits = model.decode(x, encoded, causal=True, cache=cache).float()
         stats["target_passes"] += 1
-        logits[..., [ids.pad, ids.bos]] = float("-inf")
+        logits.index_fill_(-1, never, float("-inf"))
         choice = logits.argmax(-1).tolist()
         keep_rows, valid, chosen_at = [], [], []
         for i, r in enumerate(active):
@@ -151,6 +152,7 @@ class AutoregressiveDrafter:
 
     def __init__(self, model: Seq2SeqModel, ids: SpecialIds = SpecialIds(), max_len: int = 256) -> None:
         self.model, self.ids, self.passes, self.max_len = model, ids, 0, max_len
+        self.never = torch.empty(0, dtype=torch.long)  # PAD and BOS, on the batch's device
         self.encoded: Any = None
         self.cache: Any = None
         self.rows: list[int] = []  # batch rows in cache order
@@ -159,6 +161,7 @@ class AutoregressiveDrafter:
 
     def start(self, src: torch.Tensor) -> None:
         self.encoded, self.device = self.model.encode(fit_source(src, self.max_len, self.ids)), src.device
+        self.never = banned_ids((self.ids.pad, self.ids.bos), src.device)
         self.cache = self.model.new_cache(self.encoded, 0)  # grows as drafts lengthen
         self.rows = list(range(src.shape[0]))
         self.held = [[] for _ in self.rows]
@@ -189,7 +192,7 @@ class AutoregressiveDrafter:
             logits = self.model.decode(x, self.encoded, causal=True, cache=self.cache).float()
             self.passes += 1
             self.held = [list(s) for s in seqs]
-            logits[..., [ids.pad, ids.bos]] = float("-inf")
+            logits.index_fill_(-1, self.never, float("-inf"))
             last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
             best = logits[torch.arange(len(rows), device=self.device), last].argmax(-1).tolist()
             for i, token in enumerate(best):
@@ -229,6 +232,7 @@ class ParallelDrafter:
 
     def __init__(self, module: Any) -> None:
         self.module, self.passes = module, 0
+        self.never = torch.empty(0, dtype=torch.long)  # ids it never drafts, on the batch's device
         self.encoded: Any = None
         self.lengths: list[int] = []
         self.device = torch.device("cpu")
@@ -237,6 +241,8 @@ class ParallelDrafter:
         m = self.module
         src = fit_source(src, m.model_config.max_len, m.ids)
         self.encoded, self.device = m.encode(src), src.device
+        self.never = banned_ids({m.ids.pad, m.ids.bos, m.ids.eos, m.mask_id, *m.mask_predict_settings()["banned"]},
+                                src.device)
         lengths, _ = m.predict_lengths(self.encoded, (src != m.ids.pad).sum(1), 1)
         self.lengths = lengths[:, 0].tolist()
 
@@ -250,8 +256,7 @@ class ParallelDrafter:
         encoded = self.encoded.index_select(torch.tensor(rows, device=self.device))
         logits = m.decode_parallel(x, encoded, real).float()
         self.passes += 1
-        never = sorted({m.ids.pad, m.ids.bos, eos, mask_id, *m.mask_predict_settings()["banned"]})
-        logits[..., never] = float("-inf")
+        logits.index_fill_(-1, self.never, float("-inf"))
         best = logits.argmax(-1).tolist()
         drafts = []
         for i, (p, c) in enumerate(zip(prefixes, canvases)):

@@ -92,6 +92,8 @@ class BlockwiseModule(AutoregressiveModule):
         super().__init__(*args, **kwargs)
         self.heads = nn.ModuleList(DraftHead(self.model_config) for _ in range(self.options.heads))
         self.model.requires_grad_(False)
+        # PAD and BOS, ruled out of every head's scores; a buffer, so it lives on the module's device
+        self.register_buffer("never_drafted", torch.tensor([self.ids.pad, self.ids.bos]), persistent=False)
 
     def train(self, mode: bool = True) -> "BlockwiseModule":
         """The frozen model stays in evaluation mode (no dropout) while the heads train."""
@@ -144,8 +146,7 @@ class BlockwiseModule(AutoregressiveModule):
     def _logits(self, head: DraftHead, state: torch.Tensor) -> torch.Tensor:
         """``head``'s fp32 scores over the vocabulary, PAD and BOS ruled out as greedy does."""
         logits = self.model.output_logits(head.out_norm(state)).float()
-        logits[..., [self.ids.pad, self.ids.bos]] = float("-inf")
-        return logits
+        return logits.index_fill_(-1, self.never_drafted, float("-inf"))
 
     def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
         """Also logs ``val_accepted``, the mean of ``accepted_lengths`` over the validation
