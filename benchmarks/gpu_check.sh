@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path, checked on one CUDA device in one run:
-#   1. the CUDA tests (bf16 autocast selects FlashAttention, never the math fallback);
+#   1. the CUDA tests (bf16 autocast runs a fused attention kernel, never the math
+#      fallback) and the decoders' host-read counts;
 #   2. each base recipe trained for FIT_MINUTES under bf16 autocast, its fit summary
 #      (target tokens/s, MFU, peak memory) kept;
 #   3. the speculative bench spec (batch-1 latency by output length, every drafter
@@ -35,7 +36,7 @@ EOF
 pack
 
 stage CUDA tests
-python3 -m pytest -q -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$work/pytest_attention.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_host_reads.py 2>&1 | tee "$work/pytest_attention.log"
 pack
 
 for recipe in "${recipes[@]}"; do
