@@ -83,16 +83,19 @@ def test_steps_past_the_last_eos_change_nothing(model_and_source):
     model, src = model_and_source
     ends = torch.tensor([5, 11])  # the step at which each row emits EOS
 
-    def finishing(logits, state={"step": 0}):  # noqa: B006 - one counter per decoding
-        chosen = logits.argmax(-1).masked_fill(ends == state["step"], EOS)
-        state["step"] += 1
-        return chosen
+    def finishing():  # noqa: ANN202 - a fresh step counter for each decoding
+        step = 0
 
-    results = []
-    for every in (1, 8):
-        state = {"step": 0}
-        results.append(greedy(model, src, check_every=every, max_len_a=0.0, max_len_b=30, max_len=64,
-                              pick=lambda logits, state=state: finishing(logits, state)))
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            nonlocal step
+            chosen = logits.argmax(-1).masked_fill(ends == step, EOS)
+            step += 1
+            return chosen
+
+        return pick
+
+    results = [greedy(model, src, check_every=every, max_len_a=0.0, max_len_b=30, max_len=64, pick=finishing())
+               for every in (1, 8)]
     plain, sparse = results
     assert plain.as_lists(0) == sparse.as_lists(0)
     assert [len(row) for row in plain.as_lists(0)] == [5, 11]
