@@ -62,7 +62,7 @@ def greedy(
             next_tokens = next_tokens.masked_fill(at_cap, ids.eos)
         out[:, step + 1] = next_tokens.masked_fill(finished, ids.pad)
         finished |= next_tokens == ids.eos
-        if steps % check_every == 0 and bool(finished.all()):
+        if steps % check_every == 0 and finished.all().item():
             break
     tokens = out[:, 1 : steps + 1]
     tokens = tokens.masked_fill(tokens == ids.eos, ids.pad)
