@@ -126,7 +126,7 @@ def beam_search(
         hit_cap.append(capped)
         nbest.append([(t, s) for s, t, _ in ranked])
     width = max((len(t) for t in best), default=0)
-    out = torch.full((batch, width), ids.pad, dtype=torch.long)
+    out = torch.full((batch, width), ids.pad, dtype=torch.long)  # built on the host, moved once
     for i, tokens in enumerate(best):
         out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return DecodeResult(
