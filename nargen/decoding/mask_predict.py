@@ -100,10 +100,15 @@ def mask_predict(
     history: list[torch.Tensor] = []
     passes = 0
     previous = tokens
+    every_row = torch.arange(batch * k, device=device)
     for step in range(iterations):
-        # Only unfrozen candidates are decoded, and only masked positions scored.
-        active = (~frozen).nonzero(as_tuple=True)[0]
-        everyone = active.numel() == frozen.numel()
+        # Only unfrozen candidates are decoded, and only masked positions scored; without
+        # early stopping nothing freezes, and the loop reads nothing back from the device.
+        if early_stop:
+            active = (~frozen).nonzero(as_tuple=True)[0]
+            everyone = active.numel() == frozen.numel()
+        else:
+            active, everyone = every_row, True
         tok_a = tokens if everyone else tokens.index_select(0, active)
         real_a = real if everyone else real.index_select(0, active)
         enc_a = encoded if everyone else encoded.index_select(active)
@@ -126,7 +131,7 @@ def mask_predict(
         if keep_history:
             history.append(tokens.clone())
         remaining = iterations - 1 - step
-        if remaining == 0 or bool(frozen.all()):
+        if remaining == 0 or (early_stop and bool(frozen.all())):
             break
         previous = tokens
         n_mask = (lengths.float() * remaining / iterations).long()
