@@ -4,6 +4,7 @@ import gzip
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nargen.data import (
@@ -11,7 +12,7 @@ from nargen.data import (
     read_lines, read_parallel, read_split, token_budget_batches, train_tokenizer,
 )
 from nargen.data.corpora import NamedCorpus
-from nargen.data.datamodule import filter_pairs
+from nargen.data.datamodule import usable_lines
 from nargen.data.tokenizer import BLANK, BOS, EOS, MASK, PAD, UNK
 
 from conftest import reversal_pairs, write_split
@@ -65,16 +66,24 @@ def test_any_pair_and_split_by_name(tmp_path):
     assert (pair.source, pair.target) == (["bonjour"], ["dobrý den"])
 
 
-def test_empty_and_overlong_pairs_are_dropped_together_and_reported(tokenizer, tmp_path):
+def test_empty_and_overlong_pairs_are_dropped_together_and_reported(tokenizer, tmp_path, caplog):
     src = ["ka lo", "", "mi nu", " ".join(["ka"] * 50), "pe ro"]
     tgt = ["lo ka", "nu mi", "", "x", "ro pe"]
     write_split(tmp_path, "train", src, tgt)
-    pair = read_parallel(tmp_path / "train.src", tmp_path / "train.tgt")
-    kept_src, kept_tgt, kept_idx, dropped = filter_pairs(pair, tokenizer, max_len=20)
-    assert kept_idx == [0, 4]
-    assert tokenizer.decode(kept_src) == ["ka lo", "pe ro"]
-    assert tokenizer.decode(kept_tgt) == ["lo ka", "ro pe"]  # alignment kept
-    assert dropped == {"empty": [2, 3], "too_long": [4]}
+    write_split(tmp_path, "val", ["ka"], ["ka"])
+    (tmp_path / "spm.model").write_bytes(tokenizer.model_bytes)
+    dm = TranslationDataModule(DataConfig(
+        corpus="tiny", root=str(tmp_path), src_lang="src", tgt_lang="tgt",
+        tokenizer=str(tmp_path / "spm.model"), max_len=20))
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    items = [dm.train_set[i] for i in range(len(dm.train_set))]
+    assert [line for line, _, _ in items] == [0, 4]
+    assert tokenizer.decode([s[:-1].tolist() for _, s, _ in items]) == ["ka lo", "pe ro"]
+    assert tokenizer.decode([t.tolist() for _, _, t in items]) == ["lo ka", "ro pe"]  # alignment kept
+    assert "2 empty (lines 2, 3); 1 too long (lines 4)" in caplog.text
+    kept, dropped = usable_lines(np.array([2, 0, 2, 50, 2]), np.array([2, 2, 0, 1, 2]), max_len=20)
+    assert kept.tolist() == [0, 4] and dropped == {"empty": [2, 3], "too_long": [4]}
 
 
 def test_tokenizer_reserves_ids_and_round_trips(tokenizer):

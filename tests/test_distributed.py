@@ -12,6 +12,7 @@ import sacrebleu
 
 from nargen.data import DataConfig, TranslationDataModule, read_split
 from nargen.data.batching import token_budget_batches
+from nargen.data.datamodule import batch_keys
 from nargen.models import load_module
 
 from conftest import reversal_overrides
@@ -35,8 +36,8 @@ def test_ddp_on_two_cpu_processes_trains_validates_and_counts_both(reversal_root
         corpus="reversal", root=str(reversal_root), src_lang="src", tgt_lang="tgt",
         vocab_size=36, cache_dir=str(tmp_path / "c"), max_tokens=1200))
     data.setup()
-    targets = [len(t) + 1 for t in data.train_set.target]
-    batches = token_budget_batches(data.train_set.lengths(), 1200, seed=1)
+    targets = data.train_set.side_lengths()[1] + 1
+    batches = token_budget_batches(batch_keys(data.train_set)[0], 1200, seed=1)
     per_batch = sum(targets) / len(batches)
     assert summary["target_tokens"] / steps == pytest.approx(2 * per_batch, rel=0.15)
     with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:

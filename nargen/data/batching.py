@@ -2,57 +2,83 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
 def token_budget_batches(
-    lengths: Sequence[int],
+    lengths: Sequence[int] | np.ndarray,
     max_tokens: int,
     *,
     seed: int | str | None = None,
     max_sentences: int = 0,
-    tiebreak: Sequence[tuple[int, ...]] | None = None,
+    tiebreak: Sequence[tuple[int, ...]] | np.ndarray | None = None,
 ) -> list[list[int]]:
     """Group indices of similar length so each batch's padded size stays within
-    ``max_tokens`` (longest item x batch size).
+    ``max_tokens`` (longest item x batch size); see ``batch_index``."""
+    order, bounds = batch_index(lengths, max_tokens, seed=seed, max_sentences=max_sentences,
+                                tiebreak=tiebreak)
+    return [order[start:end].tolist() for start, end in bounds]
+
+
+def batch_index(
+    lengths: Sequence[int] | np.ndarray,
+    max_tokens: int,
+    *,
+    seed: int | str | None = None,
+    max_sentences: int = 0,
+    tiebreak: Sequence[tuple[int, ...]] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token-budget batches as arrays: item indices in length order, and each batch's
+    ``[start, end)`` in that order, one row per batch in visiting order.
 
     Items are ordered by length, then by ``tiebreak`` (for pairs: target and source
     lengths, so that items of equal cost also share the length of their shorter side
     and a batch pads less). With a ``seed``, items equal in both are ordered randomly and
     the batch order is shuffled; without one the order is by length. A single item
-    longer than the budget gets a batch of its own.
+    longer than the budget gets a batch of its own. Arrays, not lists, so that a corpus
+    of millions of sentences is batched in about a second and a few bytes an item.
     """
-    if tiebreak is not None and len(tiebreak) != len(lengths):
-        raise ValueError(f"tiebreak has {len(tiebreak)} keys for {len(lengths)} lengths")
-    order = list(range(len(lengths)))
-    rng = random.Random(seed)
-    if seed is not None:
-        rng.shuffle(order)
-    if tiebreak is None:
-        order.sort(key=lambda i: lengths[i])
-    else:
-        order.sort(key=lambda i: (lengths[i], tiebreak[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        longest_if_added = max(longest, lengths[index])
-        too_many = max_sentences and len(current) >= max_sentences
-        if current and (longest_if_added * (len(current) + 1) > max_tokens or too_many):
-            batches.append(current)
-            current, longest_if_added = [], lengths[index]
-        current.append(index)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    if seed is not None:
-        rng.shuffle(batches)
-    return batches
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    keys = [np.arange(n)]
+    rng = np.random.default_rng(_seed_int(seed)) if seed is not None else None
+    if rng is not None:
+        keys = [rng.permutation(n)]
+    if tiebreak is not None:
+        columns = np.asarray(tiebreak, dtype=np.int64).reshape(len(tiebreak), -1)
+        if len(columns) != n:
+            raise ValueError(f"tiebreak has {len(columns)} keys for {n} lengths")
+        keys += [columns[:, j] for j in reversed(range(columns.shape[1]))]
+    order = np.lexsort(keys + [lengths])  # the last key sorts first
+    sorted_lengths = np.maximum(lengths[order], 1)
+    starts = []
+    start = 0
+    while start < n:
+        room = max(1, max_tokens // int(sorted_lengths[start]))
+        if max_sentences:
+            room = min(room, max_sentences)
+        window = sorted_lengths[start:start + room]
+        # lengths ascend, so the padded size of the first c items is window[c-1] * c
+        fits = int((window * np.arange(1, len(window) + 1) <= max_tokens).sum())
+        starts.append(start)
+        start += max(fits, 1)
+    bounds = np.stack([np.array(starts, dtype=np.int64),
+                       np.array(starts[1:] + [n], dtype=np.int64)], axis=1).reshape(-1, 2)
+    if rng is not None:
+        bounds = bounds[rng.permutation(len(bounds))]
+    return order, bounds
+
+
+def _seed_int(seed: int | str) -> int:
+    """A 64-bit seed for numpy from an int or a string such as ``"1/3"`` (seed/epoch)."""
+    return int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little")
 
 
 class EpochPermutation(Sampler[int]):
@@ -85,32 +111,33 @@ class EpochPermutation(Sampler[int]):
 
 
 class TokenBudgetBatchSampler(Sampler[list[int]]):
-    """Batch sampler over ``token_budget_batches``.
+    """Batch sampler over ``batch_index``.
 
     With ``shuffle``, its ``sampler`` is an ``EpochPermutation``: each epoch (Lightning
     calls ``set_epoch`` on it) regroups sentences of equal length into other batches and
     visits the batches in another order. Under ``torch.distributed``, every rank computes
-    the same list and training ranks take every ``world_size``-th batch (the list is cut
-    to a multiple of the world size so ranks step together); evaluation ranks take every
-    ``world_size``-th sentence of each batch, so every item is seen and every rank has
-    work (a rank left empty repeats the batch's first item; results keyed by item index
-    make the repeat harmless).
+    the same batches and training ranks keep every ``world_size``-th batch (the list is
+    cut to a multiple of the world size so ranks step together), and only those: a rank
+    holds its share of the index. Evaluation ranks take every ``world_size``-th sentence
+    of each batch, so every item is seen and every rank has work (a rank left empty
+    repeats the batch's first item; results keyed by item index make the repeat harmless).
     """
 
     def __init__(
         self,
-        lengths: Sequence[int],
+        lengths: Sequence[int] | np.ndarray,
         max_tokens: int,
         *,
         shuffle: bool,
         seed: int = 0,
-        tiebreak: Sequence[tuple[int, ...]] | None = None,
+        tiebreak: Sequence[tuple[int, ...]] | np.ndarray | None = None,
     ) -> None:
-        self.lengths = list(lengths)
-        self.tiebreak = None if tiebreak is None else list(tiebreak)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.tiebreak = None if tiebreak is None else np.asarray(tiebreak, dtype=np.int64)
         self.max_tokens = max_tokens
         self.sampler = EpochPermutation(len(self.lengths), seed) if shuffle else None
         self._skip = 0
+        self._cached: tuple[object, tuple[np.ndarray, np.ndarray]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         if self.sampler is not None:
@@ -121,25 +148,40 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         mid-epoch); later iterations are whole again."""
         self._skip = batches
 
-    def _batches(self) -> list[list[int]]:
+    def _rank_batches(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's item order and batch bounds for the current epoch (computed once)."""
         seed = self.sampler.epoch_seed() if self.sampler is not None else None
-        batches = token_budget_batches(
-            self.lengths, self.max_tokens, seed=seed, tiebreak=self.tiebreak
-        )
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world, rank = dist.get_world_size(), dist.get_rank()
-            if self.sampler is not None:
-                batches = batches[: len(batches) - len(batches) % world][rank::world]
-            else:
-                batches = [batch[rank::world] or batch[:1] for batch in batches]
-        return batches
+        world, rank = _world()
+        key = (seed, world, rank)
+        if self._cached is None or self._cached[0] != key:
+            order, bounds = batch_index(self.lengths, self.max_tokens, seed=seed, tiebreak=self.tiebreak)
+            if world > 1 and self.sampler is not None:
+                mine = bounds[: len(bounds) - len(bounds) % world][rank::world]
+                sizes = mine[:, 1] - mine[:, 0]
+                order = np.concatenate([order[a:b] for a, b in mine]) if len(mine) else order[:0]
+                ends = np.cumsum(sizes)
+                bounds = np.stack([ends - sizes, ends], axis=1)
+            self._cached = (key, (order, bounds))
+        return self._cached[1]
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self._skip = self._skip, 0
-        return iter(self._batches()[skip:])
+        order, bounds = self._rank_batches()
+        batches: Iterator[list[int]] = (order[a:b].tolist() for a, b in bounds[skip:])
+        world, rank = _world()
+        if world > 1 and self.sampler is None:
+            batches = (batch[rank::world] or batch[:1] for batch in batches)
+        return batches
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return len(self._rank_batches()[1])
+
+
+def _world() -> tuple[int, int]:
+    """World size and this process's rank (1, 0 outside ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def pad_sequences(seqs: Sequence[torch.Tensor], pad: int) -> torch.Tensor:

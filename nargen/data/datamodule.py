@@ -1,4 +1,4 @@
-"""The LightningDataModule: a corpus, a tokenizer and token-budget batches."""
+"""The LightningDataModule: a prepared corpus, its tokenizer and token-budget batches."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from nargen.data.batching import TokenBudgetBatchSampler, pad_sequences
-from nargen.data.corpora import default_root, read_split
-from nargen.data.corpus import ParallelText
-from nargen.data.tokenizer import (
-    BOS, EOS, PAD, Tokenizer, digest_texts, load_tokenizer, train_tokenizer,
-)
+from nargen.data.corpora import default_root, find_split_file, read_split
+from nargen.data.prepared import PreparedCorpus, TokenizerSpec, open_or_prepare
+from nargen.data.tokenizer import BOS, EOS, PAD, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,16 @@ class DataConfig:
     tokenizer: str | None = None
     """Reuse a tokenizer instead of training one: a SentencePiece ``.model`` file or a
     nargen checkpoint (e.g. the teacher's, so a distilled student shares its vocabulary)."""
+    tokenizer_sample_pairs: int = 300_000
+    """The tokenizer trains on at most this many training pairs, drawn uniformly."""
     cache_dir: str | None = None
-    """Where trained tokenizers are cached; default ``<root>/.nargen`` or ``~/.cache/nargen``."""
+    """Where the prepared corpus and trained tokenizers are kept; default
+    ``<root>/.nargen``, or ``~/.cache/nargen/<corpus>`` when the root is read-only."""
+    prepare_workers: int = 0
+    """Processes that encode the corpus when it is prepared (0: one per CPU, at most 8)."""
+    loader_workers: int | None = None
+    """DataLoader worker processes for training batches (default: none on a CPU-only
+    machine, where they would take cores from training; 4 with a GPU)."""
     max_tokens: int = 4096
     """Token budget of a training batch (padded source or target tokens)."""
     max_len: int = 250
@@ -63,7 +70,8 @@ class DataConfig:
 
 
 class PairDataset(Dataset):
-    """Tokenized pairs; items are ``(index, source ids, target ids)``."""
+    """Tokenized pairs held in memory (validation); items are ``(index, source ids +
+    EOS, target ids)``."""
 
     def __init__(self, source: list[list[int]], target: list[list[int]], indices: list[int]) -> None:
         self.source = [torch.tensor(ids + [EOS], dtype=torch.long) for ids in source]
@@ -76,14 +84,41 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         return self.indices[i], self.source[i], self.target[i]
 
-    def lengths(self) -> list[int]:
-        """Padded cost of each item: the longer side, with its EOS/BOS."""
-        return [max(len(s), len(t) + 1) for s, t in zip(self.source, self.target)]
+    def side_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source (with EOS) and target (without) length of each item."""
+        return (np.array([len(s) for s in self.source], dtype=np.int64),
+                np.array([len(t) for t in self.target], dtype=np.int64))
 
-    def length_tiebreak(self) -> list[tuple[int, int]]:
-        """Target, then source length of each item: orders items of equal cost so that a
-        batch also pads its shorter side little (the decoder's side first, the costlier)."""
-        return [(len(t), len(s)) for s, t in zip(self.source, self.target)]
+
+class PreparedPairs(Dataset):
+    """The kept lines of a prepared corpus, read from its memory maps on demand; items
+    are ``(line index, source ids + EOS, target ids)``."""
+
+    def __init__(self, corpus: PreparedCorpus, lines: np.ndarray) -> None:
+        self.corpus = corpus
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        line = int(self.lines[i])
+        source = torch.from_numpy(self.corpus.ids("source", line).astype(np.int64))
+        target = torch.from_numpy(self.corpus.ids("target", line).astype(np.int64))
+        return line, torch.cat([source, torch.tensor([EOS])]), target
+
+    def side_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source (with EOS) and target (without) length of each item."""
+        return (self.corpus.lengths("source")[self.lines] + 1,
+                self.corpus.lengths("target")[self.lines])
+
+
+def batch_keys(dataset: PairDataset | PreparedPairs) -> tuple[np.ndarray, np.ndarray]:
+    """Padded cost of each item (the longer side, with its EOS/BOS), and the tiebreak
+    that orders items of equal cost: target, then source length, so that a batch also
+    pads its shorter side little (the decoder's side first, the costlier)."""
+    source, target = dataset.side_lengths()
+    return np.maximum(source, target + 1), np.stack([target, source], axis=1)
 
 
 def collate_pairs(items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -98,27 +133,18 @@ def collate_pairs(items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> dict[s
     }
 
 
-def filter_pairs(
-    text: ParallelText, tokenizer: Tokenizer, max_len: int
-) -> tuple[list[list[int]], list[list[int]], list[int], dict[str, list[int]]]:
-    """Tokenize and drop pairs that are empty or too long on either side, together.
-
-    Returns kept source ids, target ids, their 0-based line indices and the 1-based
-    line numbers dropped per reason (so nothing shifts silently).
-    """
-    src_ids, tgt_ids = tokenizer.encode(text.source), tokenizer.encode(text.target)
-    kept_src, kept_tgt, kept_idx = [], [], []
-    dropped: dict[str, list[int]] = {"empty": [], "too_long": []}
-    for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-        if not s or not t:
-            dropped["empty"].append(i + 1)
-        elif len(s) + 1 > max_len or len(t) + 1 > max_len:
-            dropped["too_long"].append(i + 1)
-        else:
-            kept_src.append(s)
-            kept_tgt.append(t)
-            kept_idx.append(i)
-    return kept_src, kept_tgt, kept_idx, dropped
+def usable_lines(
+    source_lengths: np.ndarray, target_lengths: np.ndarray, max_len: int
+) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """0-based indices of the pairs kept for training, and the 1-based line numbers
+    dropped per reason: empty, or too long on either side (with its EOS); a pair is
+    kept or dropped whole, so nothing shifts silently."""
+    empty = (source_lengths == 0) | (target_lengths == 0)
+    too_long = ~empty & ((source_lengths + 1 > max_len) | (target_lengths + 1 > max_len))
+    kept = np.flatnonzero(~empty & ~too_long)
+    dropped = {"empty": (np.flatnonzero(empty) + 1).tolist(),
+               "too_long": (np.flatnonzero(too_long) + 1).tolist()}
+    return kept, dropped
 
 
 def describe_dropped(path: Path, dropped: dict[str, list[int]]) -> str | None:
@@ -132,15 +158,16 @@ def describe_dropped(path: Path, dropped: dict[str, list[int]]) -> str | None:
 
 
 class TranslationDataModule(L.LightningDataModule):
-    """Reads the configured corpus, trains or loads the tokenizer, serves batches."""
+    """Prepares the configured corpus once (tokenizer and memory-mapped ids, see
+    ``nargen.data.prepared``), then serves token-budget batches from it."""
 
     def __init__(self, config: DataConfig, max_len: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.max_len = min(config.max_len, max_len) if max_len else config.max_len
         self._tokenizer: Tokenizer | None = None
-        self._train_text: ParallelText | None = None
-        self.train_set: PairDataset | None = None
+        self._prepared: PreparedCorpus | None = None
+        self.train_set: PreparedPairs | None = None
         self.valid_set: PairDataset | None = None
         self.valid_refs: list[str] = []
         self.valid_sources: list[str] = []
@@ -149,16 +176,6 @@ class TranslationDataModule(L.LightningDataModule):
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Make the next training loader start in ``epoch`` after ``batches_done`` batches."""
         self._resume_at = (epoch, batches_done)
-
-    def _read(self, split: str) -> ParallelText:
-        c = self.config
-        return read_split(c.resolved_root(), split, c.src_lang, c.tgt_lang)
-
-    @property
-    def train_text(self) -> ParallelText:
-        if self._train_text is None:
-            self._train_text = self._read(self.config.train_split)
-        return self._train_text
 
     def cache_dir(self) -> Path:
         if self.config.cache_dir:
@@ -169,66 +186,90 @@ class TranslationDataModule(L.LightningDataModule):
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nargen" / self.config.corpus
 
     @property
-    def tokenizer(self) -> Tokenizer:
-        """Joint SentencePiece model of the training split (trained once, then cached)."""
-        if self._tokenizer is None and self.config.tokenizer:
-            self._tokenizer = load_tokenizer(self.config.tokenizer)
-        if self._tokenizer is None:
-            text = self.train_text
-            self._tokenizer = train_tokenizer(
-                text.source + text.target, self.config.vocab_size, self.cache_dir(),
-                self.config.tokenizer_type,
+    def prepared(self) -> PreparedCorpus:
+        """The training split, prepared on first use and opened (in seconds) afterwards."""
+        if self._prepared is None:
+            c = self.config
+            root = c.resolved_root()
+            if self._tokenizer is None and c.tokenizer:
+                self._tokenizer = load_tokenizer(c.tokenizer)
+            spec = TokenizerSpec(model=self._tokenizer, vocab_size=c.vocab_size,
+                                 model_type=c.tokenizer_type, sample_pairs=c.tokenizer_sample_pairs,
+                                 cache_dir=self.cache_dir())
+            self._prepared = open_or_prepare(
+                find_split_file(root, c.train_split, c.src_lang),
+                find_split_file(root, c.train_split, c.tgt_lang),
+                self.cache_dir(), spec, workers=c.prepare_workers, log=log.info,
             )
+        return self._prepared
+
+    def prepare_data(self) -> None:
+        self.prepared  # noqa: B018 - prepares the corpus (Lightning: once per machine)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The configured tokenizer, or the one the corpus was prepared with (a joint
+        SentencePiece model trained on a sample of the training split, then cached)."""
+        if self._tokenizer is None:
+            self._tokenizer = self.prepared.tokenizer
         return self._tokenizer
 
-    def set_tokenizer(self, tokenizer: Tokenizer) -> None:
-        """Use an existing tokenizer (e.g. one restored from a checkpoint)."""
-        self._tokenizer = tokenizer
-
     def signature(self) -> dict[str, Any]:
-        """What the model was trained on: corpus, pair, split, size and text digest."""
-        text = self.train_text
+        """What the model was trained on: corpus, pair, split, size and content digest."""
+        meta = self.prepared.meta
         return {
             "corpus": self.config.corpus,
             "pair": f"{self.config.src_lang}-{self.config.tgt_lang}",
             "split": self.config.train_split,
-            "pairs": len(text),
-            "sha256": digest_texts(text.source + text.target),
+            "pairs": meta["lines"],
+            "sha256": meta["sha256"],
             "config": asdict(self.config),
         }
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        corpus = self.prepared
         tokenizer = self.tokenizer
-        src, tgt, idx, dropped = filter_pairs(self.train_text, tokenizer, self.max_len)
-        report = describe_dropped(self.train_text.source_path, dropped)
+        kept, dropped = usable_lines(corpus.lengths("source"), corpus.lengths("target"), self.max_len)
+        source_path = Path(corpus.meta["source_file"][0])
+        report = describe_dropped(source_path, dropped)
         if report:
             log.warning(report)
-        if not src:
-            raise ValueError(f"{self.train_text.source_path}: no usable training pairs")
-        self.train_set = PairDataset(src, tgt, idx)
-        valid = self._read(self.config.valid_split)
-        n = self.config.valid_bleu_sentences or len(valid)
+        if not len(kept):
+            raise ValueError(f"{source_path}: no usable training pairs")
+        self.train_set = PreparedPairs(corpus, kept)
+        c = self.config
+        valid = read_split(c.resolved_root(), c.valid_split, c.src_lang, c.tgt_lang)
+        n = c.valid_bleu_sentences or len(valid)
         sources, refs = valid.source[:n], valid.target[:n]
         src_ids = [ids[: self.max_len - 1] for ids in tokenizer.encode(sources)]
         tgt_ids = [ids[: self.max_len - 1] for ids in tokenizer.encode(refs)]
         self.valid_set = PairDataset(src_ids, tgt_ids, list(range(len(sources))))
         self.valid_refs, self.valid_sources = refs, sources
 
-    def _loader(self, dataset: PairDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: PairDataset | PreparedPairs, shuffle: bool, workers: int = 0) -> DataLoader:
+        lengths, tiebreak = batch_keys(dataset)
         sampler = TokenBudgetBatchSampler(
-            dataset.lengths(), self.config.max_tokens, shuffle=shuffle, seed=self.config.seed,
-            tiebreak=dataset.length_tiebreak(),
+            lengths, self.config.max_tokens, shuffle=shuffle, seed=self.config.seed, tiebreak=tiebreak,
         )
         # A private generator: creating an iterator must not draw from the global RNG,
         # or a resumed run's dropout masks would differ from an uninterrupted run's.
         generator = torch.Generator().manual_seed(self.config.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, generator=generator)
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate_pairs, generator=generator,
+            num_workers=workers, persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def loader_workers(self) -> int:
+        if self.config.loader_workers is not None:
+            return self.config.loader_workers
+        return 4 if torch.cuda.is_available() else 0
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        loader = self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True, workers=self.loader_workers())
         if self._resume_at is not None:
             epoch, batches_done = self._resume_at
             sampler = loader.batch_sampler
