@@ -151,6 +151,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     """Train (resuming from ``run_dir/checkpoints/last.ckpt`` when it exists), then
     evaluate the best checkpoint on the test split. Returns the summary (on the main
     process; other ranks of a multi-process run return None)."""
+    started, started_unix = time.perf_counter(), time.time()
     t = config.trainer
     if FAMILIES[config.family].needs_init_from and not t.init_from:
         raise ConfigError(f"family {config.family!r} trains on top of a trained model: set trainer.init_from")
@@ -178,7 +179,6 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics
         trainer.logger.experiment  # creates the version folder
         (Path(trainer.logger.log_dir) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume if resume.is_file() else None)
     monitor.gather(trainer)
     close_process_group()
@@ -189,6 +189,8 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         "epochs": trainer.current_epoch,
         **monitor.summary(trainer.strategy.root_device),
     }
+    if monitor.first_update_unix is not None:  # data prepared or opened, model built, one update
+        summary["seconds_to_first_update"] = round(monitor.first_update_unix - started_unix, 1)
     if not trainer.is_global_zero:
         return None
     if trainer.world_size > 1:

@@ -1,9 +1,10 @@
-"""The ``nargen`` command: fit, translate, evaluate, diagnose, distill, download, bench."""
+"""The ``nargen`` command: fit, prepare, translate, evaluate, diagnose, distill, download, bench."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from nargen.cli.bench_train import cmd_bench_train
 from nargen.cli.config import ConfigError, parse_fit_args, to_dict
+from nargen.cli.prepare import cmd_prepare
 from nargen.data import CorpusError
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import read_lines
@@ -328,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nargen",
         description="Non-autoregressive and latent-variable translation on one transformer core: "
-                    "fit, translate, evaluate, diagnose, distill, average, download, bench.",
+                    "fit, prepare, translate, evaluate, diagnose, distill, average, download, bench.",
     )
     parser.add_argument("--version", action="version", version=f"nargen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     # fit has its own parser (nargen.cli.config.fit_parser); listed here for --help
     sub.add_parser("fit", add_help=False,
                    help="train a recipe (nargen fit RECIPE.yaml); any key overridable as --section.key VALUE")
+
+    sub.add_parser("prepare", add_help=False,  # fit's parser: the recipe's data section counts
+                   help="tokenize a recipe's training corpus once into memory-mapped ids (fit does it on first use)")
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
@@ -472,11 +477,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_progress_messages() -> None:
+    """The library's log messages (a corpus being prepared, lines dropped) on stderr."""
+    logger = logging.getLogger("nargen")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("nargen: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
+    show_progress_messages()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    own_parsers = {("fit",): cmd_fit, ("bench", "train"): cmd_bench_train}  # recipe overrides
+    own_parsers = {("fit",): cmd_fit, ("prepare",): cmd_prepare,  # recipe overrides
+                   ("bench", "train"): cmd_bench_train}
     for words, command in own_parsers.items():
         if tuple(argv[: len(words)]) == words:
             try:

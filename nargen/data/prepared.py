@@ -225,8 +225,9 @@ def _open_binary(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_chunks(source: Path, target: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
-    """``(first line number, source lines, target lines)`` of both files, read in step.
+def read_chunks(source: Path, target: Path) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+    """``(first line number, source lines, target lines)`` of both files, read in step,
+    ``CHUNK_LINES`` at a time.
 
     Lines are raw bytes with their line ends. Files of different lengths raise
     ``CorpusError`` naming both files and their line counts; a file that cannot be read
@@ -235,8 +236,8 @@ def read_chunks(source: Path, target: Path, chunk_lines: int = CHUNK_LINES) -> I
     with _open_binary(source) as src, _open_binary(target) as tgt:
         first = 1
         while True:
-            src_lines = _read_lines(src, chunk_lines, source)
-            tgt_lines = _read_lines(tgt, chunk_lines, target)
+            src_lines = _read_lines(src, CHUNK_LINES, source)
+            tgt_lines = _read_lines(tgt, CHUNK_LINES, target)
             if len(src_lines) != len(tgt_lines):
                 n_src = first - 1 + len(src_lines) + _count_rest(src, source)
                 n_tgt = first - 1 + len(tgt_lines) + _count_rest(tgt, target)

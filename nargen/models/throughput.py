@@ -1,7 +1,10 @@
-"""Training throughput: target tokens per second, peak memory, model FLOPs utilisation."""
+"""Training throughput: target tokens per second, peak memory (host and GPU), model FLOPs
+utilisation, and when the first update ended."""
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from typing import Any
 
@@ -17,6 +20,12 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (host memory, not the GPU's)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS counts bytes
 
 
 class ThroughputMonitor(L.Callback):
@@ -36,6 +45,10 @@ class ThroughputMonitor(L.Callback):
         self._enc_params = self._dec_params = 0
         self.processes = 1
         """Processes whose counts ``gather`` summed."""
+        self.first_update_unix: float | None = None
+        """Wall-clock time (``time.time()``) when the first update of this run ended."""
+        self.peak_rss_mib: list[float] = [peak_rss_mib()]
+        """Peak resident memory of each process (filled in by ``gather``)."""
         self._pending: torch.Tensor | None = None
         """Target and source tokens counted on the device since the last read: read once
         per logging interval, not once per step (each read waits for the device)."""
@@ -56,6 +69,8 @@ class ThroughputMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         now = time.perf_counter()
+        if self.first_update_unix is None:
+            self.first_update_unix = time.time()
         counted = trainer.global_step > self.skip_steps
         if self._last is not None and counted:
             self.seconds += now - self._last
@@ -89,8 +104,11 @@ class ThroughputMonitor(L.Callback):
         """Totals over every process of a multi-process run (tokens and FLOPs summed,
         the slowest process's seconds); call on every process."""
         self._read_counts()
+        self.peak_rss_mib = [peak_rss_mib()]
         if trainer.world_size == 1:
             return
+        rss = torch.tensor([self.peak_rss_mib[0]], dtype=torch.float64, device=trainer.strategy.root_device)
+        self.peak_rss_mib = trainer.strategy.all_gather(rss).flatten().tolist()
         totals = torch.tensor([float(self.target_tokens), self.flops], dtype=torch.float64)
         seconds = torch.tensor([self.seconds], dtype=torch.float64)
         totals = trainer.strategy.reduce(totals.to(trainer.strategy.root_device), reduce_op="sum")
@@ -109,6 +127,7 @@ class ThroughputMonitor(L.Callback):
             "target_tokens": self.target_tokens,
             "train_seconds": round(self.seconds, 1),
             "target_tokens_per_s": round(rate, 1),
+            "peak_rss_mib": [round(x) for x in self.peak_rss_mib],
         }
         if device.type == "cuda":
             out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
