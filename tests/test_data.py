@@ -11,7 +11,7 @@ from nargen.data import (
     CorpusError, DataConfig, NAMED_CORPORA, Tokenizer, TranslationDataModule, download,
     read_lines, read_parallel, read_split, token_budget_batches, train_tokenizer,
 )
-from nargen.data.corpora import NamedCorpus
+from nargen.data.corpora import Archive, NamedCorpus, Part, plain_file_corpus
 from nargen.data.datamodule import usable_lines
 from nargen.data.tokenizer import BLANK, BOS, EOS, MASK, PAD, UNK
 
@@ -143,7 +143,7 @@ def _fake_remote(tmp_path: Path) -> tuple[Path, NamedCorpus]:
         data = gzip.compress(text)
         (remote / f"train.{lang}.gz").write_bytes(data)
         files[f"train.{lang}.gz"] = hashlib.sha256(data).hexdigest()
-    return remote, NamedCorpus("fake", remote.as_uri(), files)
+    return remote, plain_file_corpus("fake", remote.as_uri() + "/", files, "")
 
 
 def test_download_fetches_verifies_and_skips_present_files(tmp_path):
@@ -156,28 +156,33 @@ def test_download_fetches_verifies_and_skips_present_files(tmp_path):
 
 def test_download_with_wrong_checksum_leaves_nothing(tmp_path):
     remote, corpus = _fake_remote(tmp_path)
-    bad = NamedCorpus("fake", corpus.base_url, {"train.de.gz": "0" * 64})
+    bad = plain_file_corpus("fake", remote.as_uri() + "/", {"train.de.gz": "0" * 64}, "")
     with pytest.raises(CorpusError, match="sha256 mismatch"):
         download(bad, tmp_path / "local", ["train"], ["de"])
-    assert list((tmp_path / "local").iterdir()) == []
+    assert [p for p in (tmp_path / "local").rglob("*") if p.is_file()] == []
 
 
 def test_download_failure_names_the_url(tmp_path):
     _, corpus = _fake_remote(tmp_path)
+    missing = NamedCorpus("fake", {("train", "fr"): (Part(Archive(corpus.files[("train", "de")][0].archive.url.replace(".de.", ".fr."))),)})
     with pytest.raises(CorpusError, match="download of .*train.fr.gz failed"):
-        download(corpus, tmp_path / "local", ["train"], ["fr"], allow_unchecked=True)
+        download(missing, tmp_path / "local", ["train"], ["fr"], allow_unchecked=True)
 
 
 def test_download_refuses_files_without_a_checksum_before_fetching_any(tmp_path):
     _, corpus = _fake_remote(tmp_path)
-    with pytest.raises(CorpusError, match="no sha256 known for train.fr.gz"):
-        download(corpus, tmp_path / "local", ["train"], ["de", "fr"])
+    mixed = NamedCorpus("fake", {**corpus.files, ("train", "fr"): (Part(Archive("file:///nowhere/train.fr.gz")),)})
+    with pytest.raises(CorpusError, match="no digest known for train.fr.gz"):
+        download(mixed, tmp_path / "local", ["train"], ["de", "fr"])
     assert not (tmp_path / "local").exists()  # not even the checked German file
+    with pytest.raises(CorpusError, match="fake has no train.cs .*languages: de, en, fr"):
+        download(mixed, tmp_path / "local", ["train"], ["cs"])
 
 
 def test_multi30k_is_registered_with_checksums():
     corpus = NAMED_CORPORA["multi30k"]
-    assert corpus.filename("test_2016_flickr", "de") in corpus.sha256
+    part, = corpus.files[("test_2016_flickr", "de")]
+    assert part.archive.name == "test_2016_flickr.de.gz" and part.archive.digest.startswith("sha256:")
 
 
 @pytest.mark.skipif(not Path("../shared/data/multi30k").is_dir(), reason="no local Multi30K copy")
@@ -186,7 +191,7 @@ def test_local_multi30k_matches_known_checksums():
 
     root = Path("../shared/data/multi30k")
     corpus = NAMED_CORPORA["multi30k"]
-    for name, digest in corpus.sha256.items():
-        assert sha256_of(root / name) == digest, name
+    for (part,) in corpus.files.values():
+        assert "sha256:" + sha256_of(root / part.archive.name) == part.archive.digest, part.archive.name
     pair = read_split(root, "test_2016_flickr", "de", "en")
     assert len(pair) == 1000

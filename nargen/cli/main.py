@@ -255,10 +255,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     corpus = NAMED_CORPORA[args.corpus]
     root = Path(args.root) if args.root else default_root(args.corpus)
-    src, tgt = args.pair.split("-")
-    fetched = download(corpus, root, args.splits, [src, tgt], base_url=args.base_url,
+    langs = args.pair.split("-") if args.pair else corpus.langs
+    fetched = download(corpus, root, args.splits or corpus.splits, langs, base_url=args.base_url,
                        allow_unchecked=args.allow_unchecked)
-    print(f"{root}: fetched {len(fetched)} files" + (f" ({', '.join(p.name for p in fetched)})" if fetched else " (all present)"))
+    print(f"{root}: wrote {len(fetched)} files" + (f" ({', '.join(p.name for p in fetched)})" if fetched else " (all present)"))
     return 0
 
 
@@ -450,11 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="fetch a named corpus (needs a network)")
     dl.add_argument("corpus", choices=sorted(NAMED_CORPORA))
     dl.add_argument("--root", help="target folder (default $NARGEN_DATA or data/<corpus>)")
-    dl.add_argument("--pair", default="de-en")
-    dl.add_argument("--splits", nargs="+", default=["train", "val", "test_2016_flickr"])
-    dl.add_argument("--base-url", default=None, help="mirror to fetch from")
+    dl.add_argument("--pair", default=None, help="e.g. de-en (default: the corpus's languages)")
+    dl.add_argument("--splits", nargs="+", default=None, help="default: all of the corpus's splits")
+    dl.add_argument("--base-url", default=None, help="mirror holding the same file names")
     dl.add_argument("--allow-unchecked", action="store_true",
-                    help="fetch files the sha256 table does not list (other pairs or splits)")
+                    help="fetch files whose digest nargen does not know (it says which)")
 
     be = sub.add_parser("bench", help="quality and speed benchmarks")
     what = be.add_subparsers(dest="what", required=True)
