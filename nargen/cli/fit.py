@@ -189,8 +189,9 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
         "epochs": trainer.current_epoch,
         **monitor.summary(trainer.strategy.root_device),
     }
-    if monitor.first_update_unix is not None:  # data prepared or opened, model built, one update
-        summary["seconds_to_first_update"] = round(monitor.first_update_unix - started_unix, 1)
+    if monitor.first_update_unix is not None:  # imports, data prepared or opened, model built, one update
+        age = monitor.process_age_at_first_update
+        summary["seconds_to_first_update"] = round(age if age is not None else monitor.first_update_unix - started_unix, 1)
     if not trainer.is_global_zero:
         return None
     if trainer.world_size > 1:

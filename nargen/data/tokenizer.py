@@ -12,6 +12,8 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from nargen.data.corpus import CorpusError
+
 PAD, BOS, EOS, UNK, MASK, BLANK = 0, 1, 2, 3, 4, 5
 MASK_PIECE, BLANK_PIECE = "<mask>", "<blank>"
 
@@ -117,19 +119,26 @@ def train_tokenizer(
     if path.is_file():
         return Tokenizer.load(path)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(t for t in texts if t.strip()),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=1.0,
-        pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
-        user_defined_symbols=[MASK_PIECE, BLANK_PIECE],
-        input_sentence_size=seed_sentences,
-        shuffle_input_sentence=True,
-        num_threads=min(4, os.cpu_count() or 1),
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(t for t in texts if t.strip()),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
+            user_defined_symbols=[MASK_PIECE, BLANK_PIECE],
+            input_sentence_size=seed_sentences,
+            shuffle_input_sentence=True,
+            num_threads=min(4, os.cpu_count() or 1),
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        if "Vocabulary size too high" not in str(err):
+            raise
+        at_most = str(err).rsplit("<=", 1)[-1].strip(" .")
+        raise CorpusError(f"vocab_size {vocab_size} is more than this training text supports "
+                          f"(at most {at_most}): set data.vocab_size lower") from None
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp:
         tmp.write(model.getvalue())

@@ -3,9 +3,11 @@ utilisation, and when the first update ended."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,6 +30,17 @@ def peak_rss_mib() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS counts bytes
 
 
+def process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux, from ``/proc``; None elsewhere): the
+    start-up a user waits through, imports included."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks since boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 class ThroughputMonitor(L.Callback):
     """Counts target tokens over training time (validation excluded).
 
@@ -47,6 +60,8 @@ class ThroughputMonitor(L.Callback):
         """Processes whose counts ``gather`` summed."""
         self.first_update_unix: float | None = None
         """Wall-clock time (``time.time()``) when the first update of this run ended."""
+        self.process_age_at_first_update: float | None = None
+        """Seconds from this process's start to the end of its first update (where known)."""
         self.peak_rss_mib: list[float] = [peak_rss_mib()]
         """Peak resident memory of each process (filled in by ``gather``)."""
         self._pending: torch.Tensor | None = None
@@ -71,6 +86,7 @@ class ThroughputMonitor(L.Callback):
         now = time.perf_counter()
         if self.first_update_unix is None:
             self.first_update_unix = time.time()
+            self.process_age_at_first_update = process_age_seconds()
         counted = trainer.global_step > self.skip_steps
         if self._last is not None and counted:
             self.seconds += now - self._last
