@@ -116,6 +116,7 @@ def test_token_budget_batches_cover_everything_within_budget():
 
 def test_item_longer_than_budget_gets_its_own_batch():
     assert [len(b) for b in token_budget_batches([100, 1, 1], max_tokens=10)] == [2, 1]
+    assert token_budget_batches([], max_tokens=10, seed=1) == []
 
 
 def test_datamodule_batches_shift_targets(reversal_root, tmp_path):

@@ -69,8 +69,8 @@ def batch_index(
         fits = int((window * np.arange(1, len(window) + 1) <= max_tokens).sum())
         starts.append(start)
         start += max(fits, 1)
-    bounds = np.stack([np.array(starts, dtype=np.int64),
-                       np.array(starts[1:] + [n], dtype=np.int64)], axis=1).reshape(-1, 2)
+    ends = starts[1:] + [n] if starts else []
+    bounds = np.array(list(zip(starts, ends)), dtype=np.int64).reshape(-1, 2)
     if rng is not None:
         bounds = bounds[rng.permutation(len(bounds))]
     return order, bounds
