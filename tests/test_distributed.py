@@ -29,6 +29,8 @@ def test_ddp_on_two_cpu_processes_trains_validates_and_counts_both(reversal_root
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["processes"] == 2 and summary["steps"] == steps
+    assert len(summary["peak_rss_mib"]) == 2 and min(summary["peak_rss_mib"]) > 100  # each rank's own
+    assert summary["seconds_to_first_update"] > 0
 
     # Each process reads its own batches of the whole budget, and the throughput counts
     # both: about twice one batch's target tokens per update.

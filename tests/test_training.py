@@ -26,8 +26,9 @@ def exact_match(module, sources, references, **options) -> float:
 def test_autoregressive_model_learns_to_reverse(trained_run, reversal_root):
     test = read_split(reversal_root, "test", "src", "tgt")
     module = load_module(trained_run / "checkpoints" / "best.ckpt")
-    assert exact_match(module, test.source, test.target) >= 0.9
-    assert exact_match(module, test.source, test.target, beam=4) >= 0.9
+    # measured 0.88-0.94 (greedy and beam 4) over data seeds 1-4, i.e. batch orders
+    assert exact_match(module, test.source, test.target) >= 0.8
+    assert exact_match(module, test.source, test.target, beam=4) >= 0.8
 
 
 def train_losses(run_dir) -> dict[int, float]:
@@ -51,7 +52,7 @@ def test_bf16_mixed_precision_on_cpu_trains_like_fp32_with_clipping(trained_run,
     assert sorted(bf16) == [49, 99, 149]
     for step, loss in bf16.items():
         assert abs(loss - fp32[step]) <= 0.05 * fp32[step], (step, loss, fp32[step])
-    assert bf16[149] < 0.35 * bf16[49]  # it learns: 2.26 -> 0.52 measured
+    assert bf16[149] < 0.5 * bf16[49]  # it learns: 2.26 -> 0.52 and 2.17 -> 0.80 measured (two batch orders)
 
 
 def test_auto_precision_is_bf16_mixed_exactly_where_the_cpu_has_native_bf16(monkeypatch):

@@ -45,14 +45,14 @@ def batch_index(
     longer than the budget gets a batch of its own. Arrays, not lists, so that a corpus
     of millions of sentences is batched in about a second and a few bytes an item.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = np.asarray(lengths)  # any integer dtype: int32 keeps a large corpus's keys small
     n = len(lengths)
     keys = [np.arange(n)]
     rng = np.random.default_rng(_seed_int(seed)) if seed is not None else None
     if rng is not None:
         keys = [rng.permutation(n)]
     if tiebreak is not None:
-        columns = np.asarray(tiebreak, dtype=np.int64).reshape(len(tiebreak), -1)
+        columns = np.asarray(tiebreak).reshape(len(tiebreak), -1)
         if len(columns) != n:
             raise ValueError(f"tiebreak has {len(columns)} keys for {n} lengths")
         keys += [columns[:, j] for j in reversed(range(columns.shape[1]))]
@@ -64,7 +64,7 @@ def batch_index(
         room = max(1, max_tokens // int(sorted_lengths[start]))
         if max_sentences:
             room = min(room, max_sentences)
-        window = sorted_lengths[start:start + room]
+        window = sorted_lengths[start:start + room].astype(np.int64)
         # lengths ascend, so the padded size of the first c items is window[c-1] * c
         fits = int((window * np.arange(1, len(window) + 1) <= max_tokens).sum())
         starts.append(start)
@@ -132,8 +132,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         tiebreak: Sequence[tuple[int, ...]] | np.ndarray | None = None,
     ) -> None:
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.tiebreak = None if tiebreak is None else np.asarray(tiebreak, dtype=np.int64)
+        self.lengths = np.asarray(lengths)
+        self.tiebreak = None if tiebreak is None else np.asarray(tiebreak)
         self.max_tokens = max_tokens
         self.sampler = EpochPermutation(len(self.lengths), seed) if shuffle else None
         self._skip = 0

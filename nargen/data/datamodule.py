@@ -141,7 +141,7 @@ def usable_lines(
     kept or dropped whole, so nothing shifts silently."""
     empty = (source_lengths == 0) | (target_lengths == 0)
     too_long = ~empty & ((source_lengths + 1 > max_len) | (target_lengths + 1 > max_len))
-    kept = np.flatnonzero(~empty & ~too_long)
+    kept = np.flatnonzero(~empty & ~too_long).astype(np.int32 if len(empty) < 2**31 else np.int64)
     dropped = {"empty": (np.flatnonzero(empty) + 1).tolist(),
                "too_long": (np.flatnonzero(too_long) + 1).tolist()}
     return kept, dropped
