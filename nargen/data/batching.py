@@ -47,10 +47,9 @@ def batch_index(
     """
     lengths = np.asarray(lengths)  # any integer dtype: int32 keeps a large corpus's keys small
     n = len(lengths)
-    keys = [np.arange(n)]
     rng = np.random.default_rng(_seed_int(seed)) if seed is not None else None
-    if rng is not None:
-        keys = [rng.permutation(n)]
+    # the last tiebreak: random (4 bytes an item), else the index (lexsort is stable)
+    keys = [rng.integers(0, 2**32, n, dtype=np.uint32)] if rng is not None else []
     if tiebreak is not None:
         columns = np.asarray(tiebreak).reshape(len(tiebreak), -1)
         if len(columns) != n:

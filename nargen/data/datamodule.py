@@ -109,8 +109,8 @@ class PreparedPairs(Dataset):
 
     def side_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Source (with EOS) and target (without) length of each item."""
-        return (self.corpus.lengths("source")[self.lines] + 1,
-                self.corpus.lengths("target")[self.lines])
+        return (self.corpus.lengths("source")[self.lines].astype(np.int32) + 1,
+                self.corpus.lengths("target")[self.lines].astype(np.int32))
 
 
 def batch_keys(dataset: PairDataset | PreparedPairs) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +140,7 @@ def usable_lines(
     dropped per reason: empty, or too long on either side (with its EOS); a pair is
     kept or dropped whole, so nothing shifts silently."""
     empty = (source_lengths == 0) | (target_lengths == 0)
-    too_long = ~empty & ((source_lengths + 1 > max_len) | (target_lengths + 1 > max_len))
+    too_long = ~empty & ((source_lengths >= max_len) | (target_lengths >= max_len))  # + EOS > max_len
     kept = np.flatnonzero(~empty & ~too_long).astype(np.int32 if len(empty) < 2**31 else np.int64)
     dropped = {"empty": (np.flatnonzero(empty) + 1).tolist(),
                "too_long": (np.flatnonzero(too_long) + 1).tolist()}

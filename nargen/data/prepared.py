@@ -9,6 +9,8 @@ so an interrupted preparation never leaves a half-written corpus behind)::
     target.bin         every target line's ids
     source.offsets.npy line i's ids are source.bin[offsets[i]:offsets[i + 1]]
     target.offsets.npy the same for the target side
+    source.lengths.npy each line's token count (uint16, or uint32 when a line needs it):
+    target.lengths.npy the length index batches are built from, without reading the offsets
 
 Every line of the text files is kept (empty or long lines too), so line i of the arrays
 is line i + 1 of the files; filtering by length is the reader's choice, made from the
@@ -47,7 +49,7 @@ import numpy as np
 from nargen.data.corpus import CorpusError
 from nargen.data.tokenizer import Tokenizer, train_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_LINES = 20_000
 """Lines per unit of work handed to an encoding process."""
 SINGLE_PROCESS_LINES = 100_000
@@ -86,6 +88,8 @@ class PreparedCorpus:
         dtype = np.dtype(self.meta["dtype"])
         self.offsets = {side: np.load(self.folder / f"{side}.offsets.npy", mmap_mode="r")
                         for side in ("source", "target")}
+        self._lengths = {side: np.load(self.folder / f"{side}.lengths.npy", mmap_mode="r")
+                         for side in ("source", "target")}
         self.tokens = {side: _open_tokens(self.folder / f"{side}.bin", dtype)
                        for side in ("source", "target")}
 
@@ -97,8 +101,9 @@ class PreparedCorpus:
         return Tokenizer((self.folder / "tokenizer.model").read_bytes())
 
     def lengths(self, side: str) -> np.ndarray:
-        """Token count of every line of ``side`` ("source" or "target"), int32."""
-        return np.diff(self.offsets[side]).astype(np.int32)
+        """Token count of every line of ``side`` ("source" or "target"): a read-only
+        memory map of an unsigned type (compute on a wider type before adding to it)."""
+        return self._lengths[side]
 
     def ids(self, side: str, line: int) -> np.ndarray:
         """The ids of 0-based ``line`` of ``side`` (a view into the memory map)."""
@@ -211,7 +216,7 @@ def prepare(
         })
         (tmp / "tokenizer.model").write_bytes(tokenizer.model_bytes)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():  # a stale partial copy from an older nargen
+        if folder.exists():  # a folder whose meta.json was deleted by hand
             shutil.rmtree(folder)
         tmp.rename(folder)
     except BaseException:
@@ -374,6 +379,8 @@ def _encode_into(folder: Path, source: Path, target: Path, tokenizer: Tokenizer,
         offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
         np.save(folder / f"{side}.offsets.npy", offsets)
+        fits_16_bits = not len(counts) or counts.max() <= np.iinfo(np.uint16).max
+        np.save(folder / f"{side}.lengths.npy", counts.astype(np.uint16 if fits_16_bits else np.uint32))
         lines = len(counts)
     digest = hashlib.sha256((digests["source"].hexdigest() + digests["target"].hexdigest()).encode())
     return {"lines": lines, "sha256": digest.hexdigest(),
