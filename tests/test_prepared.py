@@ -179,4 +179,4 @@ def test_batch_keys_match_the_padded_cost_of_each_pair(reversal_root, tmp_path):
     for i in (0, 17, 999):
         _, source, target = data.train_set[i]
         assert cost[i] == max(len(source), len(target) + 1)
-        assert tiebreak[i].tolist() == [len(target), len(source)]
+        assert tiebreak[i] == (len(target) << 16) | len(source)  # target first, then source
