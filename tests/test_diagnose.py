@@ -29,7 +29,7 @@ def cmlm(trained_cmlm):
 @pytest.fixture(scope="module")
 def undertrained_cmlm(reversal_root, tmp_path_factory):
     """A CMLM stopped early, so one pass leaves many tokens wrong even at the right length."""
-    return load_module(train_parallel(reversal_root, tmp_path_factory, "cmlm", steps=150), family="cmlm")
+    return load_module(train_parallel(reversal_root, tmp_path_factory, "cmlm", steps=100), family="cmlm")
 
 
 @pytest.fixture(scope="module")

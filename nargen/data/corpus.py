@@ -27,10 +27,18 @@ def read_lines(path: str | Path) -> list[str]:
 
 def decode_lines(raw: bytes, name: str, first_line: int = 1) -> list[str]:
     r"""Split UTF-8 bytes into lines: ``\n`` ends a line, a trailing ``\r`` is dropped,
-    a leading byte-order mark is dropped. A bad line raises ``CorpusError`` naming
-    ``name`` and the 1-based line number (``raw`` starting at line ``first_line``)."""
-    if raw.startswith(b"\xef\xbb\xbf"):
+    a byte-order mark at the start of a file (``first_line`` 1) is dropped. A bad line
+    raises ``CorpusError`` naming ``name`` and the 1-based line number (``raw`` starting
+    at line ``first_line``)."""
+    if first_line == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    try:  # the common case in one call
+        text = raw.decode("utf-8")
+        if "\r" not in text:
+            lines = text.split("\n")
+            return lines[:-1] if lines[-1] == "" else lines
+    except UnicodeDecodeError:
+        pass
     chunks = raw.split(b"\n")
     if chunks[-1] == b"":
         chunks.pop()

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from nargen.data.corpus import CorpusError
+from nargen.data.corpus import CorpusError, decode_lines
 from nargen.data.tokenizer import Tokenizer, train_tokenizer
 
 FORMAT_VERSION = 2
@@ -250,8 +250,6 @@ def read_chunks(source: Path, target: Path) -> Iterator[tuple[int, list[bytes], 
                                   f"{target} has {n_tgt} lines")
             if not src_lines:
                 return
-            if first == 1:
-                src_lines[0], tgt_lines[0] = _drop_bom(src_lines[0]), _drop_bom(tgt_lines[0])
             yield first, src_lines, tgt_lines
             first += len(src_lines)
 
@@ -270,31 +268,9 @@ def _count_rest(handle: BinaryIO, path: Path) -> int:
     return count
 
 
-def _drop_bom(line: bytes) -> bytes:
-    return line[3:] if line.startswith(b"\xef\xbb\xbf") else line
-
-
 def decode_chunk(lines: list[bytes], path: Path, first: int) -> list[str]:
-    r"""Lines as text (``\n`` and a trailing ``\r`` dropped); a line that is not valid
-    UTF-8 raises ``CorpusError`` naming ``path`` and its 1-based number."""
-    try:  # the common case in one call
-        text = b"".join(lines).decode("utf-8")
-        if "\r" not in text:
-            return text.split("\n")[: len(lines)]
-    except UnicodeDecodeError:
-        pass
-    out = []
-    for number, line in enumerate(lines, start=first):
-        line = line.rstrip(b"\n")
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        try:
-            out.append(line.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise CorpusError(
-                f"{path}:{number}: not valid UTF-8 (byte {err.start}: {line[err.start:err.start + 4]!r})"
-            ) from err
-    return out
+    """Lines read by ``read_chunks`` as text (see ``decode_lines``)."""
+    return decode_lines(b"".join(lines), str(path), first)
 
 
 def sample_pairs(source: Path, target: Path, k: int, seed: int = 0) -> tuple[list[str], list[str]]:
