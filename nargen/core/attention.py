@@ -81,6 +81,19 @@ def naive_kernel(
 KERNELS: dict[str, AttentionKernel] = {"sdpa": sdpa_kernel, "naive": naive_kernel}
 
 
+def band_mask(
+    queries: int, keys: int, query_start: int, key_start: int, window: int, causal: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Boolean ``[queries, keys]`` mask of sliding-window attention: a query at position
+    p sees the keys at p - window + 1 .. p (``causal``), or those less than ``window``
+    away on either side; queries and keys start at the given positions."""
+    q = torch.arange(query_start, query_start + queries, device=device)[:, None]
+    k = torch.arange(key_start, key_start + keys, device=device)[None, :]
+    distance = q - k
+    return (distance >= 0) & (distance < window) if causal else distance.abs() < window
+
+
 def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
     """Boolean ``[queries, keys]`` mask for queries that are the last ``queries`` keys."""
     offset = keys - queries
@@ -92,6 +105,7 @@ class Attention(nn.Module):
 
     Rotary positions are injected for self-attention. With ``owns_kv=False`` the layer
     has no K/V projection and must be given another layer's K/V (cross-layer sharing).
+    A ``window`` limits self-attention to nearby positions (``band_mask``).
     """
 
     def __init__(
@@ -104,8 +118,10 @@ class Attention(nn.Module):
         cross: bool = False,
         owns_kv: bool = True,
         dropout: float = 0.0,
+        window: int = 0,
     ) -> None:
         super().__init__()
+        self.window = 0 if cross else window
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.cross, self.owns_kv = cross, owns_kv
@@ -189,7 +205,16 @@ class Attention(nn.Module):
                 raise RuntimeError("this attention layer shares K/V: pass shared_kv")
 
         is_causal = False
-        if causal and q.shape[2] > 1:
+        if self.window:
+            key_start = cache.start if cache is not None else 0
+            band = band_mask(q.shape[2], k.shape[2], offset, key_start, self.window, causal, x.device)
+            if mask is not None:
+                # a padding position whose window holds only padding attends to itself: a
+                # row masked whole has a NaN softmax, and NaN times a zero weight is NaN
+                itself = band_mask(q.shape[2], k.shape[2], offset, key_start, 1, True, x.device)
+                band = (mask & band) | itself
+            mask = band
+        elif causal and q.shape[2] > 1:
             if k.shape[2] == q.shape[2] and mask is None:
                 is_causal = True
             else:

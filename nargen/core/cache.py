@@ -15,14 +15,24 @@ class KVCache:
     per source and kept. A slot is one decoder layer, or a pair of layers when adjacent
     layers share K/V. ``reorder`` follows beam search's choice of hypotheses and copies
     only what has been written.
+
+    With a ``window`` (sliding-window self-attention), positions older than the window
+    are dropped: once the buffers hold twice the window, the last ``window`` positions
+    move to the front in one copy, so memory stays within twice the window and each step
+    costs the same however long the output grows. ``start`` is then the position of the
+    first key held; a rollback (``truncate``) may go back to it, at least ``window``
+    positions.
     """
 
-    def __init__(self, slots: int, capacity: int = 0) -> None:
+    def __init__(self, slots: int, capacity: int = 0, window: int = 0) -> None:
         self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
         self._written = [0] * slots
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
-        self.capacity = capacity
+        self.window = window
+        self.capacity = min(capacity, 2 * window) if window else capacity
         self.length = 0
+        self.start = 0
+        """Position of the first self-attention key held (0 unless a window dropped some)."""
 
     @property
     def keys(self) -> list[torch.Tensor | None]:
@@ -38,8 +48,8 @@ class KVCache:
         self, slot: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new positions' K/V of ``slot`` after the first ``length``; return
-        all its K/V so far (views of the buffers)."""
-        start, end = self.length, self.length + k.shape[2]
+        all its K/V held (views of the buffers), from position ``start``."""
+        start, end = self.length - self.start, self.length - self.start + k.shape[2]
         buffers = self._buffers[slot]
         if buffers is None or end > buffers[0].shape[2] or buffers[0].shape[0] != k.shape[0]:
             size = max(end, self.capacity, 2 * buffers[0].shape[2] if buffers is not None else 0)
@@ -54,15 +64,29 @@ class KVCache:
         return buffers[0][:, :, :end], buffers[1][:, :, :end]
 
     def advance(self, steps: int) -> None:
-        """Mark ``steps`` more positions as written (called once per decoder pass)."""
+        """Mark ``steps`` more positions as written (called once per decoder pass); with a
+        window, drop what no later query can see once twice the window is held."""
         self.length += steps
+        held = self.length - self.start
+        if self.window and held >= 2 * self.window:
+            drop = held - self.window
+            for slot, buffers in enumerate(self._buffers):
+                if buffers is None:
+                    continue
+                for buffer in buffers:
+                    buffer[:, :, : self.window] = buffer[:, :, drop:held].clone()
+                self._written[slot] = self.window
+            self.start += drop
 
     def truncate(self, length: int) -> None:
         """Forget self-attention K/V beyond the first ``length`` positions (speculative
         decoding rolls back to what it accepted)."""
         if length > self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self._written = [min(n, length) for n in self._written]
+        if length < self.start:
+            raise ValueError(f"cannot roll back to position {length}: the window dropped "
+                             f"everything before position {self.start}")
+        self._written = [min(n, length - self.start) for n in self._written]
         self.length = length
 
     def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None:

@@ -25,12 +25,20 @@ class TransformerConfig:
     max_len: int = 256
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
+    rotary_positions: bool = True
+    """Rotary positions in self-attention (off: a model with absolute positions only)."""
     absolute_positions: bool = False
     """Add sinusoidal absolute positions to the encoder and decoder inputs (besides rotary
     attention); parallel decoders whose inputs are all alike need them to tell
     positions apart."""
     share_decoder_kv: bool = False
     """Adjacent decoder layers share self- and cross-attention K/V (halves the cache)."""
+    encoder_window: int = 0
+    """Encoder self-attention sees only positions less than this far away (0: all)."""
+    decoder_window: int = 0
+    """Decoder self-attention sees only positions less than this far away: the last
+    ``decoder_window`` positions when causal, either side when bidirectional (0: all);
+    the incremental K/V cache then keeps at most twice this many positions."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -39,6 +47,10 @@ class TransformerConfig:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError("head dimension must be even for rotary positions")
+        if not (self.rotary_positions or self.absolute_positions):
+            raise ValueError("a model needs rotary_positions or absolute_positions (or both)")
+        if self.encoder_window < 0 or self.decoder_window < 0:
+            raise ValueError("encoder_window and decoder_window must be >= 0 (0: full attention)")
         if self.share_decoder_kv and self.decoder_layers % 2:
             raise ValueError("share_decoder_kv needs an even number of decoder layers")
 

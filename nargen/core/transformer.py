@@ -45,11 +45,12 @@ class Encoded:
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding | None) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(
-            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rotary=rotary, dropout=cfg.attention_dropout
+            cfg.d_model, cfg.n_heads, cfg.n_kv_heads, rotary=rotary, dropout=cfg.attention_dropout,
+            window=cfg.encoder_window,
         )
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
@@ -62,13 +63,14 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding, owns_kv: bool) -> None:
+    def __init__(self, cfg: TransformerConfig, rotary: RotaryEmbedding | None, owns_kv: bool) -> None:
         super().__init__()
         heads = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads)
         self.owns_kv = owns_kv
         self.self_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.self_attn = Attention(
-            *heads, rotary=rotary, owns_kv=owns_kv, dropout=cfg.attention_dropout
+            *heads, rotary=rotary, owns_kv=owns_kv, dropout=cfg.attention_dropout,
+            window=cfg.decoder_window,
         )
         self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.cross_attn = Attention(
@@ -118,7 +120,7 @@ class Seq2SeqTransformer(nn.Module):
         self.cfg = cfg
         self.pad_id = pad_id
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=pad_id)
-        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_base)
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_base) if cfg.rotary_positions else None
         self.encoder_layers = nn.ModuleList(
             EncoderLayer(cfg, rotary) for _ in range(cfg.encoder_layers)
         )
@@ -234,4 +236,4 @@ class Seq2SeqTransformer(nn.Module):
         if capacity > self.cfg.max_len:
             raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
         slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
-        return KVCache(slots, capacity)
+        return KVCache(slots, capacity, window=self.cfg.decoder_window)
