@@ -3,6 +3,8 @@ KV cache of windowed decoding, and every family built with windows."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -122,3 +124,37 @@ def test_every_family_trains_and_decodes_with_windows(family, tokenizer):
     module.eval()
     out = module.translate(["ka lo mi nu su", "za bu"])
     assert len(out.texts) == 2
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_flex_attention_block_sparse_path_equals_the_band_mask(causal):
+    """The path a GPU compiles (FlexAttention, block-sparse), run eagerly here: the same
+    outputs as the dense band mask, padding included."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    src = torch.randint(6, 64, (2, 40))
+    src[1, 25:] = 0
+    tgt = torch.randint(6, 64, (2, 33))
+    model = micro(encoder_window=5, decoder_window=6)
+    with torch.inference_mode():
+        dense = model(src, tgt, causal=causal)
+        for module in model.modules():
+            if hasattr(module, "flex_windows"):
+                module.flex_windows = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flex_attention warns that eager is for debugging
+            sparse = model(src, tgt, causal=causal)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_can_use_absolute_positions_alone():
+    model = micro(rotary_positions=False, absolute_positions=True, decoder_window=4)
+    assert all(m.rotary is None for m in model.modules() if hasattr(m, "rotary"))
+    src, tgt = torch.randint(6, 64, (1, 12)), torch.randint(6, 64, (1, 12))
+    with torch.inference_mode():
+        encoded = model.encode(src)
+        forced = model.decode(tgt, encoded)
+        cache = model.new_cache(encoded, 12)
+        steps = torch.cat([model.decode(tgt[:, t:t + 1], encoded, cache=cache) for t in range(12)], dim=1)
+    torch.testing.assert_close(steps, forced, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs rotary_positions or absolute_positions"):
+        TransformerConfig(rotary_positions=False)

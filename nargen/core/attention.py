@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -94,6 +95,39 @@ def band_mask(
     return (distance >= 0) & (distance < window) if causal else distance.abs() < window
 
 
+def flex_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding: torch.Tensor | None,
+    query_start: int,
+    key_start: int,
+    window: int,
+    causal: bool,
+) -> torch.Tensor:
+    """Sliding-window attention through FlexAttention's block-sparse kernel: blocks of
+    query/key pairs outside the band are skipped, not masked (compiled on a GPU; the
+    eager reference elsewhere). ``padding``: ``[batch, keys]``, True at real keys; a
+    query still attends to itself (as ``Attention`` does with a dense mask)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def inside(b: torch.Tensor, h: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+        distance = (qi + query_start) - (ki + key_start)
+        band = (distance >= 0) & (distance < window) if causal else distance.abs() < window
+        return band if padding is None else band & (padding[b, ki] | (distance == 0))
+
+    batch = q.shape[0] if padding is not None else None
+    block = create_block_mask(inside, batch, None, q.shape[2], k.shape[2], device=q.device)
+    return _flex_attention(q.is_cuda)(q, k, v, block_mask=block, enable_gqa=k.shape[1] != q.shape[1])
+
+
+@functools.lru_cache(maxsize=2)
+def _flex_attention(compiled: bool) -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
+
+
 def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
     """Boolean ``[queries, keys]`` mask for queries that are the last ``queries`` keys."""
     offset = keys - queries
@@ -122,6 +156,9 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         self.window = 0 if cross else window
+        self.flex_windows: bool | None = None
+        """Windowed passes of several queries through ``flex_window_attention`` (None:
+        on a GPU, where it is compiled to a block-sparse kernel; elsewhere a band mask)."""
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.cross, self.owns_kv = cross, owns_kv
@@ -205,6 +242,15 @@ class Attention(nn.Module):
                 raise RuntimeError("this attention layer shares K/V: pass shared_kv")
 
         is_causal = False
+        dropout = self.dropout if self.training else 0.0
+        if self.window and q.shape[2] > 1 and not dropout and (
+            self.flex_windows if self.flex_windows is not None else q.is_cuda
+        ):
+            padding = None if mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
+            key_start = cache.start if cache is not None else 0
+            out = flex_window_attention(q, k, v, padding, offset, key_start, self.window, causal)
+            out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+            return self.out_proj(out).view(rows, time, width), (k, v)
         if self.window:
             key_start = cache.start if cache is not None else 0
             band = band_mask(q.shape[2], k.shape[2], offset, key_start, self.window, causal, x.device)
@@ -220,7 +266,6 @@ class Attention(nn.Module):
             else:
                 step_mask = causal_mask(q.shape[2], k.shape[2], x.device)
                 mask = step_mask if mask is None else mask & step_mask
-        dropout = self.dropout if self.training else 0.0
         out = self.kernel(q, k, v, mask, is_causal, dropout)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.out_proj(out).view(rows, time, width), (k, v)
