@@ -17,11 +17,11 @@ class KVCache:
     only what has been written.
 
     With a ``window`` (sliding-window self-attention), positions older than the window
-    are dropped: once the buffers hold twice the window, the last ``window`` positions
-    move to the front in one copy, so memory stays within twice the window and each step
-    costs the same however long the output grows. ``start`` is then the position of the
-    first key held; a rollback (``truncate``) may go back to it, at least ``window``
-    positions.
+    are dropped: once the buffers hold twice the window, the window before the last pass
+    and the pass itself move to the front in one copy, so memory stays within twice the
+    window plus a pass, and each step costs the same however long the output grows.
+    ``start`` is then the position of the first key held; a rollback (``truncate``) may
+    undo the last pass (speculative decoding's verification) and go back to ``start``.
     """
 
     def __init__(self, slots: int, capacity: int = 0, window: int = 0) -> None:
@@ -68,14 +68,15 @@ class KVCache:
         window, drop what no later query can see once twice the window is held."""
         self.length += steps
         held = self.length - self.start
-        if self.window and held >= 2 * self.window:
-            drop = held - self.window
+        keep = self.window + steps  # a rollback may undo this pass: keep the window before it
+        if self.window and held >= 2 * self.window and held > keep:
+            drop = held - keep
             for slot, buffers in enumerate(self._buffers):
                 if buffers is None:
                     continue
                 for buffer in buffers:
-                    buffer[:, :, : self.window] = buffer[:, :, drop:held].clone()
-                self._written[slot] = self.window
+                    buffer[:, :, :keep] = buffer[:, :, drop:held].clone()
+                self._written[slot] = keep
             self.start += drop
 
     def truncate(self, length: int) -> None:

@@ -38,7 +38,8 @@ class TransformerConfig:
     decoder_window: int = 0
     """Decoder self-attention sees only positions less than this far away: the last
     ``decoder_window`` positions when causal, either side when bidirectional (0: all);
-    the incremental K/V cache then keeps at most twice this many positions."""
+    the incremental K/V cache then keeps at most twice this many positions (plus the last
+    pass's, which speculative decoding may roll back)."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
