@@ -158,3 +158,25 @@ def test_a_model_can_use_absolute_positions_alone():
     torch.testing.assert_close(steps, forced, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs rotary_positions or absolute_positions"):
         TransformerConfig(rotary_positions=False)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_sequences_attend_window_by_window_as_the_band_mask_does(causal):
+    """Past four windows, a sequence attends one block of queries at a time against the
+    keys its windows reach: the same outputs and gradients as one dense band mask."""
+    src = torch.randint(6, 64, (2, 50))
+    src[1, 31:] = 0
+    tgt = torch.randint(6, 64, (2, 45))
+    model = micro(encoder_window=4, decoder_window=5)
+    blocked = model(src, tgt, causal=causal)
+    blocked.square().mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for module in model.modules():  # one dense band mask at every length
+        if hasattr(module, "window_blocks"):
+            module.window_blocks = False
+    dense = model(src, tgt, causal=causal)
+    dense.square().mean().backward()
+    torch.testing.assert_close(blocked, dense, rtol=1e-5, atol=1e-5)
+    for a, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)

@@ -128,6 +128,33 @@ def _flex_attention(compiled: bool) -> Callable:
     return torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
 
 
+def blocked_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding: torch.Tensor | None,
+    window: int,
+    causal: bool,
+    kernel: AttentionKernel,
+    dropout_p: float,
+) -> torch.Tensor:
+    """Sliding-window attention of a whole sequence (queries and keys at the same
+    positions), ``window`` queries at a time against only the keys their windows reach:
+    time and memory grow with length x window, not length squared (the dense band mask
+    of a long sequence would cost more than full attention). ``padding``: ``[batch,
+    keys]``, True at real keys; a query always attends to itself."""
+    length, outputs = q.shape[2], []
+    for start in range(0, length, window):
+        end = min(start + window, length)
+        first, last = max(0, start - window + 1), end if causal else min(length, end + window - 1)
+        mask = band_mask(end - start, last - first, start, first, window, causal, q.device)
+        if padding is not None:
+            itself = band_mask(end - start, last - first, start, first, 1, True, q.device)
+            mask = (padding[:, None, None, first:last] & mask) | itself
+        outputs.append(kernel(q[:, :, start:end], k[:, :, first:last], v[:, :, first:last], mask, False, dropout_p))
+    return torch.cat(outputs, dim=2)
+
+
 def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
     """Boolean ``[queries, keys]`` mask for queries that are the last ``queries`` keys."""
     offset = keys - queries
@@ -159,6 +186,9 @@ class Attention(nn.Module):
         self.flex_windows: bool | None = None
         """Windowed passes of several queries through ``flex_window_attention`` (None:
         on a GPU, where it is compiled to a block-sparse kernel; elsewhere a band mask)."""
+        self.window_blocks = True
+        """Elsewhere, a sequence of four windows or more attends a window of queries at a
+        time (``blocked_window_attention``) instead of through one dense band mask."""
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.cross, self.owns_kv = cross, owns_kv
@@ -249,6 +279,11 @@ class Attention(nn.Module):
             padding = None if mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
             key_start = cache.start if cache is not None else 0
             out = flex_window_attention(q, k, v, padding, offset, key_start, self.window, causal)
+            out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+            return self.out_proj(out).view(rows, time, width), (k, v)
+        if self.window and self.window_blocks and cache is None and q.shape[2] >= 4 * self.window:
+            padding = None if mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
+            out = blocked_window_attention(q, k, v, padding, self.window, causal, self.kernel, dropout)
             out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
             return self.out_proj(out).view(rows, time, width), (k, v)
         if self.window:
