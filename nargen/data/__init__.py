@@ -4,10 +4,12 @@ from nargen.data.batching import TokenBudgetBatchSampler, token_budget_batches
 from nargen.data.corpora import MULTI30K, NAMED_CORPORA, download, read_split
 from nargen.data.corpus import CorpusError, ParallelText, read_lines, read_parallel
 from nargen.data.datamodule import DataConfig, TranslationDataModule
+from nargen.data.prepared import PreparedCorpus, TokenizerSpec, open_or_prepare
 from nargen.data.tokenizer import SpecialTokens, Tokenizer, train_tokenizer
 
 __all__ = [
-    "MULTI30K", "NAMED_CORPORA", "CorpusError", "DataConfig", "ParallelText", "SpecialTokens",
-    "TokenBudgetBatchSampler", "Tokenizer", "TranslationDataModule", "download", "read_lines",
-    "read_parallel", "read_split", "token_budget_batches", "train_tokenizer",
+    "MULTI30K", "NAMED_CORPORA", "CorpusError", "DataConfig", "ParallelText", "PreparedCorpus",
+    "SpecialTokens", "TokenBudgetBatchSampler", "Tokenizer", "TokenizerSpec",
+    "TranslationDataModule", "download", "open_or_prepare", "read_lines", "read_parallel",
+    "read_split", "token_budget_batches", "train_tokenizer",
 ]
