@@ -103,9 +103,11 @@ class PreparedPairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         line = int(self.lines[i])
-        source = torch.from_numpy(self.corpus.ids("source", line).astype(np.int64))
+        ids = self.corpus.ids("source", line)
+        source = np.empty(len(ids) + 1, dtype=np.int64)  # the ids and EOS in one host array
+        source[:-1], source[-1] = ids, EOS
         target = torch.from_numpy(self.corpus.ids("target", line).astype(np.int64))
-        return line, torch.cat([source, torch.tensor([EOS])]), target
+        return line, torch.from_numpy(source), target
 
     def side_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Source (with EOS) and target (without) length of each item."""
