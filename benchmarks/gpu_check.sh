@@ -3,20 +3,22 @@
 #   1. the CUDA tests (bf16 autocast runs a fused attention kernel, never the math
 #      fallback) and the decoders' host-read counts;
 #   2. each base recipe trained for FIT_MINUTES under bf16 autocast, its fit summary
-#      (target tokens/s, MFU, peak memory) kept;
-#   3. the speculative bench spec (batch-1 latency by output length, every drafter
-#      whose checkpoint exists under runs/);
+#      (target tokens/s, MFU, peak memory) kept; ar_base once more with the training
+#      step compiled (trainer.compile);
+#   3. the GPU bench spec over those models in bf16: AR greedy and beam 4, eager and
+#      compiled (CUDA graphs), CTC+GLAT, CMLM T=4/10, speculative with the CTC+GLAT
+#      drafter (recipes/multi30k/bench/gpu_check.yaml);
 #   4. the whole test suite with a GPU present (CLI paths pick the GPU by default).
 # Each stage's results are packed into OUT_DIR/gpu_check.tgz as soon as it ends, so a
 # run stopped early keeps what it finished.
 #
-#   benchmarks/gpu_check.sh OUT_DIR [RECIPE ...]     (default recipes: ar_base cmlm_base dag_base)
+#   benchmarks/gpu_check.sh OUT_DIR [RECIPE ...]  (default: ar_base ctc_glat_base cmlm_base)
 #   env: FIT_MINUTES (default 0.75), SUITE_SECONDS (default 150; 0 skips the suite),
-#        BENCH_SPEC (default recipes/multi30k/bench/speculative_tiny.yaml)
+#        BENCH_SPEC (default recipes/multi30k/bench/gpu_check.yaml)
 set -u
 out=$(realpath -m "${1:?usage: benchmarks/gpu_check.sh OUT_DIR [RECIPE ...]}")
 shift
-recipes=("${@:-ar_base cmlm_base dag_base}")
+recipes=("${@:-ar_base ctc_glat_base cmlm_base}")
 read -r -a recipes <<< "${recipes[*]}"
 work="$out/gpu_check"
 mkdir -p "$work"
@@ -36,7 +38,7 @@ EOF
 pack
 
 stage CUDA tests
-python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_host_reads.py 2>&1 | tee "$work/pytest_attention.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_host_reads.py tests/test_compiled.py 2>&1 | tee "$work/pytest_attention.log"
 pack
 
 for recipe in "${recipes[@]}"; do
@@ -50,7 +52,16 @@ for recipe in "${recipes[@]}"; do
     pack
 done
 
-spec=${BENCH_SPEC:-recipes/multi30k/bench/speculative_tiny.yaml}
+stage "fit ar_base, training step compiled, for ${FIT_MINUTES:-0.75} min"
+nargen fit --config recipes/multi30k/ar_base.yaml --trainer.run_dir runs/gpu_check/ar_base_compiled \
+    --trainer.fresh true --trainer.max_epochs null --trainer.max_time_minutes "${FIT_MINUTES:-0.75}" \
+    --trainer.val_every_steps 1000000 --trainer.progress_bar false --eval.decodes '[]' --trainer.compile true \
+    > "$work/fit_ar_base_compiled.log" 2>&1
+echo "exit $?"
+cp runs/gpu_check/ar_base_compiled/summary.json "$work/fit_ar_base_compiled.json" 2>/dev/null && cat "$work/fit_ar_base_compiled.json"
+pack
+
+spec=${BENCH_SPEC:-recipes/multi30k/bench/gpu_check.yaml}
 stage "bench $spec"
 nargen bench systems --spec "$spec" --out "$work/bench" --latency-sentences 200 --skip-missing \
     > "$work/bench.log" 2>&1

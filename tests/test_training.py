@@ -192,3 +192,20 @@ def test_the_final_step_is_validated_when_max_steps_ends_inside_an_epoch(reversa
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
     validated = sorted({int(r["step"]) + 1 for r in rows if r.get("val_bleu")})
     assert validated[-1] == 30 and len(validated) == 2  # the epoch end (17) and the last step
+
+
+def test_the_final_step_is_validated_when_max_epochs_ends_between_validations(reversal_root, tmp_path):
+    """Validation every 10 steps; one epoch ends at a step that is no multiple of 10,
+    and those final weights must still be validated."""
+    from conftest import reversal_overrides
+    from nargen.cli.config import load_fit_config
+
+    args = reversal_overrides(reversal_root, tmp_path / "run", tmp_path / "c", 1000,
+                              "--trainer.max_epochs", "1")
+    args[args.index("--trainer.val_every_steps") + 1] = "10"
+    summary = run_fit(load_fit_config(None, args))
+    assert summary["steps"] % 10, "the epoch must end between two validations"
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "version_0" / "metrics.csv").open()))
+    validated = sorted({int(r["step"]) + 1 for r in rows if r.get("val_bleu")})
+    assert validated[-1] == summary["steps"]
+    assert validated[:-1] == list(range(10, summary["steps"], 10))

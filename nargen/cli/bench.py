@@ -22,6 +22,7 @@ from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
 from nargen.models.base import check_decode_options
+from nargen.models.precision import decoding_dtype
 
 
 @dataclass
@@ -52,6 +53,9 @@ class BenchSpec:
     split: str = "test_2016_flickr"
     threads: int = 0
     """torch threads for every system (0 = torch's default)."""
+    dtype: str = "auto"
+    """Weights and activations of every system: auto (bf16 on a GPU, fp32 on a CPU),
+    fp32, bf16 or fp16 (GPU)."""
     latency_sentences: int | None = None
     """Sentences timed at batch size 1 (default: the whole split)."""
     max_tokens: int = 2500
@@ -152,6 +156,10 @@ def run_bench(
     if spec.threads:
         torch.set_num_threads(spec.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dtype = decoding_dtype(spec.dtype, device)
+    except ValueError as err:
+        raise ConfigError(f"bench spec: {err}") from None
     root = Path(spec.root) if spec.root else default_root(spec.corpus)
     test = read_split(root, spec.split, spec.src_lang, spec.tgt_lang)
     modules: dict[str, Seq2SeqModule] = {}
@@ -162,7 +170,7 @@ def run_bench(
             raise ConfigError(f"systems[{i}] ({system.name}): no checkpoint {', '.join(missing)} "
                               "(train it first, or leave such systems out with --skip-missing)")
         if system.ckpt not in modules:
-            modules[system.ckpt] = load_module(system.ckpt, map_location=device)
+            modules[system.ckpt] = load_module(system.ckpt, map_location=device).to(dtype=dtype)
         module = modules[system.ckpt]
         options = dict(system.options)
         extra = (["rerank"] if system.rerank_ckpt else []) + (["draft"] if system.draft_ckpt else [])
@@ -210,6 +218,7 @@ def run_bench(
         "sentences": len(test.source),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({cpu_name()})",
         "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "spec": dataclasses.asdict(spec),

@@ -72,6 +72,9 @@ class TrainerConfig:
     """Start over: an existing run folder is moved aside to ``RUN_DIR.previous-N`` (nothing is deleted)."""
     allow_config_change: bool = False
     """Resume even when the recipe changed in keys other than the budget and logging ones."""
+    compile: bool = False
+    """Compile the family's loss (forward and backward) with ``torch.compile`` (shapes
+    dynamic): traced once in the first updates, then fused kernels every update."""
     tensorboard: bool = False
     """Also log to TensorBoard, in ``RUN_DIR/tensorboard`` (needs ``pip install tensorboard``)."""
 

@@ -174,6 +174,8 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     if t.init_from and not resume.is_file():
         copied = init_core_from(module, t.init_from)
         print(f"nargen fit: {copied} core parameter tensors from {t.init_from}", file=sys.stderr)
+    if t.compile:
+        module.compile_loss()
     monitor = ThroughputMonitor()
     trainer = make_trainer(config, run_dir, monitor)
     if trainer.is_global_zero:  # this attempt's own recipe, beside its metrics

@@ -20,22 +20,22 @@ from nargen.data.corpus import read_lines
 from nargen.memory import keep_freed_memory
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
+from nargen.models.precision import DECODING_DTYPES, decoding_dtype
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def _load_for_decoding(args: argparse.Namespace, device: str | None = None) -> Seq2SeqModule:
     """The checkpoint on ``device`` (default: a GPU if any) in ``--dtype``."""
     module = load_module(args.ckpt, map_location=device or _device())
-    if args.dtype != "fp32":
-        if module.device.type == "cpu" and args.dtype == "fp16":
-            raise ConfigError("--dtype fp16 needs a GPU (bf16 runs on CPU too)")
-        module.to(dtype=DTYPES[args.dtype])
+    try:
+        dtype = decoding_dtype(args.dtype, module.device)
+    except ValueError as err:
+        raise ConfigError(f"--{err}") from None
+    if dtype != torch.float32:
+        module.to(dtype=dtype)
     return module
 
 
@@ -72,6 +72,8 @@ def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
         options["block"] = args.block
     if args.draft_confidence is not None:
         options["draft_confidence"] = args.draft_confidence
+    if args.compile:
+        options["compile"] = True
     drawn = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
     drawn = {k: v for k, v in drawn.items() if v is not None}
     if drawn and not args.sampling:
@@ -378,14 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speculative, blockwise: tokens drafted per block (blockwise: 0 = plain greedy)")
         p.add_argument("--draft-confidence", type=float, default=None,
                        help="blockwise: a block ends before a token its head gives less probability")
+        p.add_argument("--compile", action="store_true",
+                       help="autoregressive greedy, sampling, beam: each decoder step compiled once "
+                            "(torch.compile over a fixed-shape KV cache; CUDA graphs on a GPU) and replayed")
         p.add_argument("--sampling", action="store_true",
                        help="autoregressive, latent (its prior): draw tokens instead of the argmax")
         p.add_argument("--temperature", type=float, default=None, help="sampling: softmax temperature (default 1)")
         p.add_argument("--top-k", type=int, default=None, help="sampling: draw among the k most likely (default 0: all)")
         p.add_argument("--seed", type=int, default=None, help="sampling: seed for a repeatable draw")
         p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
-        p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                       help="weights and activations: fp32, bf16 (GPU, or CPU) or fp16 (GPU)")
+        p.add_argument("--dtype", choices=["auto", *DECODING_DTYPES], default="auto",
+                       help="weights and activations: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or "
+                            "fp16 (GPU)")
 
     tr = sub.add_parser("translate", help="one output line per input line, streamed as input arrives")
     decoding(tr)

@@ -17,8 +17,8 @@ def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
 
 def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
     """An autoregressive checkpoint as a length-beam reranker for ``module`` (loaded
-    from ``owner``); both must share one tokenizer."""
-    reranker = load_module(path, family="autoregressive", map_location=module.device)
+    from ``owner``, in ``module``'s dtype); both must share one tokenizer."""
+    reranker = load_module(path, family="autoregressive", map_location=module.device).to(dtype=module.dtype)
     if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     reranker.eval()
@@ -27,12 +27,12 @@ def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
 
 def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
     """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
-    ``owner``): an autoregressive model drafts greedily, a NAT or CMLM model in one
+    ``owner``, in ``module``'s dtype): an autoregressive model drafts greedily, a NAT or CMLM model in one
     parallel pass per block after the output so far, a blockwise checkpoint's draft
     heads from ``module``'s own hidden states (they were trained on one model's: its
     own), any other family the whole sentence once with its own decoding settings; both
     models must share one tokenizer."""
-    drafter = load_module(path, map_location=module.device)
+    drafter = load_module(path, map_location=module.device).to(dtype=module.dtype)
     if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     drafter.eval()

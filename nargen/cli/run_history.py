@@ -17,11 +17,11 @@ RESUMABLE_CHANGES = {
     "trainer.progress_bar", "trainer.log_every_n_steps", "trainer.fresh",
     "trainer.allow_config_change", "trainer.keep_last", "trainer.val_every_steps",
     "trainer.checkpoint_every_steps", "trainer.tensorboard", "trainer.keep_best",
-    "trainer.init_from", "eval.average_best",
+    "trainer.init_from", "trainer.compile", "eval.average_best",
 }
 """Keys a resumed run may change without asking: its budget, threads, how often it
-logs, validates and saves, and where a new run would take its core from (a resumed run
-reads its own last checkpoint, never ``init_from``)."""
+logs, validates and saves, whether it compiles, and where a new run would take its core
+from (a resumed run reads its own last checkpoint, never ``init_from``)."""
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

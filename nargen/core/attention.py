@@ -207,7 +207,7 @@ class Attention(nn.Module):
         batch, time, _ = x.shape
         return x.view(batch, time, heads, self.head_dim).transpose(1, 2)
 
-    def _rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         return self.rotary(x, offset) if self.rotary is not None else x
 
     def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,6 +271,10 @@ class Attention(nn.Module):
             else:
                 raise RuntimeError("this attention layer shares K/V: pass shared_kv")
 
+        if cache is not None and cache.fixed_shapes and not self.cross:
+            # the buffers hold every slot, written or not: the mask says which a query sees
+            visible = cache.key_mask(time)
+            mask, causal = (visible if mask is None else mask & visible), False
         is_causal = False
         dropout = self.dropout if self.training else 0.0
         flex = self.flex_windows if self.flex_windows is not None else q.is_cuda
@@ -301,26 +305,4 @@ class Attention(nn.Module):
             out = self.kernel(q, k, v, mask, is_causal, dropout)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
         return self.out_proj(out).view(rows, time, width), (k, v)
-        if self.window and self.window_blocks and cache is None and q.shape[2] >= 4 * self.window:
-            padding = None if mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
-            out = blocked_window_attention(q, k, v, padding, self.window, causal, self.kernel, dropout)
-            out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-            return self.out_proj(out).view(rows, time, width), (k, v)
-        if self.window:
-            key_start = cache.start if cache is not None else 0
-            band = band_mask(q.shape[2], k.shape[2], offset, key_start, self.window, causal, x.device)
-            if mask is not None:
-                # a padding position whose window holds only padding attends to itself: a
-                # row masked whole has a NaN softmax, and NaN times a zero weight is NaN
-                itself = band_mask(q.shape[2], k.shape[2], offset, key_start, 1, True, x.device)
-                band = (mask & band) | itself
-            mask = band
-        elif causal and q.shape[2] > 1:
-            if k.shape[2] == q.shape[2] and mask is None:
-                is_causal = True
-            else:
-                step_mask = causal_mask(q.shape[2], k.shape[2], x.device)
-                mask = step_mask if mask is None else mask & step_mask
-        out = self.kernel(q, k, v, mask, is_causal, dropout)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.out_proj(out).view(rows, time, width), (k, v)
+

@@ -24,6 +24,9 @@ class KVCache:
     undo the last pass (speculative decoding's verification) and go back to ``start``.
     """
 
+    fixed_shapes = False
+    """Passes change the shapes they see (``StaticKVCache`` keeps them fixed)."""
+
     def __init__(self, slots: int, capacity: int = 0, window: int = 0) -> None:
         self._buffers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
         self._written = [0] * slots
@@ -120,3 +123,100 @@ class KVCache:
     def self_attention_elements(self) -> int:
         """Number of cached self-attention K/V elements written so far."""
         return sum(t.numel() for t in self.keys + self.values if t is not None)
+
+
+class StaticKVCache:
+    """Decoder K/V in buffers of a fixed ``capacity``, with the next position to write
+    held on the device: every decoder pass of one width has the same shapes and reads
+    nothing back, so it can be compiled once (``torch.compile``; on a GPU, captured as a
+    CUDA graph) and replayed step after step.
+
+    A pass writes its K/V at ``position`` (``index_copy_``) and attends to all
+    ``capacity`` slots through ``key_mask``, which hides the slots not yet written; the
+    attention over empty slots is the price of fixed shapes, small next to a step's
+    launch and dispatch costs at translation lengths. No window (``start`` is always 0).
+    """
+
+    fixed_shapes = True
+    window = 0
+    start = 0
+
+    def __init__(
+        self, slots: int, batch: int, n_kv_heads: int, head_dim: int, capacity: int,
+        dtype: torch.dtype, device: torch.device,
+    ) -> None:
+        shape = (batch, n_kv_heads, capacity, head_dim)
+        self._keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
+        self._values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(slots)]
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
+        self.capacity = capacity
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        """The next position to write, ``[1]`` on the device."""
+        self._slots = torch.arange(capacity, device=device)
+        if self.position.is_cuda:  # CUDA graphs replay with these addresses
+            for buffer in (*self._keys, *self._values, self.position):
+                torch._dynamo.mark_static_address(buffer)
+
+    @property
+    def length(self) -> torch.Tensor:
+        """Positions written so far, as a ``[1]`` device tensor (the offset of the next
+        pass's positions)."""
+        return self.position
+
+    def positions(self, queries: int) -> torch.Tensor:
+        """The positions of the next pass's ``queries`` queries, ``[queries]``."""
+        return self.position + self._slots[:queries]
+
+    def key_mask(self, queries: int) -> torch.Tensor:
+        """``[1, 1, queries, capacity]``: True where a query of the next pass may attend
+        (slots written before it, and its own and earlier ones of the pass)."""
+        return (self._slots[None, :] <= self.positions(queries)[:, None])[None, None]
+
+    def append(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the pass's K/V of ``slot`` at ``position``; return the whole buffers."""
+        at = self.positions(k.shape[2])
+        self._keys[slot].index_copy_(2, at, k.to(self._keys[slot].dtype))
+        self._values[slot].index_copy_(2, at, v.to(self._values[slot].dtype))
+        return self._keys[slot], self._values[slot]
+
+    def advance(self, steps: int) -> None:
+        """Move the write position ``steps`` on (once per decoder pass), on the device."""
+        self.position.add_(steps)
+
+    def truncate(self, length: int) -> None:
+        """Forget the K/V beyond the first ``length`` positions (later passes overwrite them)."""
+        self.position.fill_(length)
+
+    def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None:
+        """Keep batch rows ``indices``, as ``KVCache.reorder``. On a GPU the buffers keep
+        their addresses (rows are gathered, then copied back in place) while the batch
+        keeps its size, so a captured CUDA graph stays valid."""
+        for buffers in (self._keys, self._values):
+            for i, old in enumerate(buffers):
+                moved = old.index_select(0, indices)
+                if moved.shape == old.shape and moved.is_cuda:
+                    old.copy_(moved)
+                else:
+                    buffers[i] = moved
+                    if moved.is_cuda:
+                        torch._dynamo.mark_static_address(moved)
+        sources = cross if isinstance(cross, torch.Tensor) else indices if cross else None
+        if sources is not None:
+            self.cross = [
+                None if kv is None else (kv[0].index_select(0, sources), kv[1].index_select(0, sources))
+                for kv in self.cross
+            ]
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Each slot's key buffer, all ``capacity`` slots (written or not)."""
+        return list(self._keys)
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Each slot's value buffer, as ``keys``."""
+        return list(self._values)
+
+    def self_attention_elements(self) -> int:
+        """Number of self-attention K/V elements held (the whole buffers)."""
+        return sum(t.numel() for t in self._keys + self._values)

@@ -46,13 +46,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
         self.max_len = max_len
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate ``x`` of shape ``[batch, heads, time, head_dim]`` starting at ``offset``."""
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate ``x`` of shape ``[batch, heads, time, head_dim]`` starting at ``offset``
+        (an int, or a ``[1]`` tensor on ``x``'s device, read without a sync: a cache of
+        fixed shapes checks its capacity instead)."""
         length = x.shape[-2]
-        if offset + length > self.max_len:
-            raise ValueError(f"position {offset + length} exceeds max_len={self.max_len}")
-        cos = self.cos[offset : offset + length].to(x.dtype)
-        sin = self.sin[offset : offset + length].to(x.dtype)
+        if isinstance(offset, torch.Tensor):
+            at = offset + torch.arange(length, device=x.device)
+            cos, sin = self.cos.index_select(0, at).to(x.dtype), self.sin.index_select(0, at).to(x.dtype)
+        else:
+            if offset + length > self.max_len:
+                raise ValueError(f"position {offset + length} exceeds max_len={self.max_len}")
+            cos = self.cos[offset : offset + length].to(x.dtype)
+            sin = self.sin[offset : offset + length].to(x.dtype)
         if torch.is_grad_enabled() and x.requires_grad:
             return _Rotate.apply(x, cos, sin)
         return rotate(x, cos, sin)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from nargen.core.attention import KERNELS, Attention
-from nargen.core.cache import KVCache
+from nargen.core.cache import KVCache, StaticKVCache
 from nargen.core.config import TransformerConfig
 from nargen.core.dropout import Dropout
 from nargen.core.feedforward import SwiGLU
@@ -114,6 +116,10 @@ class Seq2SeqTransformer(nn.Module):
     """
 
     groups_rows_by_source = True
+    compiled_passes = False
+    """Encoder passes and decoder passes without a cache run compiled (``torch.compile``,
+    shapes dynamic; no CUDA graphs, whose outputs a later replay would overwrite while
+    a decoder still reads them): set while decoding with the ``compile`` option."""
 
     def __init__(self, cfg: TransformerConfig, pad_id: int = 0) -> None:
         super().__init__()
@@ -148,13 +154,18 @@ class Seq2SeqTransformer(nn.Module):
             if isinstance(module, Attention):
                 module.kernel = KERNELS[name]
 
-    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def embed_tokens(self, tokens: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Scaled token embeddings (plus absolute positions from ``offset`` if configured)."""
         return self.dropout(self.add_positions(self.embed(tokens) * self.embed_scale, offset))
 
-    def add_positions(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def add_positions(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """``x`` plus the absolute positions from ``offset`` (an int or a ``[1]`` device
+        tensor), if configured."""
         if self.positions is None:
             return x
+        if isinstance(offset, torch.Tensor):
+            at = offset + torch.arange(x.shape[1], device=x.device)
+            return x + self.positions.index_select(0, at).to(x.dtype)
         return x + self.positions[offset : offset + x.shape[1]].to(x.dtype)
 
     def encode(self, src: torch.Tensor) -> Encoded:
@@ -164,10 +175,11 @@ class Seq2SeqTransformer(nn.Module):
         mask = src != self.pad_id
         embeddings = self.embed(src) * self.embed_scale
         x = self.dropout(self.add_positions(embeddings))
-        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
-        for layer in self.encoder_layers:
-            x = layer(x, attn_mask)
-        return Encoded(self.encoder_norm(x), mask, embeddings)
+        encoded = Encoded(mask=mask, embeddings=embeddings, memory=x)
+        attn_mask = encoded.attention_mask  # one read of the padding, kept for the decoder
+        stack = _compiled(_encoder_stack) if self.compiled_passes else _encoder_stack
+        encoded.memory = stack(self, x, attn_mask)
+        return encoded
 
     def decode_hidden(
         self,
@@ -184,17 +196,9 @@ class Seq2SeqTransformer(nn.Module):
         bidirectional decoding pass ``tgt_mask`` (True = real position).
         """
         self_mask = None if tgt_mask is None else tgt_mask[:, None, None, :]
-        shared = None
-        for i, layer in enumerate(self.decoder_layers):
-            slot = i // 2 if self.cfg.share_decoder_kv else i
-            x, kv = layer(
-                x, encoded, self_mask=self_mask, causal=causal, cache=cache, slot=slot,
-                shared=shared if not layer.owns_kv else None,
-            )
-            shared = kv
-        if cache is not None:
-            cache.advance(x.shape[1])
-        return self.decoder_norm(x)
+        if cache is None and self.compiled_passes:
+            return _compiled(_decoder_stack)(self, x, encoded, self_mask, causal, None)
+        return _decoder_stack(self, x, encoded, self_mask, causal, cache)
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states onto the (tied) vocabulary."""
@@ -231,9 +235,49 @@ class Seq2SeqTransformer(nn.Module):
         tgt_mask = None if causal else tgt != self.pad_id
         return self.decode(tgt, self.encode(src), causal=causal, tgt_mask=tgt_mask)
 
-    def new_cache(self, encoded: Encoded, capacity: int) -> KVCache:
-        """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to)."""
+    def new_cache(self, encoded: Encoded, capacity: int, *, fixed_shapes: bool = False,
+                  rows: int | None = None) -> KVCache | StaticKVCache:
+        """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to).
+
+        ``fixed_shapes``: a ``StaticKVCache`` of exactly ``capacity`` positions for
+        ``rows`` target rows (default: one per source), in the dtype the decoder computes
+        in (autocast's, if on), for passes compiled once and replayed; a decoder with a
+        sliding window keeps the growing cache, whose window drops old positions."""
         if capacity > self.cfg.max_len:
             raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
         slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
-        return KVCache(slots, capacity, window=self.cfg.decoder_window)
+        if not fixed_shapes or self.cfg.decoder_window:
+            return KVCache(slots, capacity, window=self.cfg.decoder_window)
+        device = encoded.memory.device
+        dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
+                 else self.embed.weight.dtype)
+        batch = encoded.memory.shape[0] if rows is None else rows
+        return StaticKVCache(slots, batch, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, dtype, device)
+
+
+def _encoder_stack(model: Seq2SeqTransformer, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    for layer in model.encoder_layers:
+        x = layer(x, mask)
+    return model.encoder_norm(x)
+
+
+def _decoder_stack(
+    model: Seq2SeqTransformer, x: torch.Tensor, encoded: Encoded, self_mask: torch.Tensor | None,
+    causal: bool, cache: KVCache | StaticKVCache | None,
+) -> torch.Tensor:
+    shared = None
+    for i, layer in enumerate(model.decoder_layers):
+        slot = i // 2 if model.cfg.share_decoder_kv else i
+        x, kv = layer(
+            x, encoded, self_mask=self_mask, causal=causal, cache=cache, slot=slot,
+            shared=shared if not layer.owns_kv else None,
+        )
+        shared = kv
+    if cache is not None:
+        cache.advance(x.shape[1])
+    return model.decoder_norm(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(stack: Callable) -> Callable:
+    return torch.compile(stack, dynamic=True)

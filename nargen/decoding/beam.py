@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from nargen.core.ties import retie, topk_with_ties
+from nargen.decoding.compiled import next_logits_pass
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 
@@ -19,6 +20,7 @@ def beam_search(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     max_len: int = 256,
+    compile: bool = False,
 ) -> DecodeResult:
     """Keep the ``beam`` best prefixes per sentence; finished hypotheses are scored by
     ``sum log p / length ** length_penalty`` (length counts EOS).
@@ -27,7 +29,8 @@ def beam_search(
     the batch (and the cache) so the remaining ones run on a smaller batch. Each step
     reads the device once: the step's candidates come back in one transfer (a second
     only when equal scores need re-ranking), and the hypotheses' tokens are kept on the
-    host, where the bookkeeping runs.
+    host, where the bookkeeping runs. ``compile``: decoder passes compiled over a cache
+    of fixed shapes, as for :func:`~nargen.decoding.greedy.greedy`.
     """
     device = src.device
     batch = src.shape[0]
@@ -39,7 +42,10 @@ def beam_search(
     grouped = bool(getattr(model, "groups_rows_by_source", False))
     if not grouped:
         encoded = encoded.index_select(torch.arange(batch, device=device).repeat_interleave(beam))
-    cache = model.new_cache(encoded, steps_needed)
+    fixed = {"fixed_shapes": True, "rows": batch * beam} if compile else {}
+    cache = model.new_cache(encoded, steps_needed, **fixed)
+    step_logits = next_logits_pass(model, device, compile)
+    nothing = torch.zeros(0, dtype=torch.long, device=device)
     alive = list(range(batch))  # original sentence of each alive group
     prefixes: list[list[int]] = [[] for _ in range(batch * beam)]  # tokens after BOS, per row
     last = torch.full((batch * beam, 1), ids.bos, dtype=torch.long, device=device)
@@ -50,7 +56,7 @@ def beam_search(
     passes = 0
 
     for step in range(steps_needed):
-        logits = model.decode(last, encoded, causal=True, cache=cache)[:, -1]
+        logits = step_logits(last, encoded, cache, nothing)
         passes += 1
         lprobs = torch.log_softmax(logits.float(), dim=-1)
         lprobs.index_fill_(1, banned, float("-inf"))

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 
+from nargen.decoding.compiled import next_logits_pass
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
 
 
@@ -21,6 +22,7 @@ def greedy(
     use_cache: bool = True,
     pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int | None = None,
+    compile: bool = False,
 ) -> DecodeResult:
     """Pick the most likely token at each step until every row has emitted EOS.
 
@@ -32,6 +34,10 @@ def greedy(
     step past the end is not; every 8 steps on an accelerator, where each read waits for
     the device. Steps run past the last EOS change nothing; ``passes`` counts the steps
     the longest sentence needed.
+
+    ``compile``: each step is one decoder pass compiled with ``torch.compile`` over a
+    cache of fixed shapes (``nargen.decoding.compiled``): traced on first use (seconds),
+    then replayed; the same tokens as eager decoding up to float rounding.
     """
     if check_every is None:
         check_every = 1 if src.device.type == "cpu" else 8
@@ -42,7 +48,11 @@ def greedy(
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1)
     cap_list = caps.tolist()
     steps_needed = max(cap_list, default=0) + 1
-    cache = model.new_cache(encoded, steps_needed) if use_cache else None
+    if compile and not use_cache:
+        raise ValueError("compile decodes through the cache: use_cache must be true")
+    fixed = {"fixed_shapes": True} if compile else {}
+    cache = model.new_cache(encoded, steps_needed, **fixed) if use_cache else None
+    step_logits = next_logits_pass(model, src.device, compile)
     out = torch.full((batch, steps_needed + 1), ids.pad, dtype=torch.long, device=src.device)
     out[:, 0] = ids.bos
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
@@ -52,9 +62,8 @@ def greedy(
     steps = 0
     for step in range(steps_needed):
         inputs = out[:, step : step + 1] if use_cache else out[:, : step + 1]
-        logits = model.decode(inputs, encoded, causal=True, cache=cache)[:, -1]
+        logits = step_logits(inputs, encoded, cache, banned)
         steps += 1
-        logits.index_fill_(1, banned, float("-inf"))
         next_tokens = logits.argmax(dim=-1) if pick is None else pick(logits)
         if step >= first_cap:  # rows at their length cap emit EOS
             at_cap = (step >= caps) & ~finished

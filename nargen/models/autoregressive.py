@@ -18,7 +18,7 @@ class AutoregressiveModule(Seq2SeqModule):
     decode_defaults = {
         "beam": 1, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10,
         "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None,
-        "draft": None, "block": 4,
+        "draft": None, "block": 4, "compile": False, "check_every": None,
     }
     call_only_options = frozenset({"draft"})
 
@@ -33,21 +33,27 @@ class AutoregressiveModule(Seq2SeqModule):
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Greedy for ``beam=1``, else beam search; options override ``decode_config``.
         With ``draft`` (a ``nargen.decoding.speculative.Drafter``), greedy runs as
-        speculative decoding in blocks of ``block`` (default 4) drafted tokens."""
+        speculative decoding in blocks of ``block`` (default 4) drafted tokens.
+        ``compile``: decoder steps compiled over a cache of fixed shapes
+        (``nargen.decoding.compiled``); ``check_every``: greedy's steps between reads of
+        whether every sentence has ended (default: 1 on a CPU, 8 on a GPU)."""
         o = self.decode_options(options)
         beam, common = o["beam"], self.decoder_settings(o)
         if o["sampling"]:
             if beam > 1 or o["draft"] is not None:
                 raise ValueError("sampling draws one output token by token: use beam 1 and no draft")
             return sample(self.model, src, temperature=o["temperature"], top_k=o["top_k"],
-                          seed=o["seed"], **common)
+                          seed=o["seed"], compile=o["compile"], check_every=o["check_every"], **common)
         if o["draft"] is not None:
+            if o["compile"]:
+                raise ValueError("compile applies to greedy, sampling and beam search, not to a draft")
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
             return speculative(self.model, src, o["draft"], block=o["block"], **common)
         if beam <= 1:
-            return greedy(self.model, src, **common)
-        return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"], **common)
+            return greedy(self.model, src, compile=o["compile"], check_every=o["check_every"], **common)
+        return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"],
+                           compile=o["compile"], **common)
 
     def decoder_settings(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """This checkpoint's special ids and output-length caps, for research code calling

@@ -139,8 +139,11 @@ class Seq2SeqModule(L.LightningModule):
 
     family: ClassVar[str] = ""
     options_class: ClassVar[type] = FamilyOptions
-    decode_defaults: ClassVar[dict[str, Any]] = {}
-    """Every decoder option the family takes, with its default (``None``: any value)."""
+    decode_defaults: ClassVar[dict[str, Any]] = {"compile": False}
+    """Every decoder option the family takes, with its default (``None``: any value);
+    every family also takes ``compile`` (through ``translate``: the encoder and the
+    decoder passes compiled with ``torch.compile``; an autoregressive decoder's steps
+    over a cache of fixed shapes)."""
     call_only_options: ClassVar[frozenset[str]] = frozenset()
     """Options only code can pass (a loaded reranker or drafter), not a recipe."""
     selection_metric: ClassVar[str] = "val_bleu"
@@ -186,6 +189,12 @@ class Seq2SeqModule(L.LightningModule):
         raise NotImplementedError
 
     # ---- training ---------------------------------------------------------------------
+    def compile_loss(self) -> None:
+        """Replace this module's ``loss`` by its ``torch.compile`` (shapes dynamic): the
+        forward and backward of every training step run as compiled kernels; validation
+        decoding stays eager."""
+        self.loss = torch.compile(self.loss, dynamic=True)  # type: ignore[method-assign]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["src"].shape[0])
@@ -309,23 +318,28 @@ class Seq2SeqModule(L.LightningModule):
         batches = token_budget_batches([len(encoded[i]) + 1 for i in todo], max_tokens)
         passes = hit_cap = 0
         counts: dict[str, int] = {}
-        for batch in batches:
-            rows = [todo[j] for j in batch]
-            src = self.source_tensor([encoded[i] + [EOS] for i in rows])
-            result = self.generate(src, **options)
-            passes += result.passes
-            for key, value in result.counts.items():
-                counts[key] = counts.get(key, 0) + value
-            hit_cap += int(result.hit_cap.sum())
-            outputs = result.as_lists(self.ids.pad)
-            for i, text in zip(rows, self.tokenizer.decode(outputs)):
-                texts[i] = text
-            if details:
-                self._add_details(info, rows, outputs, result)
-            if progress is not None:
-                progress(len(rows))
-        if was_training:
-            self.train()
+        compiled = self.model.compiled_passes
+        self.model.compiled_passes = self.decode_options(options)["compile"]
+        try:
+            for batch in batches:
+                rows = [todo[j] for j in batch]
+                src = self.source_tensor([encoded[i] + [EOS] for i in rows])
+                result = self.generate(src, **options)
+                passes += result.passes
+                for key, value in result.counts.items():
+                    counts[key] = counts.get(key, 0) + value
+                hit_cap += int(result.hit_cap.sum())
+                outputs = result.as_lists(self.ids.pad)
+                for i, text in zip(rows, self.tokenizer.decode(outputs)):
+                    texts[i] = text
+                if details:
+                    self._add_details(info, rows, outputs, result)
+                if progress is not None:
+                    progress(len(rows))
+        finally:
+            self.model.compiled_passes = compiled
+            if was_training:
+                self.train()
         return Translation(texts=texts, passes=passes, hit_cap=hit_cap, truncated=truncated,
                            counts=counts, details=info)
 
@@ -345,6 +359,10 @@ class Seq2SeqModule(L.LightningModule):
                 hyps = result.nbest[j]
                 info[i]["nbest"] = [{"text": text, "tokens": tokens, "score": score} for text, (tokens, score)
                                     in zip(self.tokenizer.decode([t for t, _ in hyps]), hyps)]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.decode_defaults = {**Seq2SeqModule.decode_defaults, **cls.decode_defaults}
 
     def decoder_settings(self) -> dict[str, Any]:
         """This checkpoint's own settings (special ids, length limits, banned ids) for
