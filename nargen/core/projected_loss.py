@@ -68,6 +68,7 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         )
 
 
+@torch.compiler.disable  # its loop over blocks would recompile for every token count
 def projected_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
 ) -> torch.Tensor:

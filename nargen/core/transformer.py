@@ -40,7 +40,8 @@ class Encoded:
     @property
     def attention_mask(self) -> torch.Tensor | None:
         """``mask`` as ``[batch, 1, 1, src_len]`` for attention, or None when no source
-        position is padding (the unmasked kernel is cheaper); computed once."""
+        position is padding (the unmasked kernel is cheaper); computed once (a read of
+        the device), and always the mask for an encoder in training, which reads nothing."""
         if "_attention_mask" not in self.__dict__:
             self.__dict__["_attention_mask"] = None if bool(self.mask.all()) else self.mask[:, None, None, :]
         return self.__dict__["_attention_mask"]
@@ -176,7 +177,9 @@ class Seq2SeqTransformer(nn.Module):
         embeddings = self.embed(src) * self.embed_scale
         x = self.dropout(self.add_positions(embeddings))
         encoded = Encoded(mask=mask, embeddings=embeddings, memory=x)
-        attn_mask = encoded.attention_mask  # one read of the padding, kept for the decoder
+        if self.training:  # no read while training: a token-budget batch is nearly always padded
+            encoded.__dict__["_attention_mask"] = mask[:, None, None, :]
+        attn_mask = encoded.attention_mask  # else one read of the padding, kept for the decoder
         stack = _compiled(_encoder_stack) if self.compiled_passes else _encoder_stack
         encoded.memory = stack(self, x, attn_mask)
         return encoded
@@ -235,6 +238,11 @@ class Seq2SeqTransformer(nn.Module):
         tgt_mask = None if causal else tgt != self.pad_id
         return self.decode(tgt, self.encode(src), causal=causal, tgt_mask=tgt_mask)
 
+    def kv_slot(self, layer: int) -> int:
+        """The cache slot of decoder layer ``layer`` (a pair of layers shares one when
+        they share K/V)."""
+        return layer // 2 if self.cfg.share_decoder_kv else layer
+
     def new_cache(self, encoded: Encoded, capacity: int, *, fixed_shapes: bool = False,
                   rows: int | None = None) -> KVCache | StaticKVCache:
         """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to).
@@ -252,7 +260,14 @@ class Seq2SeqTransformer(nn.Module):
         dtype = (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
                  else self.embed.weight.dtype)
         batch = encoded.memory.shape[0] if rows is None else rows
-        return StaticKVCache(slots, batch, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, dtype, device)
+        cache = StaticKVCache(slots, batch, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, dtype, device)
+        # cross-attention K/V made here, outside any compiled pass: a pass that made
+        # them would be traced twice, and on a GPU they would live in a CUDA graph's
+        # memory, which its next replay overwrites
+        for i, layer in enumerate(self.decoder_layers):
+            if layer.owns_kv:
+                cache.cross[self.kv_slot(i)] = layer.cross_attn.project_kv(encoded.memory)
+        return cache
 
 
 def _encoder_stack(model: Seq2SeqTransformer, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -267,7 +282,7 @@ def _decoder_stack(
 ) -> torch.Tensor:
     shared = None
     for i, layer in enumerate(model.decoder_layers):
-        slot = i // 2 if model.cfg.share_decoder_kv else i
+        slot = model.kv_slot(i)
         x, kv = layer(
             x, encoded, self_mask=self_mask, causal=causal, cache=cache, slot=slot,
             shared=shared if not layer.owns_kv else None,

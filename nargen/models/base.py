@@ -150,6 +150,8 @@ class Seq2SeqModule(L.LightningModule):
     """The validation metric (higher is better) that picks the best checkpoints."""
     needs_init_from: ClassVar[bool] = False
     """The family trains on top of another checkpoint's core (``trainer.init_from``)."""
+    NONFINITE_CHECK_EVERY: ClassVar[int] = 16
+    """Updates between reads of the non-finite guard's count on an accelerator."""
 
     def __init__(
         self,
@@ -178,8 +180,9 @@ class Seq2SeqModule(L.LightningModule):
         self.ids = SpecialIds(pad=special.pad, bos=special.bos, eos=special.eos)
         self.model = Seq2SeqTransformer(model_config, pad_id=special.pad)
         self._val_hyps: dict[int, str] = {}
-        self.skipped_steps = 0
-        self._nonfinite_run = 0
+        # the non-finite guard's counts, kept on the training device
+        self.register_buffer("_skipped", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("_nonfinite_run", torch.zeros((), dtype=torch.long), persistent=False)
 
     # ---- to be provided by a family -------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -203,30 +206,42 @@ class Seq2SeqModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when any gradient is NaN/inf (a NaN loss gives NaN gradients).
 
-        Gradients are already summed across ranks here, so every rank decides alike.
-        Parameters without a gradient are left alone by the optimizer, so dropping all
-        gradients skips the step.
+        Gradients are already summed across ranks here, so every rank decides alike. The
+        fused AdamW skips the update itself when told through ``found_inf`` (a device
+        flag, as a gradient scaler tells it), so nothing is read back; another optimizer
+        gets no gradients instead, which costs a read. The run of consecutive skipped
+        steps is counted on the device and read every step on a CPU (where a read is
+        free), every ``NONFINITE_CHECK_EVERY`` updates elsewhere.
         """
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if bool(torch.isfinite(total)):
-            self._nonfinite_run = 0
+        bad = ~torch.isfinite(total)
+        if getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = bad.float()
+        elif bool(bad):
+            for p in self.parameters():
+                p.grad = None
+        self._nonfinite_run = torch.where(bad, self._nonfinite_run + 1, 0)
+        self._skipped = self._skipped + bad.long()
+        if self.device.type != "cpu" and self.global_step % self.NONFINITE_CHECK_EVERY:
             return
-        for p in self.parameters():
-            p.grad = None
-        self.skipped_steps += 1
-        self._nonfinite_run += 1
-        self.log("skipped_steps", float(self.skipped_steps), prog_bar=True)
-        limit = self.optim.max_nonfinite_steps
-        if self._nonfinite_run >= limit:
-            first = self.global_step - self._nonfinite_run + 1
+        run, limit = int(self._nonfinite_run), self.optim.max_nonfinite_steps
+        if run:
+            self.log("skipped_steps", float(self.skipped_steps), prog_bar=True)
+        if run >= limit:
+            first = self.global_step - run + 1
             raise NonFiniteTrainingError(
-                f"training stopped at step {self.global_step}: {self._nonfinite_run} consecutive "
+                f"training stopped at step {self.global_step}: {run} consecutive "
                 f"steps ({first} to {self.global_step}) with a non-finite loss or gradient "
                 f"(optim.max_nonfinite_steps={limit})"
             )
+
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped for a non-finite loss or gradient so far (a device read)."""
+        return int(self._skipped)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
@@ -362,7 +377,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.decode_defaults = {**Seq2SeqModule.decode_defaults, **cls.decode_defaults}
+        cls.decode_defaults = {**cls.decode_defaults, **Seq2SeqModule.decode_defaults}
 
     def decoder_settings(self) -> dict[str, Any]:
         """This checkpoint's own settings (special ids, length limits, banned ids) for
