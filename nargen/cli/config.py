@@ -99,7 +99,8 @@ class FitConfig:
 
     family: str = "autoregressive"
     """autoregressive, nat, cmlm, insertion, ctc, dag, latent or blockwise (draft heads on a
-    trained autoregressive model: needs trainer.init_from)."""
+    trained autoregressive model: needs trainer.init_from); a family defined outside
+    nargen as ``module:name`` (importing the module registers it)."""
     family_options: dict[str, Any] = field(default_factory=dict)
     """Settings only the family has (e.g. ``{order: balanced_tree}`` for insertion,
     ``{upsample: 4.0, glat_ratio: 0.5}`` for dag); checked against the family."""
@@ -225,21 +226,21 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
 def check_family_and_model(config: FitConfig) -> None:
     """Fail before any data is read when the family, its options or the model are wrong."""
     from nargen.core import TransformerConfig
-    from nargen.models import FAMILIES
-
-    if config.family not in FAMILIES:
-        raise ConfigError(f"unknown family {config.family!r} (known: {', '.join(sorted(FAMILIES))})")
-    load_dataclass(FAMILIES[config.family].options_class, config.family_options, "family_options")
+    from nargen.models import family_class
     from nargen.models.base import check_decode_options
 
-    family = FAMILIES[config.family]
+    try:
+        family = family_class(config.family)
+    except ValueError as err:
+        raise ConfigError(f"family: {err}") from None
+    load_dataclass(family.options_class, config.family_options, "family_options")
     named = [("decode.options", config.decode.options), ("decode.validation", config.decode.validation)]
     named += [(f"eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]
     for where, options in named:
         if isinstance(options, dict) and "eval" in where:
             options = {k: v for k, v in options.items() if k != "max_tokens"}
         try:
-            check_decode_options(config.family, family.decode_defaults, options, where,
+            check_decode_options(family.family, family.decode_defaults, options, where,
                                  family.call_only_options)
         except ValueError as err:
             raise ConfigError(str(err)) from None

@@ -22,7 +22,7 @@ from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
-from nargen.models import FAMILIES, AtomicCheckpointIO, Seq2SeqModule, init_core_from, load_module
+from nargen.models import AtomicCheckpointIO, Seq2SeqModule, family_class, init_core_from, load_module
 from nargen.models.averaging import average_checkpoints
 from nargen.models.final_validation import ValidateAtMaxSteps
 from nargen.models.precision import precision_settings
@@ -38,7 +38,7 @@ def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2Se
     model_config = TransformerConfig.from_preset(
         preset, **{**model_values, "vocab_size": tokenizer.vocab_size}
     )
-    return FAMILIES[config.family](
+    return family_class(config.family)(
         model_config, tokenizer, config.optim, config.decode, datamodule.signature(),
         config.family_options,
     )
@@ -100,7 +100,7 @@ def loggers(run_dir: Path, tensorboard: bool) -> list[Logger]:
 def make_trainer(config: FitConfig, run_dir: Path, monitor: ThroughputMonitor) -> L.Trainer:
     t = config.trainer
     checkpoints = run_dir / "checkpoints"
-    metric = FAMILIES[config.family].selection_metric  # val_bleu but for draft heads
+    metric = family_class(config.family).selection_metric  # val_bleu but for draft heads
     best = ModelCheckpoint(
         dirpath=checkpoints, filename="best", monitor=metric, mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
@@ -153,7 +153,7 @@ def run_fit(config: FitConfig) -> dict[str, Any] | None:
     process; other ranks of a multi-process run return None)."""
     started, started_unix = time.perf_counter(), time.time()
     t = config.trainer
-    if FAMILIES[config.family].needs_init_from and not t.init_from:
+    if family_class(config.family).needs_init_from and not t.init_from:
         raise ConfigError(f"family {config.family!r} trains on top of a trained model: set trainer.init_from")
     set_threads(t)
     L.seed_everything(t.seed, workers=True, verbose=False)

@@ -20,11 +20,22 @@ from nargen.data.corpus import read_lines
 from nargen.memory import keep_freed_memory
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
+from nargen.models.base import check_decode_options
 from nargen.models.precision import DECODING_DTYPES, decoding_dtype
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _mapping(text: str) -> dict:
+    """A YAML mapping given on the command line (``--decode-options``)."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{beam: 4}}', got {text!r}")
+    return value
 
 
 def _load_for_decoding(args: argparse.Namespace, device: str | None = None) -> Seq2SeqModule:
@@ -41,7 +52,12 @@ def _load_for_decoding(args: argparse.Namespace, device: str | None = None) -> S
 
 def _decode_options(args: argparse.Namespace, module: Seq2SeqModule) -> dict:
     """Decoder options given on the command line, checked against the family."""
-    options: dict = {}
+    options: dict = dict(args.decode_options or {})
+    try:
+        check_decode_options(module.family, module.decode_defaults, options, "--decode-options",
+                             module.call_only_options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if args.beam is not None:
         options["beam"] = args.beam
     if args.length_penalty is not None:
@@ -346,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def decoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
+        p.add_argument("--decode-options", type=_mapping, default=None, metavar="MAPPING",
+                       help="decoder options of the checkpoint's family as a YAML mapping, with the "
+                            "names recipes use (decode.options), e.g. '{iterations: 4, length_beam: 3}'; "
+                            "the flags below override it")
         p.add_argument("--beam", type=int, default=None, help="autoregressive, ctc: beam size (1 = greedy)")
         p.add_argument("--length-penalty", type=float, default=None,
                        help="autoregressive and ctc beam, dag viterbi")

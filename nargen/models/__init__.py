@@ -11,12 +11,13 @@ from nargen.models.base import (
     DecodeConfig, NonFiniteTrainingError, OptimConfig, Seq2SeqModule, Translation,
 )
 from nargen.models.checkpoint import (
-    FAMILIES, AtomicCheckpointIO, CheckpointError, init_core_from, load_module, read_checkpoint,
+    AtomicCheckpointIO, CheckpointError, init_core_from, load_module, read_checkpoint,
 )
+from nargen.models.registry import FAMILIES, family_class, register_family
 
 __all__ = [
     "FAMILIES", "AtomicCheckpointIO", "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "init_core_from", "load_module",
-    "read_checkpoint",
+    "family_class", "read_checkpoint", "register_family",
 ]

@@ -9,8 +9,10 @@ import torch
 from nargen.decoding import DecodeResult, beam_search, greedy, sample
 from nargen.decoding.speculative import speculative
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 
 
+@register_family
 class AutoregressiveModule(Seq2SeqModule):
     """Left-to-right decoder trained with label-smoothed cross-entropy; greedy or beam."""
 

@@ -398,6 +398,7 @@ class Seq2SeqModule(L.LightningModule):
         """Everything needed to rebuild this module from a checkpoint alone."""
         return {
             "family": self.family,
+            "family_module": type(self).__module__,  # imported on loading when not yet registered
             "model_config": self.model_config.to_dict(),
             "tokenizer": self.tokenizer.model_bytes,
             "special_ids": asdict(self.tokenizer.special),

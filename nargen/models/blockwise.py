@@ -33,6 +33,7 @@ from nargen.decoding import DecodeResult, greedy
 from nargen.decoding.speculative import HeadsDrafter, speculative
 from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import FamilyOptions
+from nargen.models.registry import register_family
 
 
 @dataclass
@@ -75,6 +76,7 @@ class DraftHead(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+@register_family
 class BlockwiseModule(AutoregressiveModule):
     """An autoregressive model (copied from ``trainer.init_from`` and frozen) with draft
     heads trained on its own greedy output; ``generate`` decodes greedily in blocks the

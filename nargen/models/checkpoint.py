@@ -11,21 +11,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from nargen.models.autoregressive import AutoregressiveModule
+import nargen.models.families  # noqa: F401  (registers nargen's own families)
 from nargen.models.base import Seq2SeqModule
-from nargen.models.blockwise import BlockwiseModule
-from nargen.models.ctc import CTCModule
-from nargen.models.dag import DAGModule
-from nargen.models.latent import LatentModule
-from nargen.models.insertion import InsertionModule
-from nargen.models.parallel import CMLMModule, NATModule
-
-FAMILIES: dict[str, type[Seq2SeqModule]] = {
-    family.family: family for family in (
-        AutoregressiveModule, NATModule, CMLMModule, InsertionModule, CTCModule, DAGModule,
-        LatentModule, BlockwiseModule,
-    )
-}
+from nargen.models.registry import family_class
 
 
 class CheckpointError(ValueError):
@@ -60,14 +48,13 @@ def load_module(
     state = read_checkpoint(path)
     meta = state["nargen"]
     found = meta.get("family")
-    if found not in FAMILIES:
-        raise CheckpointError(
-            f"{path}: family {found!r} is not provided by this nargen "
-            f"(known: {', '.join(sorted(FAMILIES))})"
-        )
+    try:
+        module_class = family_class(str(found), meta.get("family_module"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     if family is not None and found != family:
         raise CheckpointError(f"{path}: is a {found!r} checkpoint, expected {family!r}")
-    module = FAMILIES[found].from_metadata(meta)
+    module = module_class.from_metadata(meta)
     module.load_state_dict(state["state_dict"])
     return module.to(map_location).eval()
 

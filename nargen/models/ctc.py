@@ -14,6 +14,7 @@ from nargen.core import Encoded
 from nargen.decoding import DecodeResult
 from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy, ctc_states
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 from nargen.models.parallel import uniform_copy, upsampled_frames
 
@@ -64,6 +65,7 @@ class CTCOptions(GlancingOptions):
             raise ValueError(f"upsample must be > 0, got {self.upsample}")
 
 
+@register_family
 class CTCModule(Seq2SeqModule):
     """CTC NAT on the shared core (the ``CTCModel`` protocol of ``nargen.decoding``)."""
 

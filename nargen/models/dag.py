@@ -18,6 +18,7 @@ from nargen.core import Encoded
 from nargen.decoding import DecodeResult
 from nargen.decoding.dag import dag_greedy, dag_lookahead, dag_viterbi
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 from nargen.models.parallel import upsampled_frames, uniform_copy
 
@@ -95,6 +96,7 @@ def dag_best_alignment(
     return path.masked_fill(~feasible[:, None], -1)
 
 
+@register_family
 class DAGModule(Seq2SeqModule):
     """DA-Transformer (the ``DAGModel`` protocol of ``nargen.decoding``)."""
 

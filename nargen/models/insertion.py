@@ -13,6 +13,7 @@ from torch import nn
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult, insertion_decode
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 
 ORDERS = ("left_to_right", "balanced_tree", "uniform")
 
@@ -110,6 +111,7 @@ def slot_targets(
     return SlotTargets(canvas, slot, weight, end_slots, terms.float())
 
 
+@register_family
 class InsertionModule(Seq2SeqModule):
     """Insertion Transformer on the shared core: slot states from adjacent decoder
     states, a joint distribution over (slot, token) with EOS as end-of-slot; decoded

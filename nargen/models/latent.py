@@ -22,6 +22,7 @@ from nargen.decoding import DecodeResult, SpecialIds, beam_search, greedy, sampl
 from nargen.decoding.protocol import pad_rows
 from nargen.latent import QuantizerConfig, VectorQuantizer
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 
 PRIOR_IDS = SpecialIds(pad=0, bos=1, eos=2)
 PRIOR_OFFSET = 3  # latent word w has prior id w + 3
@@ -84,6 +85,7 @@ def prior_words_of(rows: list[list[int]]) -> list[list[int]]:
     return [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in rows]
 
 
+@register_family
 class LatentModule(Seq2SeqModule):
     family = "latent"
     options_class = LatentOptions

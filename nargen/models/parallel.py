@@ -12,6 +12,7 @@ from nargen.core import Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import register_family
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
 
 
@@ -180,6 +181,7 @@ class ParallelModule(Seq2SeqModule):
         }
 
 
+@register_family
 class NATModule(ParallelModule):
     """Vanilla NAT: one parallel pass over copied source embeddings (or masks), a
     length beam, optional reranking by an autoregressive model."""
@@ -190,6 +192,7 @@ class NATModule(ParallelModule):
     call_only_options = frozenset({"rerank"})
 
 
+@register_family
 class CMLMModule(ParallelModule):
     """Conditional masked LM: trained to fill a uniformly random share of masked target
     tokens; decoded by mask-predict."""

@@ -1,0 +1,14 @@
+"""nargen's own families, imported for their registration (``nargen.models.registry``)."""
+
+from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.blockwise import BlockwiseModule
+from nargen.models.ctc import CTCModule
+from nargen.models.dag import DAGModule
+from nargen.models.insertion import InsertionModule
+from nargen.models.latent import LatentModule
+from nargen.models.parallel import CMLMModule, NATModule
+
+__all__ = [
+    "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule",
+    "InsertionModule", "LatentModule", "NATModule",
+]
