@@ -42,18 +42,12 @@ from nargen.decoding.remask import (
 )
 from nargen.evaluation import score
 from nargen.models.base import Seq2SeqModule
+from nargen.models.registry import FAMILIES
 from nargen.orderings import balanced_tree, kendall_tau
 from nargen.orderings import left_to_right as left_to_right_order
 from nargen.plotting import Chart, Line, PlottingUnavailable, save_chart
 
 POLICIES = ("confidence", "random", "left_to_right", "easiest_first", "oracle", "oracle_all")
-LENGTH_FAMILIES = ("nat", "cmlm")
-ORDER_FAMILIES = ("cmlm",)
-DECODER_VARIANTS = {
-    "ctc": [{"beam": 1}, {"beam": 5}],
-    "dag": [{"decoder": "greedy"}, {"decoder": "lookahead"}, {"decoder": "viterbi"}, {"decoder": "joint_viterbi"}],
-}
-FAMILIES = ("nat", "cmlm", "insertion", "latent", *DECODER_VARIANTS)
 
 
 @dataclass
@@ -182,10 +176,25 @@ def _insertion_passes(result: DecodeResult, schedule: list[int]) -> int:
 
 
 def check_teacher(module: Seq2SeqModule, teacher: Seq2SeqModule) -> None:
-    if teacher.family != "autoregressive":
-        raise ValueError(f"the teacher must be an autoregressive checkpoint, not {teacher.family!r}")
+    if not teacher.incremental:
+        raise ValueError(f"the teacher must decode token by token (autoregressive), not a {teacher.family!r} checkpoint")
     if teacher.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise ValueError("the teacher's SentencePiece model differs from the checkpoint's")
+
+
+@dataclass
+class DiagnosticRun:
+    """What a family's diagnostics (``Seq2SeqModule.diagnostics``) work on: the test
+    set in batches and the settings of ``nargen diagnose``."""
+
+    batches: list[Batch]
+    references: list[str]
+    teacher: Seq2SeqModule | None
+    iterations: tuple[int, ...]
+    length_beams: tuple[int, ...]
+    seed: int
+    eos_penalties: tuple[float, ...]
+    log: Callable[[str], None]
 
 
 def diagnose(
@@ -201,85 +210,101 @@ def diagnose(
     max_tokens: int = 4096,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Every diagnostic that applies to the module's family (see the module doc);
-    easiest-first needs ``teacher``; insertion checkpoints are also decoded at each of
-    ``eos_penalties``. Returns a JSON-ready report."""
-    if module.family not in FAMILIES:
-        raise ValueError(f"nargen diagnose takes {', '.join(FAMILIES)} checkpoints, not {module.family!r}")
+    """Every diagnostic the module's family runs (``Seq2SeqModule.diagnostics``, built
+    from the sections below; see the module doc); easiest-first needs ``teacher``;
+    insertion checkpoints are also decoded at each of ``eos_penalties``. Returns a
+    JSON-ready report."""
+    if type(module).diagnostics is Seq2SeqModule.diagnostics:
+        offered = sorted(name for name, family in FAMILIES.items()
+                         if family.diagnostics is not Seq2SeqModule.diagnostics)
+        raise ValueError(f"nargen diagnose has no diagnostics for a {module.family!r} checkpoint "
+                         f"(families that have: {', '.join(offered)})")
     if len(sources) != len(references):
         raise ValueError(f"{len(sources)} sources but {len(references)} references")
     if teacher is not None:
         check_teacher(module, teacher)
     module.eval()
-    batches = make_batches(module, sources, references, max_tokens)
-    report: dict[str, Any] = {"family": module.family, "sentences": len(sources)}
+    run = DiagnosticRun(make_batches(module, sources, references, max_tokens), references, teacher,
+                        iterations, length_beams, seed, eos_penalties, log)
+    return {"family": module.family, "sentences": len(sources), **module.diagnostics(run)}
 
-    if module.family in LENGTH_FAMILIES:
-        steps = (1,) if module.family == "nat" else iterations
-        settings = module.mask_predict_settings()
-        report["iterations"] = list(steps)
-        rows = []
-        for t in steps:
-            variants = [(f"predicted, beam {k}", lambda b, k=k: {"length_beam": k}) for k in length_beams]
-            variants.append(("reference", lambda b: {"lengths": b.ref_lengths}))
-            for label, extra in variants:
-                decoded = run_with(module, batches, settings, t, extra)
-                rows.append({"length": label, "iterations": t, **scored(module, decoded, references)})
-                log(f"length {label}, T={t}: BLEU {rows[-1]['bleu']}")
-                if module.family == "cmlm" and label == variants[0][0] and t == max(steps):
-                    report["learned_order"] = [{"decoding": f"mask-predict T={t}", **learned_order(decoded)}]
-        report["length"] = rows
 
-    if module.family in ORDER_FAMILIES:
-        rows = []
-        for name in POLICIES:
-            if name == "easiest_first" and teacher is None:
-                log("easiest_first skipped: no --teacher-ckpt")
-                continue
-            for t in iterations:
-                extra = lambda b, name=name: {
-                    "lengths": b.ref_lengths, "remask": _policy(name, b, teacher, seed)
-                }
-                decoded = run_with(module, batches, settings, t, extra)
-                rows.append({"policy": name, "iterations": t, **scored(module, decoded, references)})
-                log(f"order {name}, T={t}: BLEU {rows[-1]['bleu']}")
-        report["order"] = rows
-
-    if module.family == "insertion":
-        rows, orders = [], []
-        own_penalty = module.decode_options()["eos_penalty"]
-        for parallel in (True, False):
-            mode = "parallel" if parallel else "sequential"
-            decoded = decode_all(
-                module, batches, lambda b: module.generate(b.src, parallel=parallel), _insertion_passes
-            )
-            tree = statistics.fmean(math.ceil(math.log2(len(t) + 1)) + 1 for t in decoded.tokens)
-            rows.append({"decoding": mode, "eos_penalty": own_penalty, **scored(module, decoded, references),
-                         "mean_tree_passes": round(tree, 2)})
-            orders.append({"decoding": f"insertion, {mode}", **learned_order(decoded)})
-            log(f"insertion {mode}: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
-            if parallel:
-                report["passes_by_length"] = passes_by_length(decoded)
-        report["insertion"] = rows
-        report["learned_order"] = orders
-        if eos_penalties:
-            report["reference_mean_length"] = round(statistics.fmean(
-                n for b in batches for n in b.ref_lengths.tolist()), 2)
-            report["eos_penalty"] = eos_penalty_rows(module, batches, references, eos_penalties, log)
-
-    if module.family == "latent":
-        report["latent"] = latent_rows(module, batches, references, log)
-
-    if module.family in DECODER_VARIANTS:
-        rows = []
-        for options in DECODER_VARIANTS[module.family]:
-            decoded = decode_all(module, batches, lambda b: module.generate(b.src, **options),
-                                 _batch_passes)
-            name = " ".join(f"{k}={v}" for k, v in options.items())
-            rows.append({"decoding": name, **scored(module, decoded, references)})
-            log(f"{module.family} {name}: BLEU {rows[-1]['bleu']}")
-        report["decoders"] = rows
+def length_rows(module: Seq2SeqModule, run: DiagnosticRun, steps: tuple[int, ...],
+                learned_at_last: bool) -> dict[str, Any]:
+    """Oracle length: mask-predict at each of ``steps`` iterations with the predicted
+    length (each length beam) and the reference's; with ``learned_at_last``, also the
+    order the model chose in the first variant at the most iterations."""
+    settings = module.mask_predict_settings()
+    report: dict[str, Any] = {"iterations": list(steps)}
+    rows = []
+    for t in steps:
+        variants = [(f"predicted, beam {k}", lambda b, k=k: {"length_beam": k}) for k in run.length_beams]
+        variants.append(("reference", lambda b: {"lengths": b.ref_lengths}))
+        for label, extra in variants:
+            decoded = run_with(module, run.batches, settings, t, extra)
+            rows.append({"length": label, "iterations": t, **scored(module, decoded, run.references)})
+            run.log(f"length {label}, T={t}: BLEU {rows[-1]['bleu']}")
+            if learned_at_last and label == variants[0][0] and t == max(steps):
+                report["learned_order"] = [{"decoding": f"mask-predict T={t}", **learned_order(decoded)}]
+    report["length"] = rows
     return report
+
+
+def order_rows(module: Seq2SeqModule, run: DiagnosticRun) -> list[dict[str, Any]]:
+    """Order policies: mask-predict with the reference length, each ``POLICIES`` choosing
+    which tokens are kept after each iteration (easiest-first needs the teacher)."""
+    settings = module.mask_predict_settings()
+    rows = []
+    for name in POLICIES:
+        if name == "easiest_first" and run.teacher is None:
+            run.log("easiest_first skipped: no --teacher-ckpt")
+            continue
+        for t in run.iterations:
+            extra = lambda b, name=name: {  # noqa: E731
+                "lengths": b.ref_lengths, "remask": _policy(name, b, run.teacher, run.seed)
+            }
+            decoded = run_with(module, run.batches, settings, t, extra)
+            rows.append({"policy": name, "iterations": t, **scored(module, decoded, run.references)})
+            run.log(f"order {name}, T={t}: BLEU {rows[-1]['bleu']}")
+    return rows
+
+
+def insertion_rows(module: Seq2SeqModule, run: DiagnosticRun) -> dict[str, Any]:
+    """Parallel and sequential insertion: BLEU, passes against a perfect balanced tree's,
+    the learned order, passes by length; BLEU at each end-of-slot penalty asked for."""
+    rows, orders, report = [], [], {}
+    own_penalty = module.decode_options()["eos_penalty"]
+    for parallel in (True, False):
+        mode = "parallel" if parallel else "sequential"
+        decoded = decode_all(
+            module, run.batches, lambda b: module.generate(b.src, parallel=parallel), _insertion_passes
+        )
+        tree = statistics.fmean(math.ceil(math.log2(len(t) + 1)) + 1 for t in decoded.tokens)
+        rows.append({"decoding": mode, "eos_penalty": own_penalty, **scored(module, decoded, run.references),
+                     "mean_tree_passes": round(tree, 2)})
+        orders.append({"decoding": f"insertion, {mode}", **learned_order(decoded)})
+        run.log(f"insertion {mode}: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
+        if parallel:
+            report["passes_by_length"] = passes_by_length(decoded)
+    report["insertion"] = rows
+    report["learned_order"] = orders
+    if run.eos_penalties:
+        report["reference_mean_length"] = round(statistics.fmean(
+            n for b in run.batches for n in b.ref_lengths.tolist()), 2)
+        report["eos_penalty"] = eos_penalty_rows(module, run.batches, run.references, run.eos_penalties, run.log)
+    return report
+
+
+def decoder_rows(module: Seq2SeqModule, run: DiagnosticRun, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A single-pass family's decoders side by side: each of ``variants`` (decoder
+    options) over the whole test set."""
+    rows = []
+    for options in variants:
+        decoded = decode_all(module, run.batches, lambda b: module.generate(b.src, **options), _batch_passes)
+        name = " ".join(f"{k}={v}" for k, v in options.items())
+        rows.append({"decoding": name, **scored(module, decoded, run.references)})
+        run.log(f"{module.family} {name}: BLEU {rows[-1]['bleu']}")
+    return rows
 
 
 def eos_penalty_rows(
@@ -303,52 +328,6 @@ def eos_penalty_rows(
 
 
 LENGTH_BUCKETS = ((1, 10), (11, 15), (16, 20), (21, 30), (31, None))
-LATENT_SOURCES = ("prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents")
-
-
-def latent_rows(
-    module: Seq2SeqModule, batches: list[Batch], references: list[str], log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Prior latents (greedy, beam 4, greedy with the reference's latent count) against
-    oracle latents: BLEU, codebook usage, the passes one sentence needs alone (prior: its
-    latents + the end step, then the decoder pass, also when held to the reference's
-    count; with the reference's latents, which a real decoding does not have: the decoder
-    pass) and BLEU by reference length."""
-    ref_lengths = [0] * len(references)
-    for b in batches:
-        for i, n in zip(b.rows, b.ref_lengths.tolist()):
-            ref_lengths[i] = n
-    rows = []
-    for name in LATENT_SOURCES:
-        used: list[torch.Tensor] = []
-        latents: dict[int, int] = {}
-
-        def decode(b: Batch, name: str = name) -> DecodeResult:
-            if name == "oracle latents":
-                words, passes = module.oracle_words(b.src, b.ref), 0
-            elif name == "prior greedy, oracle count":
-                counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)])
-                words, passes = module.prior_words_of_count(b.src, counts), 0
-            else:
-                words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
-            used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
-            latents.update((i, len(w)) for i, w in zip(b.rows, words))
-            tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
-            return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
-
-        decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
-        prior_runs = name != "oracle latents"  # held to a count or not, the prior steps once a latent
-        decoded.passes = [latents[i] + 2 if prior_runs else 1 for i in range(len(references))]
-        words = torch.cat(used)
-        codes = module.codes(words)
-        perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
-        rows.append({"latents": name, **scored(module, decoded, references),
-                     "mean_latents": round(statistics.fmean(latents.values()), 2),
-                     "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4),
-                     "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
-                     "passes_by_length": passes_by_length(decoded) if prior_runs else []})
-        log(f"latent {name}: BLEU {rows[-1]['bleu']}")
-    return rows
 
 
 def bleu_by_length(

@@ -13,7 +13,6 @@ import torch
 from tqdm import tqdm
 
 from nargen.memory import peak_bytes, reset_peak
-from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.base import Seq2SeqModule
 
 LENGTH_BUCKETS = ((0, 10), (11, 20), (21, 30), (31, None))
@@ -121,7 +120,7 @@ def evaluate(
         "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
         "peak_memory_kind": "cuda max allocated" if module.device.type == "cuda" else "resident set high-water mark",
     }
-    if isinstance(module, AutoregressiveModule) and sources:
+    if module.incremental and sources:
         record.update(kv_cache_footprint(module, sources))
     if "proposed" in result.counts:  # speculative decoding
         c = result.counts

@@ -190,14 +190,15 @@ def test_print_config_prints_a_recipe_that_reads_back_the_same(tmp_path, capsys)
 
 
 def test_old_checkpoints_keep_their_decoder_settings():
+    from nargen.models import AutoregressiveModule, CMLMModule
     from nargen.models.base import decode_config_from_metadata
 
     old = {"beam": 4, "length_penalty": 0.6, "max_len_a": 1.2, "max_len_b": 5, "max_tokens": 100,
            "options": {}, "validation": {}}
-    ar = decode_config_from_metadata("autoregressive", old)
+    ar = decode_config_from_metadata(AutoregressiveModule.legacy_decode_keys, old)
     assert ar.options == {"beam": 4, "length_penalty": 0.6, "max_len_a": 1.2, "max_len_b": 5}
     assert ar.max_tokens == 100
-    cmlm = decode_config_from_metadata("cmlm", {**old, "options": {"iterations": 4}})
+    cmlm = decode_config_from_metadata(CMLMModule.legacy_decode_keys, {**old, "options": {"iterations": 4}})
     assert cmlm.options == {"iterations": 4}  # the autoregressive settings did not apply to it
 
 

@@ -116,7 +116,7 @@ def test_checkpoint_of_another_family_is_refused(trained_run, tmp_path):
     state["nargen"]["family"] = "no_such_family"
     other = tmp_path / "other.ckpt"
     torch.save(state, other)
-    with pytest.raises(CheckpointError, match="family 'no_such_family' is not provided"):
+    with pytest.raises(CheckpointError, match="unknown family 'no_such_family'"):
         load_module(other)
 
 

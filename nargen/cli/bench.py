@@ -110,7 +110,8 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> dict[str, Any] | None:
-    """The record named ``name``, else the first autoregressive one without a drafter or
+    """The record named ``name``, else the first of a speed-baseline family
+    (``Seq2SeqModule.speed_baseline``: autoregressive) without a drafter or
     sampling whose beam (as decoded: the spec's options over the checkpoint's own) is 1 for the
     greedy baseline, more for the beam baseline."""
     for record in records:
@@ -120,7 +121,7 @@ def _baseline(records: list[dict[str, Any]], name: str | None, beam: bool) -> di
             continue
         o = record["decode_options"]
         argmax = not record["draft_ckpt"] and not o.get("sampling")
-        if record["family"] == "autoregressive" and argmax and (o.get("beam", 1) > 1) == beam:
+        if record.get("speed_baseline") and argmax and (o.get("beam", 1) > 1) == beam:
             return record
     return None
 
@@ -208,6 +209,7 @@ def run_bench(
             "draft_ckpt": system.draft_ckpt,
             "data_signature": module.data_signature,
             "parameters": sum(p.numel() for p in module.parameters()),
+            "speed_baseline": type(module).speed_baseline,
         })
         records.append(record)
         log(f"  BLEU {record['bleu']:.2f}, {record.get('batch1_ms_mean', '-')} ms at batch 1, "

@@ -154,8 +154,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     module = _load_for_decoding(args, args.device)
     options = _decode_options(args, module)
     if args.nbest > 1:
-        if module.family != "autoregressive" or module.decode_options(options)["beam"] < args.nbest:
-            raise ConfigError(f"--nbest {args.nbest} needs an autoregressive checkpoint and --beam >= {args.nbest}")
+        if module.nbest_size(options) < args.nbest:
+            raise ConfigError(f"--nbest {args.nbest}: a {module.family!r} checkpoint decoding with these "
+                              f"options gives {module.nbest_size(options)} hypotheses a line "
+                              "(autoregressive beam search gives --beam)")
     if args.history:
         if unknown_options(module, ["keep_history"]):
             raise ConfigError(f"--history does not apply to a {module.family!r} checkpoint")
@@ -222,10 +224,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt, map_location=_device())
     if args.eos_penalty is not None:
-        if module.family != "insertion":
-            raise ConfigError(f"--eos-penalty applies to insertion checkpoints, not {module.family!r}")
+        if unknown_options(module, ["eos_penalty"]):
+            raise ConfigError(f"--eos-penalty does not apply to a {module.family!r} checkpoint")
         module.decode_config.options = {**module.decode_config.options, "eos_penalty": args.eos_penalty}
-    teacher = load_module(args.teacher_ckpt, "autoregressive", _device()) if args.teacher_ckpt else None
+    teacher = load_module(args.teacher_ckpt, map_location=_device()) if args.teacher_ckpt else None
     sources, refs = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(refs):
         raise CorpusError(f"{args.src} has {len(sources)} lines, {args.ref} has {len(refs)}")
@@ -316,8 +318,9 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.ckpt, map_location=_device())
-    if module.family != "autoregressive":
-        raise ConfigError(f"{args.ckpt}: kv-cache measures autoregressive greedy decoding; this is a {module.family!r} checkpoint")
+    if not module.incremental:
+        raise ConfigError(f"{args.ckpt}: kv-cache measures decoding token by token through the cache; "
+                          f"a {module.family!r} checkpoint decodes otherwise")
     sources = read_lines(args.src)[: args.sentences]
     ids = module.source_ids(sources)
     batches = token_budget_batches([len(x) for x in ids], args.max_tokens)

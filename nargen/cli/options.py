@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nargen.decoding import autoregressive_reranker
-from nargen.decoding.speculative import (
-    AutoregressiveDrafter, Drafter, HeadsDrafter, OnePassDrafter, ParallelDrafter,
-)
+from nargen.decoding.speculative import Drafter
 from nargen.models import CheckpointError, Seq2SeqModule, load_module
 
 def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
@@ -18,7 +16,10 @@ def unknown_options(module: Seq2SeqModule, names: list[str]) -> list[str]:
 def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
     """An autoregressive checkpoint as a length-beam reranker for ``module`` (loaded
     from ``owner``, in ``module``'s dtype); both must share one tokenizer."""
-    reranker = load_module(path, family="autoregressive", map_location=module.device).to(dtype=module.dtype)
+    reranker = load_module(path, map_location=module.device).to(dtype=module.dtype)
+    if not reranker.incremental:
+        raise CheckpointError(f"{path}: a reranker scores token by token (autoregressive); "
+                              f"this is a {reranker.family!r} checkpoint")
     if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     reranker.eval()
@@ -27,19 +28,10 @@ def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
 
 def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
     """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
-    ``owner``, in ``module``'s dtype): an autoregressive model drafts greedily, a NAT or CMLM model in one
-    parallel pass per block after the output so far, a blockwise checkpoint's draft
-    heads from ``module``'s own hidden states (they were trained on one model's: its
-    own), any other family the whole sentence once with its own decoding settings; both
-    models must share one tokenizer."""
+    ``owner``, in ``module``'s dtype), as its family drafts (``Seq2SeqModule.as_drafter``);
+    both models must share one tokenizer."""
     drafter = load_module(path, map_location=module.device).to(dtype=module.dtype)
     if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
         raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
     drafter.eval()
-    if drafter.family == "autoregressive":
-        return AutoregressiveDrafter(drafter.model, drafter.ids, drafter.model_config.max_len)
-    if drafter.family in ("nat", "cmlm"):
-        return ParallelDrafter(drafter)
-    if drafter.family == "blockwise":
-        return HeadsDrafter(drafter, drafter.ids.eos)
-    return OnePassDrafter(drafter)
+    return drafter.as_drafter()

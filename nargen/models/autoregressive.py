@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from nargen.decoding import DecodeResult, beam_search, greedy, sample
-from nargen.decoding.speculative import speculative
+from nargen.decoding.speculative import AutoregressiveDrafter, speculative
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
 
@@ -23,6 +23,18 @@ class AutoregressiveModule(Seq2SeqModule):
         "draft": None, "block": 4, "compile": False, "check_every": None,
     }
     call_only_options = frozenset({"draft"})
+    incremental = True
+    legacy_decode_keys = ("beam", "length_penalty", "max_len_a", "max_len_b")
+    speed_baseline = True
+
+    def nbest_size(self, options: dict[str, Any]) -> int:
+        """Beam search returns its ``beam`` finished hypotheses."""
+        o = self.decode_options(options)
+        return 1 if o["sampling"] or o["draft"] is not None else max(1, o["beam"])
+
+    def as_drafter(self) -> AutoregressiveDrafter:
+        """Drafts greedily, token by token."""
+        return AutoregressiveDrafter(self.model, self.ids, self.model_config.max_len)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-smoothed cross-entropy of the next token, averaged over real target

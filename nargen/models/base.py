@@ -53,22 +53,15 @@ class DecodeConfig:
     """Source-token budget of a translation batch."""
 
 
-# Decoder settings that lived beside ``options`` in checkpoints written before all of a
-# family's options moved into it; read into ``options`` for the families that used them.
-_LEGACY_DECODE_KEYS = {
-    "autoregressive": ("beam", "length_penalty", "max_len_a", "max_len_b"),
-    "insertion": ("max_len_a", "max_len_b"),
-    "latent": ("max_len_a", "max_len_b"),
-}
-
-
-def decode_config_from_metadata(family: str, values: dict[str, Any]) -> DecodeConfig:
-    """A checkpoint's decode settings, including those of older checkpoints."""
+def decode_config_from_metadata(legacy_keys: tuple[str, ...], values: dict[str, Any]) -> DecodeConfig:
+    """A checkpoint's decode settings, including those of older checkpoints, whose
+    settings beside ``options`` go into it where the family takes them
+    (``legacy_keys``: ``Seq2SeqModule.legacy_decode_keys``)."""
     values = dict(values)
     options = dict(values.pop("options", {}))
     for key in ("beam", "length_penalty", "max_len_a", "max_len_b"):
         value = values.pop(key, None)
-        if value is not None and key in _LEGACY_DECODE_KEYS.get(family, ()):
+        if value is not None and key in legacy_keys:
             options.setdefault(key, value)
     return DecodeConfig(options=options, **values)
 
@@ -150,6 +143,15 @@ class Seq2SeqModule(L.LightningModule):
     """The validation metric (higher is better) that picks the best checkpoints."""
     needs_init_from: ClassVar[bool] = False
     """The family trains on top of another checkpoint's core (``trainer.init_from``)."""
+    legacy_decode_keys: ClassVar[tuple[str, ...]] = ()
+    """Decoder settings that older checkpoints kept beside ``decode.options`` and this
+    family reads into them."""
+    speed_baseline: ClassVar[bool] = False
+    """Its plain greedy and beam rows are the baselines a bench's speed-ups are taken
+    against (the autoregressive family)."""
+    incremental: ClassVar[bool] = False
+    """The family decodes token by token through a KV cache (what ``nargen bench
+    kv-cache`` and the evaluation's cache footprint measure)."""
     NONFINITE_CHECK_EVERY: ClassVar[int] = 16
     """Updates between reads of the non-finite guard's count on an accelerator."""
 
@@ -385,6 +387,25 @@ class Seq2SeqModule(L.LightningModule):
         decodes as ``generate`` and the CLI do."""
         return {"ids": self.ids}
 
+    # ---- capabilities (a family overrides what it offers) -----------------------------
+    def nbest_size(self, options: dict[str, Any]) -> int:
+        """Hypotheses per sentence a decoding with ``options`` returns (``nbest``)."""
+        return 1
+
+    def diagnostics(self, run: Any) -> dict[str, Any] | None:
+        """The family's sections of ``nargen diagnose`` for ``run``
+        (``nargen.diagnose.DiagnosticRun``), built from that module's sections; None:
+        the family has none."""
+        return None
+
+    def as_drafter(self) -> Any:
+        """This checkpoint as the drafter of speculative decoding
+        (``nargen.decoding.speculative.Drafter``): by default it drafts each sentence
+        once with its own decoding settings, realigned to the output so far."""
+        from nargen.decoding.speculative import OnePassDrafter
+
+        return OnePassDrafter(self)
+
     def decode_options(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The decoder settings a call uses: the family's defaults, then this checkpoint's
         ``decode.options``, then ``options``. An option the family does not take, or a
@@ -419,7 +440,7 @@ class Seq2SeqModule(L.LightningModule):
             TransformerConfig.from_dict(meta["model_config"]),
             Tokenizer(meta["tokenizer"]),
             OptimConfig(**optim),
-            decode_config_from_metadata(meta["family"], meta["decode"]),
+            decode_config_from_metadata(cls.legacy_decode_keys, meta["decode"]),
             meta.get("data_signature"),
             meta.get("family_options"),
         )

@@ -89,6 +89,12 @@ class BlockwiseModule(AutoregressiveModule):
     decode_defaults = {**AutoregressiveModule.decode_defaults, "draft_confidence": 0.0}
     needs_init_from = True
     selection_metric = "val_accepted"
+    speed_baseline = False  # its rows draft with heads: measured against the plain model's
+
+    def as_drafter(self) -> HeadsDrafter:
+        """Drafts with its heads from the verifier's own hidden states (they were trained
+        on one model's: its own)."""
+        return HeadsDrafter(self, self.ids.eos)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

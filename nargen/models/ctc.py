@@ -73,6 +73,12 @@ class CTCModule(Seq2SeqModule):
     options_class = CTCOptions
     decode_defaults = {"beam": 1, "length_penalty": 0.0}
 
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """Greedy collapse against prefix beam search (beam 5)."""
+        from nargen.diagnose import decoder_rows
+
+        return {"decoders": decoder_rows(self, run, [{"beam": 1}, {"beam": 5}])}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.blank = self.tokenizer.special.blank

@@ -104,6 +104,13 @@ class DAGModule(Seq2SeqModule):
     options_class = DAGOptions
     decode_defaults = {"decoder": "lookahead", "length_penalty": 1.0, "dedup": True}
 
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """The four path decoders side by side."""
+        from nargen.diagnose import decoder_rows
+
+        variants = [{"decoder": d} for d in ("greedy", "lookahead", "viterbi", "joint_viterbi")]
+        return {"decoders": decoder_rows(self, run, variants)}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         d = self.model_config.d_model

@@ -119,8 +119,16 @@ class InsertionModule(Seq2SeqModule):
 
     family = "insertion"
     options_class = InsertionOptions
+    legacy_decode_keys = ("max_len_a", "max_len_b")
     decode_defaults = {"parallel": True, "close_ended_slots": False, "max_len_a": 1.5, "max_len_b": 10,
                        "eos_penalty": 0.0, "keep_history": False}
+
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """Parallel against sequential insertion, the learned order, the end-of-slot
+        penalty."""
+        from nargen.diagnose import insertion_rows
+
+        return insertion_rows(self, run)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from nargen.core import Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
+from nargen.decoding.speculative import ParallelDrafter
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
 from nargen.models.glancing import GlancingOptions, glance_positions, with_revealed
@@ -79,6 +80,10 @@ class ParallelModule(Seq2SeqModule):
             self.model_config.d_model, self.options.max_length_offset
         )
         self.mask_id = self.tokenizer.special.mask
+
+    def as_drafter(self) -> ParallelDrafter:
+        """Drafts a block in one parallel pass after the output so far."""
+        return ParallelDrafter(self)
 
     # ---- the ParallelModel protocol ---------------------------------------------------
     def encode(self, src: torch.Tensor) -> Encoded:
@@ -191,6 +196,12 @@ class NATModule(ParallelModule):
     decode_defaults = {"length_beam": 1, "rerank": None}
     call_only_options = frozenset({"rerank"})
 
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """Oracle length against the predicted one, in one pass."""
+        from nargen.diagnose import length_rows
+
+        return length_rows(self, run, (1,), learned_at_last=False)
+
 
 @register_family
 class CMLMModule(ParallelModule):
@@ -202,6 +213,13 @@ class CMLMModule(ParallelModule):
     decode_defaults = {"iterations": 10, "length_beam": 1, "early_stop": False,
                        "keep_history": False, "rerank": None}
     call_only_options = frozenset({"rerank"})
+
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """Oracle length at each number of iterations, the order the model learned, and
+        the re-masking policies against oracle orders."""
+        from nargen.diagnose import length_rows, order_rows
+
+        return {**length_rows(self, run, run.iterations, learned_at_last=True), "order": order_rows(self, run)}
 
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
         lengths = real.sum(1)
