@@ -45,7 +45,9 @@ from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import FAMILIES
 from nargen.orderings import balanced_tree, kendall_tau
 from nargen.orderings import left_to_right as left_to_right_order
-from nargen.plotting import Chart, Line, PlottingUnavailable, save_chart
+from nargen import reports
+from nargen.plotting import Chart, Line
+from nargen.reports import by_length
 
 POLICIES = ("confidence", "random", "left_to_right", "easiest_first", "oracle", "oracle_all")
 
@@ -327,23 +329,17 @@ def eos_penalty_rows(
     return rows
 
 
-LENGTH_BUCKETS = ((1, 10), (11, 15), (16, 20), (21, 30), (31, None))
 
 
 def bleu_by_length(
     module: Seq2SeqModule, decoded: Decoded, references: list[str], ref_lengths: list[int]
 ) -> list[dict[str, Any]]:
-    """Corpus BLEU within each reference-length bucket (``LENGTH_BUCKETS``, in target
-    tokens), for buckets holding at least 10 sentences."""
+    """Corpus BLEU within each reference-length bucket (``nargen.reports.LENGTH_BUCKETS``,
+    in target tokens), for buckets holding at least 10 sentences."""
     texts = module.tokenizer.decode(decoded.tokens)
-    out = []
-    for low, high in LENGTH_BUCKETS:
-        rows = [i for i, n in enumerate(ref_lengths) if n >= low and (high is None or n <= high)]
-        if len(rows) >= 10:
-            bleu = score([texts[i] for i in rows], [references[i] for i in rows])["bleu"]
-            label = f"{low}-{high}" if high is not None else f"{low}+"
-            out.append({"lengths": label, "sentences": len(rows), "bleu": bleu})
-    return out
+    return [{"lengths": name, "sentences": len(rows),
+             "bleu": score([texts[i] for i in rows], [references[i] for i in rows])["bleu"]}
+            for name, rows in by_length(ref_lengths) if len(rows) >= 10]
 
 
 def run_with(
@@ -523,14 +519,6 @@ def latent_charts(rows: list[dict[str, Any]]) -> list[Chart]:
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[list[Path], str | None]:
     """``diagnose.json``, ``diagnose.md`` and the plots (PNG and SVG) in ``out_dir``.
     Returns the files written and, when matplotlib is missing, why there are no plots."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "diagnose.json", out / "diagnose.md"]
-    files[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    files[1].write_text(markdown(report), encoding="utf-8")
-    try:
-        for i, chart in enumerate(charts(report)):
-            files += save_chart(chart, out / ("diagnose" if i == 0 else f"diagnose_{i + 1}"))
-    except PlottingUnavailable as err:
-        return files, str(err)
-    return files, None
+    texts = {"diagnose.json": json.dumps(report, indent=2) + "\n", "diagnose.md": markdown(report)}
+    return reports.write_report(out_dir, texts, lambda: (
+        ("diagnose" if i == 0 else f"diagnose_{i + 1}", chart) for i, chart in enumerate(charts(report))))

@@ -14,24 +14,14 @@ from tqdm import tqdm
 
 from nargen.memory import peak_bytes, reset_peak
 from nargen.models.base import Seq2SeqModule
-
-LENGTH_BUCKETS = ((0, 10), (11, 20), (21, 30), (31, None))
-"""Output-length buckets (tokens) for batch-1 latency."""
-
-
-def bucket_name(low: int, high: int | None) -> str:
-    return f"{low}-{high}" if high is not None else f"{low}+"
-
+from nargen.reports import by_length
 
 def latency_by_length(times_ms: list[float], lengths: list[int]) -> list[dict[str, Any]]:
-    """Mean batch-1 latency per output-length bucket (buckets with no sentence omitted)."""
-    rows = []
-    for low, high in LENGTH_BUCKETS:
-        inside = [t for t, n in zip(times_ms, lengths) if n >= low and (high is None or n <= high)]
-        if inside:
-            rows.append({"tokens": bucket_name(low, high), "ms_mean": round(statistics.fmean(inside), 2),
-                         "sentences": len(inside)})
-    return rows
+    """Mean batch-1 latency per output-length bucket (``nargen.reports.LENGTH_BUCKETS``;
+    buckets with no sentence omitted)."""
+    return [{"tokens": name, "ms_mean": round(statistics.fmean(times_ms[i] for i in inside), 2),
+             "sentences": len(inside)}
+            for name, inside in by_length(lengths) if inside]
 
 
 @torch.inference_mode()

@@ -8,8 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from nargen.evaluation import LENGTH_BUCKETS, bucket_name
-from nargen.plotting import Chart, Line, PlottingUnavailable, Point, save_chart
+from nargen import reports
+from nargen.plotting import Chart, Line, Point
+from nargen.reports import bucket_name
 
 
 def _speedup(record: dict[str, Any], key: str) -> str:
@@ -50,7 +51,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"| {r['hit_length_cap']} | {r.get('peak_memory_mb') or '-'} "
             f"| {r.get('kv_bytes_per_token') or '-'} | {r['device']} |"
         )
-    buckets = [bucket_name(low, high) for low, high in LENGTH_BUCKETS]
+    buckets = [bucket_name(low, high) for low, high in reports.LENGTH_BUCKETS]
     by_length = ["", "Batch-1 ms per sentence by output length (tokens; sentences in each bucket in brackets):", "",
                  "| System | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     for r in result["records"]:
@@ -113,7 +114,7 @@ def frontier_chart(result: dict[str, Any]) -> Chart:
 
 def latency_chart(result: dict[str, Any]) -> Chart:
     """Batch-1 latency against output length, one labelled line per system."""
-    buckets = [bucket_name(low, high) for low, high in LENGTH_BUCKETS]
+    buckets = [bucket_name(low, high) for low, high in reports.LENGTH_BUCKETS]
     chart = Chart(
         title=f"{result['split']}: batch-1 latency against output length",
         xlabel="output length (tokens)", ylabel="ms per sentence (log scale)", log_y=True,
@@ -130,15 +131,6 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[list[Path
     """``bench.json`` and ``bench.md``, and with matplotlib ``bench.png``/``.svg`` (the
     frontier) and ``latency.png``/``.svg`` (latency against length), in ``out_dir``.
     Returns the files and, without matplotlib, why there are no plots."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"bench.json": json.dumps(result, indent=2) + "\n", "bench.md": markdown_table(result)}
-    for name, text in files.items():
-        (out / name).write_text(text, encoding="utf-8")
-    written = [out / name for name in files]
-    try:
-        written += save_chart(frontier_chart(result), out / "bench")
-        written += save_chart(latency_chart(result), out / "latency")
-    except PlottingUnavailable as err:
-        return written, str(err)
-    return written, None
+    texts = {"bench.json": json.dumps(result, indent=2) + "\n", "bench.md": markdown_table(result)}
+    return reports.write_report(out_dir, texts, lambda: (("bench", frontier_chart(result)),
+                                                         ("latency", latency_chart(result))))
