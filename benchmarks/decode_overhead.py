@@ -6,9 +6,11 @@ as ``tests/test_host_reads.py`` counts them), for a list of systems:
         --system "ar beam 4=runs/ar_tiny/best.ckpt" --option "ar beam 4" beam=4 ...
 
 ``--system NAME=CKPT`` adds a system; ``--option NAME KEY=VALUE`` gives it a decoder
-option (JSON values; ``draft=CKPT`` loads a drafter). The same script runs against an
-older checkout (``PYTHONPATH=OLD``) for before/after figures on one machine: options an
-older nargen lacks are refused by it. One JSON line per system on stdout.
+option (JSON values; ``draft=CKPT`` loads a drafter). With ``PYTHONPATH=OTHER`` it
+measures another checkout's nargen (one that has ``nargen.profiling.host_reads``; the
+"before" figures of RESULTS.md came from this script's first version, which counted
+reads the same way in itself) for before/after figures on one machine. One JSON line
+per system on stdout.
 """
 
 from __future__ import annotations
@@ -21,11 +23,8 @@ import time
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from nargen.models import load_module
-
-HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
+from nargen.profiling import host_reads
 
 
 def read_lines(path: str, count: int) -> list[str]:
@@ -35,24 +34,9 @@ def read_lines(path: str, count: int) -> list[str]:
 
 
 def host_reads_per_sentence(module: Any, lines: list[str], options: dict[str, Any]) -> float:
-    """Profiler read events (plus ``Tensor.tolist`` calls) per sentence, one at a time."""
-    calls = 0
-    tolist = torch.Tensor.tolist
-
-    def counted(self: torch.Tensor) -> Any:
-        nonlocal calls
-        calls += 1
-        return tolist(self)
-
-    torch.Tensor.tolist = counted
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for line in lines:
-                module.translate([line], **options)
-    finally:
-        torch.Tensor.tolist = tolist
-    events = sum(e.name in HOST_READS for e in prof.events())
-    return (events + calls) / len(lines)
+    """Host reads (``nargen.profiling.host_reads``) per sentence, one at a time."""
+    reads, _ = host_reads(lambda: [module.translate([line], **options) for line in lines])
+    return reads / len(lines)
 
 
 def measure(module: Any, lines: list[str], options: dict[str, Any], warmup: int, latency: int,

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
+"""Profiler events of a read of a device value by the host (a synchronisation on a GPU)."""
+
 REGION = "region:"
 """Prefix of the profiler regions ``label_regions`` opens."""
 
@@ -245,3 +248,25 @@ def summarize(events: Iterable[Any], steps: int, wall_seconds: float) -> StepPro
             profile.forward[group] = profile.forward.get(group, 0.0) + ms
     profile.forward[GROUPS[15]] = max(0.0, profile.wall_ms - busy)
     return profile
+
+
+def host_reads(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """``fn()``'s reads of device values by the host, and its result: ``HOST_READS``
+    profiler events plus its ``Tensor.tolist`` calls (one transfer each on a GPU; on a
+    CPU they leave no such event). On a CPU the reads cost nothing but are counted
+    exactly as a GPU would have to wait for them."""
+    calls = 0
+    tolist = torch.Tensor.tolist
+
+    def counted(self: torch.Tensor) -> Any:
+        nonlocal calls
+        calls += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted  # type: ignore[method-assign]
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            result = fn()
+    finally:
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+    return sum(e.name in HOST_READS for e in prof.events()) + calls, result

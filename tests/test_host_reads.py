@@ -10,33 +10,12 @@ import math
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from nargen.core import Seq2SeqTransformer, TransformerConfig
 from nargen.decoding import beam_search, greedy
+from nargen.profiling import host_reads
 
-HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero")
 EOS = 2
-
-
-def host_reads(fn) -> tuple[int, object]:  # noqa: ANN001
-    """Profiler events of reads during ``fn()``, plus its ``Tensor.tolist`` calls (one
-    transfer each on a GPU; on a CPU they leave no such event)."""
-    calls = 0
-    tolist = torch.Tensor.tolist
-
-    def counted(self):  # noqa: ANN001, ANN202
-        nonlocal calls
-        calls += 1
-        return tolist(self)
-
-    torch.Tensor.tolist = counted
-    try:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            result = fn()
-    finally:
-        torch.Tensor.tolist = tolist
-    return sum(e.name in HOST_READS for e in prof.events()) + calls, result
 
 
 @pytest.fixture(scope="module")
