@@ -41,7 +41,7 @@ SAME_MALLOC=${SAME_MALLOC:-1}
 KEEP_FREED=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647  # what nargen sets itself
 # the nargen bf16 training row where the CPU multiplies bf16 natively (there nargen's
 # precision "auto" is bf16 autocast).
-BF16=${BF16:-$(python3 -c "from nargen.models.precision import cpu_has_native_bf16 as n; print(int(n()))" 2>/dev/null || echo 0)}
+BF16=${BF16:-$(python3 -c "from nargen.training.precision import cpu_has_native_bf16 as n; print(int(n()))" 2>/dev/null || echo 0)}
 NARGEN=${NARGEN:-nargen}
 OUT=${OUT:-$ROOT/vs_fairseq}
 export OMP_NUM_THREADS=$THREADS TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1

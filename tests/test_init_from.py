@@ -10,7 +10,8 @@ import torch
 from nargen.cli.fit import run_fit
 from nargen.core import TransformerConfig
 from nargen.data import train_tokenizer
-from nargen.models import FAMILIES, CheckpointError, init_core_from, load_module, read_checkpoint
+from nargen.models import FAMILIES, CheckpointError, load_module, read_checkpoint
+from nargen.training.checkpoints import init_core_from
 
 from conftest import reversal_config, reversal_pairs
 

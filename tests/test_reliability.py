@@ -8,7 +8,8 @@ import torch
 
 from nargen.core import TransformerConfig
 from nargen.data import DataConfig, TranslationDataModule
-from nargen.models import AtomicCheckpointIO, AutoregressiveModule, NonFiniteTrainingError, OptimConfig
+from nargen.models import AutoregressiveModule, NonFiniteTrainingError, OptimConfig
+from nargen.training.checkpoints import AtomicCheckpointIO
 
 
 class FlakyModule(AutoregressiveModule):

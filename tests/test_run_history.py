@@ -14,7 +14,7 @@ from nargen.cli.config import ConfigError
 from nargen.cli.fit import run_fit
 from nargen.cli.main import main
 from nargen.models import load_module, read_checkpoint
-from nargen.models.averaging import average_checkpoints
+from nargen.training.averaging import average_checkpoints
 
 
 def metrics_rows(path):

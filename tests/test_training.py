@@ -56,7 +56,7 @@ def test_bf16_mixed_precision_on_cpu_trains_like_fp32_with_clipping(trained_run,
 
 
 def test_auto_precision_is_bf16_mixed_exactly_where_the_cpu_has_native_bf16(monkeypatch):
-    from nargen.models import precision
+    from nargen.training import precision
 
     for native in (True, False):
         monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)

@@ -22,7 +22,7 @@ from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
 from nargen.models.base import check_decode_options
-from nargen.models.precision import decoding_dtype
+from nargen.decoding.precision import decoding_dtype
 
 
 @dataclass

@@ -16,8 +16,8 @@ import torch
 from nargen.cli.config import FitConfig, parse_fit_args
 from nargen.cli.fit import build_module, close_process_group, set_threads
 from nargen.data import TranslationDataModule
-from nargen.models.precision import precision_settings
-from nargen.models.throughput import ThroughputMonitor
+from nargen.training.precision import precision_settings
+from nargen.training.throughput import ThroughputMonitor
 from nargen.profiling import (
     NARGEN_REGIONS, REGION, StepProfile, add_counts, attention_elements, label_regions, summarize,
 )

@@ -22,12 +22,13 @@ from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
 from nargen.evaluation import evaluate
-from nargen.models import AtomicCheckpointIO, Seq2SeqModule, family_class, init_core_from, load_module
-from nargen.models.averaging import average_checkpoints
-from nargen.models.final_validation import ValidateAtMaxSteps
-from nargen.models.precision import precision_settings
-from nargen.models.resume import ResumeState
-from nargen.models.throughput import ThroughputMonitor
+from nargen.models import Seq2SeqModule, family_class, load_module
+from nargen.training.checkpoints import AtomicCheckpointIO, init_core_from
+from nargen.training.averaging import average_checkpoints
+from nargen.training.final_validation import ValidateAtMaxSteps
+from nargen.training.precision import precision_settings
+from nargen.training.resume import ResumeState
+from nargen.training.throughput import ThroughputMonitor
 
 
 def build_module(config: FitConfig, datamodule: TranslationDataModule) -> Seq2SeqModule:

@@ -21,7 +21,7 @@ from nargen.memory import keep_freed_memory
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
 from nargen.models.base import check_decode_options
-from nargen.models.precision import DECODING_DTYPES, decoding_dtype
+from nargen.decoding.precision import DECODING_DTYPES, decoding_dtype
 
 
 def _device() -> str:
@@ -250,7 +250,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from nargen.models.averaging import average_checkpoints
+    from nargen.training.averaging import average_checkpoints
 
     out = average_checkpoints(args.ckpts, args.out)
     print(f"wrote {out}: the mean of {len(args.ckpts)} checkpoints")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from nargen.models.checkpoint import AtomicCheckpointIO, CheckpointError, read_checkpoint
+from nargen.models.checkpoint import CheckpointError, read_checkpoint
+from nargen.training.checkpoints import AtomicCheckpointIO
 
 
 def average_checkpoints(paths: list[str | Path], out: str | Path) -> Path:
