@@ -1,6 +1,6 @@
-"""The README's code works: every Python block runs (in order, one namespace, with the
-checkpoints it names standing in as the test suite's trained reversal models), and every
-`nargen` command it shows answers `--help`."""
+"""The README's and the docs pages' code works: every Python block runs (in order, one
+namespace, with the checkpoints it names standing in as the test suite's trained reversal
+models), and every `nargen` command they show answers `--help`."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ import pytest
 
 from nargen.cli.main import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+"""The README first (its blocks set up the namespace), then every docs page."""
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    return [block for page in PAGES
+            for block in re.findall(rf"```{language}\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
 
 
 def commands() -> list[list[str]]:
-    """``nargen SUBCOMMAND [WHAT]`` for every command line in the README's bash blocks."""
+    """``nargen SUBCOMMAND [WHAT]`` for every command line in the pages' bash blocks."""
     found = set()
     for block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
@@ -65,7 +68,7 @@ def test_every_python_block_of_the_readme_runs(
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for i, block in enumerate(code):
-        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+        exec(compile(block, f"documentation python block {i + 1}", "exec"), namespace)
     printed = capsys.readouterr().out
     for family in ("autoregressive", "nat", "cmlm", "insertion", "ctc", "dag", "latent"):
         assert f"{family}:" in printed  # the per-family loop reached every family

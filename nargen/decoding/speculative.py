@@ -7,7 +7,7 @@ Batched with per-sentence acceptance: the cache keeps one length for the batch, 
 shortest accepted one; a sentence that accepted more feeds its extra accepted tokens
 again at the head of its next block (right-padded blocks, so causal attention keeps
 real positions exact). The output equals ``greedy``'s token for token, up to the
-float tolerance of batched scores (README, "Batch invariance and ties").
+float tolerance of batched scores (docs/decoding.md, "Batch invariance and ties").
 
 Drafters: ``AutoregressiveDrafter`` (a small AR model, greedily), ``ParallelDrafter``
 (NAT/CMLM, a pass per block), ``OnePassDrafter`` (any parallel model, once per batch,
