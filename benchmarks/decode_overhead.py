@@ -7,7 +7,7 @@ as ``tests/test_host_reads.py`` counts them), for a list of systems:
 
 ``--system NAME=CKPT`` adds a system; ``--option NAME KEY=VALUE`` gives it a decoder
 option (JSON values; ``draft=CKPT`` loads a drafter). With ``PYTHONPATH=OTHER`` it
-measures another checkout's nargen (one that has ``nargen.profiling.host_reads``; the
+measures another checkout's nargen (one that has ``nargen.bench.profiling.host_reads``; the
 "before" figures of RESULTS.md came from this script's first version, which counted
 reads the same way in itself) for before/after figures on one machine. One JSON line
 per system on stdout.
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from nargen.models import load_module
-from nargen.profiling import host_reads
+from nargen.bench.profiling import host_reads
 
 
 def read_lines(path: str, count: int) -> list[str]:
@@ -34,7 +34,7 @@ def read_lines(path: str, count: int) -> list[str]:
 
 
 def host_reads_per_sentence(module: Any, lines: list[str], options: dict[str, Any]) -> float:
-    """Host reads (``nargen.profiling.host_reads``) per sentence, one at a time."""
+    """Host reads (``nargen.bench.profiling.host_reads``) per sentence, one at a time."""
     reads, _ = host_reads(lambda: [module.translate([line], **options) for line in lines])
     return reads / len(lines)
 

@@ -1,4 +1,4 @@
-"""Where nargen's decoding time goes, by operator group (``nargen.profiling``), one
+"""Where nargen's decoding time goes, by operator group (``nargen.bench.profiling``), one
 sentence at a time (batch 1) or in token-budget batches:
 
     python benchmarks/profile_decode.py --ckpt runs/ar_tiny/best.ckpt \\
@@ -20,7 +20,7 @@ import time
 import torch
 
 from nargen.models import load_module
-from nargen.profiling import NARGEN_REGIONS, REGION, label_regions, summarize
+from nargen.bench.profiling import NARGEN_REGIONS, REGION, label_regions, summarize
 
 
 def read_lines(path: str, count: int) -> list[str]:

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from nargen.profiling import FAIRSEQ_REGIONS, REGION, add_counts, attention_elements, label_regions, summarize
+from nargen.bench.profiling import FAIRSEQ_REGIONS, REGION, add_counts, attention_elements, label_regions, summarize
 
 
 class Window:

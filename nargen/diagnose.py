@@ -45,9 +45,9 @@ from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import FAMILIES
 from nargen.orderings import balanced_tree, kendall_tau
 from nargen.orderings import left_to_right as left_to_right_order
-from nargen import reports
+from nargen.bench import reports
 from nargen.plotting import Chart, Line
-from nargen.reports import by_length
+from nargen.bench.reports import by_length
 
 POLICIES = ("confidence", "random", "left_to_right", "easiest_first", "oracle", "oracle_all")
 
@@ -334,7 +334,7 @@ def eos_penalty_rows(
 def bleu_by_length(
     module: Seq2SeqModule, decoded: Decoded, references: list[str], ref_lengths: list[int]
 ) -> list[dict[str, Any]]:
-    """Corpus BLEU within each reference-length bucket (``nargen.reports.LENGTH_BUCKETS``,
+    """Corpus BLEU within each reference-length bucket (``nargen.bench.reports.LENGTH_BUCKETS``,
     in target tokens), for buckets holding at least 10 sentences."""
     texts = module.tokenizer.decode(decoded.tokens)
     return [{"lengths": name, "sentences": len(rows),

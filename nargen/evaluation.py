@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from nargen.memory import peak_bytes, reset_peak
 from nargen.models.base import Seq2SeqModule
-from nargen.reports import by_length
+from nargen.bench.reports import by_length
 
 def latency_by_length(times_ms: list[float], lengths: list[int]) -> list[dict[str, Any]]:
-    """Mean batch-1 latency per output-length bucket (``nargen.reports.LENGTH_BUCKETS``;
+    """Mean batch-1 latency per output-length bucket (``nargen.bench.reports.LENGTH_BUCKETS``;
     buckets with no sentence omitted)."""
     return [{"tokens": name, "ms_mean": round(statistics.fmean(times_ms[i] for i in inside), 2),
              "sentences": len(inside)}

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from nargen.cli.main import main
-from nargen.cli.report import pareto_front
+from nargen.bench.report import pareto_front
 from nargen.core import TransformerConfig
 from nargen.data import read_split
 from nargen.models import NATModule, load_module
@@ -162,7 +162,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 def test_every_bench_spec_in_the_recipes_parses():
     from pathlib import Path
 
-    from nargen.cli.bench import load_bench_spec
+    from nargen.bench.systems import load_bench_spec
 
     specs = sorted(Path("recipes").glob("*/bench/*.yaml"))
     assert specs
@@ -175,7 +175,7 @@ def test_bench_train_counts_only_the_updates_after_the_warm_up(reversal_root, tm
     """The same seed gives the same batches, so the tokens counted after 2 warm-up
     updates of 5 are those of 5 updates less those of the first 2."""
     from conftest import reversal_config
-    from nargen.cli.bench_train import train_throughput
+    from nargen.bench.training import train_throughput
 
     config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 5)
     counted = {(w, n): train_throughput(config, n, w)["target_tokens"] for w, n in ((2, 3), (0, 5), (0, 2))}
@@ -187,7 +187,7 @@ def test_bench_train_profile_counts_the_attention_work_of_the_profiled_update(re
     """One profiled update: its score elements are those of one padded batch, so the
     cross-attention count is the geometric mean of the two self-attention counts."""
     from conftest import reversal_config
-    from nargen.cli.bench_train import train_throughput
+    from nargen.bench.training import train_throughput
 
     config = reversal_config(reversal_root, tmp_path / "run", tmp_path / "c", 4)
     profile = train_throughput(config, 1, 1, profile_steps=1)["profile"]

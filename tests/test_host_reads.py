@@ -13,7 +13,7 @@ import torch
 
 from nargen.core import Seq2SeqTransformer, TransformerConfig
 from nargen.decoding import beam_search, greedy
-from nargen.profiling import host_reads
+from nargen.bench.profiling import host_reads
 
 EOS = 2
 

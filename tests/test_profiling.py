@@ -6,7 +6,7 @@ import time
 import torch
 
 from nargen.core import Seq2SeqTransformer, TransformerConfig
-from nargen.profiling import GROUPS, NARGEN_REGIONS, group_of, label_regions, summarize
+from nargen.bench.profiling import GROUPS, NARGEN_REGIONS, group_of, label_regions, summarize
 
 
 def test_groups_of_operators_in_regions():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from nargen.cli.bench_train import cmd_bench_train
+from nargen.bench.training import cmd_bench_train
 from nargen.cli.config import ConfigError, parse_fit_args, to_dict
 from nargen.cli.prepare import cmd_prepare
 from nargen.data import CorpusError
@@ -142,7 +142,7 @@ def format_record(record: dict) -> str:
         + f"{record['device']}, {record['threads']} threads",
     ]
     if "batch1_draft_acceptance" in record:
-        from nargen.cli.report import speculative_summary
+        from nargen.bench.report import speculative_summary
 
         lines.append(f"  speculative at batch 1, per sentence: {speculative_summary(record)}")
     return "\n".join(lines)
@@ -289,8 +289,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def bench_systems(args: argparse.Namespace) -> int:
-    from nargen.cli.bench import load_bench_spec, run_bench, split_missing
-    from nargen.cli.report import markdown_table, write_report
+    from nargen.bench.systems import load_bench_spec, run_bench, split_missing
+    from nargen.bench.report import markdown_table, write_report
 
     spec, systems = load_bench_spec(args.spec)
     left_out: list[dict] = []
@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--threads", type=int, default=0)
     sy.add_argument("--skip-missing", action="store_true",
                     help="leave out systems whose checkpoints are not there yet (named in the table)")
-    what.add_parser("train", add_help=False,  # its own parser: nargen.cli.bench_train
+    what.add_parser("train", add_help=False,  # its own parser: nargen.bench.training
                     help="training target tokens/s of a recipe over N updates after a warm-up")
     kv = what.add_parser("kv-cache", help="greedy decoding with vs without the KV cache")
     kv.add_argument("--ckpt", required=True)

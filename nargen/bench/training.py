@@ -18,7 +18,7 @@ from nargen.cli.fit import build_module, close_process_group, set_threads
 from nargen.data import TranslationDataModule
 from nargen.training.precision import precision_settings
 from nargen.training.throughput import ThroughputMonitor
-from nargen.profiling import (
+from nargen.bench.profiling import (
     NARGEN_REGIONS, REGION, StepProfile, add_counts, attention_elements, label_regions, summarize,
 )
 
@@ -26,7 +26,7 @@ from nargen.profiling import (
 class StepProfiler(L.Callback):
     """Profiles ``steps`` training steps after ``skip_steps`` with ``torch.profiler``:
     whole steps (batch fetch, forward, loss, backward, clipping, optimizer, hooks),
-    grouped by ``nargen.profiling``."""
+    grouped by ``nargen.bench.profiling``."""
 
     def __init__(self, skip_steps: int, steps: int, monitor: ThroughputMonitor) -> None:
         self.skip_steps, self.steps, self.monitor = skip_steps, steps, monitor

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from nargen import reports
+from nargen.bench import reports
 from nargen.plotting import Chart, Line, Point
-from nargen.reports import bucket_name
+from nargen.bench.reports import bucket_name
 
 
 def _speedup(record: dict[str, Any], key: str) -> str:
