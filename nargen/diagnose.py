@@ -41,7 +41,7 @@ from nargen.decoding.remask import (
     RemaskPolicy, by_priority, confidence, left_to_right, oracle, oracle_all, random_order,
 )
 from nargen.evaluation import score
-from nargen.models.base import Seq2SeqModule
+from nargen.models.base import DecodeConfig, Seq2SeqModule
 from nargen.models.registry import FAMILIES
 from nargen.orderings import balanced_tree, kendall_tau
 from nargen.orderings import left_to_right as left_to_right_order
@@ -209,7 +209,7 @@ def diagnose(
     length_beams: tuple[int, ...] = (1, 5),
     seed: int = 1,
     eos_penalties: tuple[float, ...] = (),
-    max_tokens: int = 4096,
+    max_tokens: int = DecodeConfig.max_tokens,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Every diagnostic the module's family runs (``Seq2SeqModule.diagnostics``, built

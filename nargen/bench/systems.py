@@ -21,7 +21,7 @@ from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
-from nargen.models.base import check_decode_options
+from nargen.models.base import DecodeConfig, check_decode_options
 from nargen.decoding.precision import decoding_dtype
 
 
@@ -58,8 +58,8 @@ class BenchSpec:
     fp32, bf16 or fp16 (GPU)."""
     latency_sentences: int | None = None
     """Sentences timed at batch size 1 (default: the whole split)."""
-    max_tokens: int = 2500
-    """Source-token budget of a batch in the throughput run."""
+    max_tokens: int = DecodeConfig.max_tokens
+    """Source-token budget of a batch in the throughput run (one for every system)."""
     greedy_baseline: str | None = None
     """Name of the AR greedy system (default: the first autoregressive one decoding with
     beam 1, without a drafter)."""

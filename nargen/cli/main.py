@@ -19,7 +19,7 @@ from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import read_lines
 from nargen.memory import keep_freed_memory
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
-from nargen.models import CheckpointError, NonFiniteTrainingError, Seq2SeqModule, load_module
+from nargen.models import CheckpointError, DecodeConfig, NonFiniteTrainingError, Seq2SeqModule, load_module
 from nargen.models.base import check_decode_options
 from nargen.decoding.precision import DECODING_DTYPES, decoding_dtype
 
@@ -236,7 +236,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     try:
         report = diagnose(
             module, sources, refs, teacher=teacher, iterations=tuple(args.iterations),
-            length_beams=tuple(args.length_beams), seed=args.seed, max_tokens=args.max_tokens,
+            length_beams=tuple(args.length_beams), seed=args.seed,
+            max_tokens=args.max_tokens or module.decode_config.max_tokens,
             eos_penalties=tuple(args.eos_penalties),
             log=lambda message: print(message, file=sys.stderr),
         )
@@ -323,7 +324,8 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
                           f"a {module.family!r} checkpoint decodes otherwise")
     sources = read_lines(args.src)[: args.sentences]
     ids = module.source_ids(sources)
-    batches = token_budget_batches([len(x) for x in ids], args.max_tokens)
+    max_tokens = args.max_tokens or module.decode_config.max_tokens
+    batches = token_budget_batches([len(x) for x in ids], max_tokens)
     srcs = [module.source_tensor([ids[i] for i in b]) for b in batches]
     settings = module.decoder_settings()
     outputs, seconds = {}, {}
@@ -338,7 +340,7 @@ def bench_kv_cache(args: argparse.Namespace) -> int:
     same = outputs[True] == outputs[False]
     n = len(sources)
     print(f"greedy decoding of {n} sentences from {args.src} ({len(batches)} batches, "
-          f"max_tokens {args.max_tokens}, {module.device}, {torch.get_num_threads()} threads)")
+          f"max_tokens {max_tokens}, {module.device}, {torch.get_num_threads()} threads)")
     print(f"  with KV cache:    {seconds[True]:.2f} s  ({n / seconds[True]:.1f} sentences/s)")
     print(f"  without KV cache: {seconds[False]:.2f} s  ({n / seconds[False]:.1f} sentences/s)")
     print(f"  speed-up from the cache: {seconds[False] / seconds[True]:.2f}x; outputs identical: {same}")
@@ -363,7 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare", add_help=False,  # fit's parser: the recipe's data section counts
                    help="tokenize a recipe's training corpus once into memory-mapped ids (fit does it on first use)")
 
+    def batching(p: argparse.ArgumentParser) -> None:
+        group = p.add_argument_group("batching")
+        group.add_argument("--max-tokens", type=int, default=0,
+                           help="source tokens per decoding batch (default: the checkpoint's "
+                                f"decode.max_tokens, {DecodeConfig.max_tokens} unless its recipe says)")
+
     def decoding(p: argparse.ArgumentParser) -> None:
+        batching(p)
         p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) written by nargen fit")
         p.add_argument("--decode-options", type=_mapping, default=None, metavar="MAPPING",
                        help="decoder options of the checkpoint's family as a YAML mapping, with the "
@@ -411,7 +420,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=float, default=None, help="sampling: softmax temperature (default 1)")
         p.add_argument("--top-k", type=int, default=None, help="sampling: draw among the k most likely (default 0: all)")
         p.add_argument("--seed", type=int, default=None, help="sampling: seed for a repeatable draw")
-        p.add_argument("--max-tokens", type=int, default=0, help="source tokens per batch")
         p.add_argument("--dtype", choices=["auto", *DECODING_DTYPES], default="auto",
                        help="weights and activations: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or "
                             "fp16 (GPU)")
@@ -469,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--eos-penalties", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0, 4.0],
                     help="insertion: also decode at each of these end-of-slot penalties (none: skip)")
     dg.add_argument("--limit", type=int, default=0, help="only the first N sentences")
-    dg.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
+    batching(dg)
     dg.add_argument("--threads", type=int, default=0)
 
     av = sub.add_parser("average", help="average checkpoints' weights into one checkpoint")
@@ -501,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     kv.add_argument("--ckpt", required=True)
     kv.add_argument("--src", required=True)
     kv.add_argument("--sentences", type=int, default=200)
-    kv.add_argument("--max-tokens", type=int, default=2000)
+    batching(kv)
     kv.add_argument("--threads", type=int, default=0)
     return parser
 
