@@ -97,51 +97,6 @@ class LatentModule(Seq2SeqModule):
     DIAGNOSED_LATENTS = ("prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents")
     """The latents ``nargen diagnose`` decodes from."""
 
-    def diagnostics(self, run: Any) -> dict[str, Any]:
-        """Prior latents (greedy, beam 4, greedy with the reference's latent count) against
-        oracle latents: BLEU, codebook usage, the passes one sentence needs alone (prior: its
-        latents + the end step, then the decoder pass, also when held to the reference's
-        count; with the reference's latents, which a real decoding does not have: the decoder
-        pass) and BLEU by reference length."""
-        from nargen.diagnose import bleu_by_length, decode_all, passes_by_length, scored
-
-        module, batches, references, log = self, run.batches, run.references, run.log
-        ref_lengths = [0] * len(references)
-        for b in batches:
-            for i, n in zip(b.rows, b.ref_lengths.tolist()):
-                ref_lengths[i] = n
-        rows = []
-        for name in self.DIAGNOSED_LATENTS:
-            used: list[torch.Tensor] = []
-            latents: dict[int, int] = {}
-
-            def decode(b: Any, name: str = name) -> DecodeResult:
-                if name == "oracle latents":
-                    words, passes = module.oracle_words(b.src, b.ref), 0
-                elif name == "prior greedy, oracle count":
-                    counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)])
-                    words, passes = module.prior_words_of_count(b.src, counts), 0
-                else:
-                    words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
-                used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
-                latents.update((i, len(w)) for i, w in zip(b.rows, words))
-                tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
-                return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
-
-            decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
-            prior_runs = name != "oracle latents"  # held to a count or not, the prior steps once a latent
-            decoded.passes = [latents[i] + 2 if prior_runs else 1 for i in range(len(references))]
-            words = torch.cat(used)
-            codes = module.codes(words)
-            perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
-            rows.append({"latents": name, **scored(module, decoded, references),
-                         "mean_latents": round(statistics.fmean(latents.values()), 2),
-                         "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4),
-                         "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
-                         "passes_by_length": passes_by_length(decoded) if prior_runs else []})
-            log(f"latent {name}: BLEU {rows[-1]['bleu']}")
-        return {"latent": rows}
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg, o = self.model_config, self.options
@@ -357,3 +312,48 @@ class LatentModule(Seq2SeqModule):
         width = int((chosen != self.ids.pad).sum(1).max()) if chosen.numel() else 0
         return DecodeResult(tokens=chosen[:, :width], passes=passes + 2, hit_cap=no_cap,
                             scores=scores.gather(1, best[:, None])[:, 0])
+
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """Prior latents (greedy, beam 4, greedy with the reference's latent count) against
+        oracle latents: BLEU, codebook usage, the passes one sentence needs alone (prior: its
+        latents + the end step, then the decoder pass, also when held to the reference's
+        count; with the reference's latents, which a real decoding does not have: the decoder
+        pass) and BLEU by reference length."""
+        from nargen.diagnose import bleu_by_length, decode_all, passes_by_length, scored
+
+        module, batches, references, log = self, run.batches, run.references, run.log
+        ref_lengths = [0] * len(references)
+        for b in batches:
+            for i, n in zip(b.rows, b.ref_lengths.tolist()):
+                ref_lengths[i] = n
+        rows = []
+        for name in self.DIAGNOSED_LATENTS:
+            used: list[torch.Tensor] = []
+            latents: dict[int, int] = {}
+
+            def decode(b: Any, name: str = name) -> DecodeResult:
+                if name == "oracle latents":
+                    words, passes = module.oracle_words(b.src, b.ref), 0
+                elif name == "prior greedy, oracle count":
+                    counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)])
+                    words, passes = module.prior_words_of_count(b.src, counts), 0
+                else:
+                    words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
+                used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
+                latents.update((i, len(w)) for i, w in zip(b.rows, words))
+                tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
+                return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
+
+            decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
+            prior_runs = name != "oracle latents"  # held to a count or not, the prior steps once a latent
+            decoded.passes = [latents[i] + 2 if prior_runs else 1 for i in range(len(references))]
+            words = torch.cat(used)
+            codes = module.codes(words)
+            perplexity, live = module.quantizer.usage(codes.reshape(-1, module.options.groups))
+            rows.append({"latents": name, **scored(module, decoded, references),
+                         "mean_latents": round(statistics.fmean(latents.values()), 2),
+                         "codebook_perplexity": round(float(perplexity), 2), "live_codes": round(float(live), 4),
+                         "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
+                         "passes_by_length": passes_by_length(decoded) if prior_runs else []})
+            log(f"latent {name}: BLEU {rows[-1]['bleu']}")
+        return {"latent": rows}
