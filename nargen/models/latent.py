@@ -335,14 +335,15 @@ class LatentModule(Seq2SeqModule):
                 if name == "oracle latents":
                     words, passes = module.oracle_words(b.src, b.ref), 0
                 elif name == "prior greedy, oracle count":
-                    counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)])
+                    counts = torch.tensor([len(w) for w in module.oracle_words(b.src, b.ref)], device=b.src.device)
                     words, passes = module.prior_words_of_count(b.src, counts), 0
                 else:
                     words, passes = module.prior_words(b.src, 4 if "beam" in name else 1)
-                used.append(torch.tensor([w for row in words for w in row], dtype=torch.long))
+                used.append(torch.tensor([w for row in words for w in row], dtype=torch.long, device=b.src.device))
                 latents.update((i, len(w)) for i, w in zip(b.rows, words))
                 tokens = module.decode_from_codes(b.src, module.model.encode(b.src), words)
-                return DecodeResult(tokens=tokens, passes=passes + 1, hit_cap=torch.zeros(len(b.rows), dtype=torch.bool))
+                return DecodeResult(tokens=tokens, passes=passes + 1,
+                                    hit_cap=torch.zeros(len(b.rows), dtype=torch.bool, device=b.src.device))
 
             decoded = decode_all(module, batches, decode, lambda r, s: r.passes)
             prior_runs = name != "oracle latents"  # held to a count or not, the prior steps once a latent
