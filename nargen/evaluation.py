@@ -79,6 +79,7 @@ def evaluate(
     latency_sentences: int | None = None,
     warmup: int = 8,
     progress: bool = False,
+    max_tokens: int | None = None,
     **options: Any,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate ``sources`` batched (timed), score against ``references``, then time
@@ -87,11 +88,11 @@ def evaluate(
     if len(sources) != len(references):
         raise ValueError(f"{len(sources)} sources but {len(references)} references")
     module.eval()
-    module.translate(sources[:warmup], **options)
+    module.translate(sources[:warmup], max_tokens=max_tokens, **options)
     reset_peak(module.device)
     bar = tqdm(total=len(sources), desc="batched", unit="sent", disable=not progress, file=sys.stderr)
     start = time.perf_counter()
-    result = module.translate(sources, progress=bar.update, **options)
+    result = module.translate(sources, max_tokens=max_tokens, progress=bar.update, **options)
     batched_seconds = time.perf_counter() - start
     peak = peak_bytes(module.device)
     tokens = module.tokenizer.encode(result.texts)
@@ -107,6 +108,7 @@ def evaluate(
         "threads": torch.get_num_threads(),
         "family": module.family,
         "options": {k: v if isinstance(v, (int, float, str)) else k for k, v in options.items()},
+        "max_tokens": max_tokens or module.decode_config.max_tokens,
         "peak_memory_mb": round(peak / 2**20, 1) if peak is not None else None,
         "peak_memory_kind": "cuda max allocated" if module.device.type == "cuda" else "resident set high-water mark",
     }
@@ -137,3 +139,31 @@ def evaluate(
             record["batch1_target_passes"] = round(counts["target_passes"] / n, 2)
             record["batch1_draft_passes"] = round(counts["draft_passes"] / n, 2)
     return record, result.texts
+
+
+def speculative_summary(record: dict[str, Any]) -> str:
+    """A speculative system's batch-1 target and drafter passes and acceptance, in words."""
+    return (f"{record['batch1_target_passes']:.2f} target and {record['batch1_draft_passes']:.2f} drafter "
+            f"passes, {100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """An evaluation record as the command line prints it: BLEU and chrF with their
+    signatures, speed, and speculative decoding's acceptance where it drafted."""
+    lines = [
+        f"{record.get('split', 'test')} {record['family']} "
+        f"{' '.join(f'{k}={v}' for k, v in record['options'].items()) or 'defaults'}: "
+        f"BLEU {record['bleu']:.2f}  chrF {record['chrf']:.2f}  "
+        f"repetition {record['repetition_rate']:.4f}  hit length cap {record['hit_length_cap']}",
+        f"  {record['bleu_signature']}",
+        f"  {record['chrf_signature']}",
+        f"  {record['sentences_per_s']} sentences/s batched; "
+        + (f"batch-1 {record['batch1_ms_mean']} ms/sentence (p90 {record['batch1_ms_p90']}) "
+           f"over {record['batch1_sentences']} sentences; "
+           f"{record['mean_passes_per_sentence']} decoder passes/sentence; "
+           if "batch1_ms_mean" in record else "no batch-1 timing; ")
+        + f"{record['device']}, {record['threads']} threads",
+    ]
+    if "batch1_draft_acceptance" in record:
+        lines.append(f"  speculative at batch 1, per sentence: {speculative_summary(record)}")
+    return "\n".join(lines)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nargen.cli.config import FitConfig, load_fit_config
-from nargen.cli.fit import run_fit
+from nargen.training.recipe import FitConfig, load_fit_config
+from nargen.training.fit import run_fit
 from nargen.data import Tokenizer, train_tokenizer
 
 WORDS = "ka lo mi nu pe ro su ti ve xo za bu".split()

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nargen.cli.config import ConfigError
-from nargen.cli.fit import run_fit
+from nargen.config import ConfigError
+from nargen.training.fit import run_fit
 from nargen.cli.options import load_drafter
 from nargen.data import read_split
 from nargen.data.batching import pad_sequences

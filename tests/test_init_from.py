@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from nargen.cli.fit import run_fit
+from nargen.training.fit import run_fit
 from nargen.core import TransformerConfig
 from nargen.data import train_tokenizer
 from nargen.models import FAMILIES, CheckpointError, load_module, read_checkpoint

@@ -32,18 +32,24 @@ def test_a_family_from_a_test_module_runs_through_every_command(reversal_root, t
     # its own decoder options are listed with the others in fit's help
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
-    assert "toy: length_offset=0" in " ".join(capsys.readouterr().out.split())
+    assert "toy: compile=False, length_offset=0" in " ".join(capsys.readouterr().out.split())
 
     # a fresh process imports the family's module from what the checkpoint records
     src = reversal_root / "test.src"
     lines = src.read_text(encoding="utf-8").splitlines()[:20]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    # translate's help, given the checkpoint, lists the family's own option with its doc
+    proc = subprocess.run([sys.executable, "-m", "nargen.cli.main", "translate", "--ckpt", str(ckpt), "--help"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "--length_offset" in proc.stdout
+    assert "Tokens added to the source's length" in " ".join(proc.stdout.split())
     outputs = {}
-    for offset in (0, 2):
+    for offset, flags in ((0, ["--decode_options", "{length_offset: 0}"]), (2, ["--length_offset", "2"])):
         out = tmp_path / f"out{offset}.txt"
         proc = subprocess.run(
             [sys.executable, "-m", "nargen.cli.main", "translate", "--ckpt", str(ckpt), "-i", str(src),
-             "-o", str(out), "--device", "cpu", "--decode-options", f"{{length_offset: {offset}}}"],
+             "-o", str(out), "--device", "cpu", *flags],
             capture_output=True, text=True, env=env, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr

@@ -81,7 +81,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reversal_r
     import time
 
     from conftest import assert_same_weights, reversal_config, reversal_overrides
-    from nargen.cli.fit import run_fit
+    from nargen.training.fit import run_fit
     from nargen.models import read_checkpoint
 
     extra = ("--model", "{preset: micro, dropout: 0.1}", "--trainer.checkpoint_every_steps", "10",
@@ -118,7 +118,7 @@ def test_last_checkpoint_holds_the_final_step_and_a_rerun_trains_no_further(reve
     leaves last.ckpt at its final update, and rerunning it resumes there: no update
     is trained twice and the weights stay as they were."""
     from conftest import reversal_config
-    from nargen.cli.fit import run_fit
+    from nargen.training.fit import run_fit
     from nargen.models import read_checkpoint
 
     run_dir, cache = tmp_path / "run", tmp_path / "cache"

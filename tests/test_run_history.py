@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from conftest import reversal_config
-from nargen.cli.config import ConfigError
-from nargen.cli.fit import run_fit
+from nargen.config import ConfigError
+from nargen.training.fit import run_fit
 from nargen.cli.main import main
 from nargen.models import load_module, read_checkpoint
 from nargen.training.averaging import average_checkpoints

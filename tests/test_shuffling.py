@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import assert_same_weights, reversal_config, reversal_overrides
-from nargen.cli.fit import run_fit
+from nargen.training.fit import run_fit
 from nargen.data import DataConfig, TokenBudgetBatchSampler, TranslationDataModule, token_budget_batches
 from nargen.models import read_checkpoint
 

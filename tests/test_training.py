@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from nargen.cli.fit import run_fit
+from nargen.training.fit import run_fit
 from nargen.core import TransformerConfig
 from nargen.models import (
     FAMILIES, AutoregressiveModule, CheckpointError, DecodeConfig, load_module, read_checkpoint,
@@ -180,7 +180,7 @@ def test_the_final_step_is_validated_when_max_steps_ends_inside_an_epoch(reversa
     """Validation once an epoch (val_every_steps unset); 30 steps end inside the second
     epoch, and those final weights must still be validated and saved as best."""
     from conftest import reversal_overrides
-    from nargen.cli.config import load_fit_config
+    from nargen.training.recipe import load_fit_config
 
     args = reversal_overrides(reversal_root, tmp_path / "run", tmp_path / "c", 30)
     i = args.index("--trainer.val_every_steps")
@@ -198,7 +198,7 @@ def test_the_final_step_is_validated_when_max_epochs_ends_between_validations(re
     """Validation every 10 steps; one epoch ends at a step that is no multiple of 10,
     and those final weights must still be validated."""
     from conftest import reversal_overrides
-    from nargen.cli.config import load_fit_config
+    from nargen.training.recipe import load_fit_config
 
     args = reversal_overrides(reversal_root, tmp_path / "run", tmp_path / "c", 1000,
                               "--trainer.max_epochs", "1")

@@ -3,12 +3,22 @@ and nargen's commands (fit, translate, evaluate, bench) take it by ``module:name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nargen.decoding import DecodeResult
+from nargen.decoding.options import DecodingOptions
 from nargen.models import Seq2SeqModule, register_family
+
+
+@dataclass
+class ToyDecoding(DecodingOptions):
+    """One pass at the source's length."""
+
+    length_offset: int = 0
+    """Tokens added to the source's length to make the output's."""
 
 
 @register_family
@@ -17,7 +27,7 @@ class ToyModule(Seq2SeqModule):
     (plus ``length_offset``): each output token is that position's argmax."""
 
     family = "toy"
-    decode_defaults = {"length_offset": 0}
+    decoding_options = ToyDecoding
 
     def _hidden(self, src: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         masks = torch.full(real.shape, self.tokenizer.special.mask, dtype=torch.long, device=src.device)

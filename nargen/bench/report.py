@@ -11,6 +11,7 @@ from typing import Any
 from nargen.bench import reports
 from nargen.plotting import Chart, Line, Point
 from nargen.bench.reports import bucket_name
+from nargen.evaluation import speculative_summary
 
 
 def _speedup(record: dict[str, Any], key: str) -> str:
@@ -21,12 +22,6 @@ def _speedup(record: dict[str, Any], key: str) -> str:
 def _number(record: dict[str, Any], key: str, spec: str) -> str:
     value = record.get(key)
     return format(value, spec) if value is not None else "-"
-
-
-def speculative_summary(record: dict[str, Any]) -> str:
-    """A speculative system's batch-1 target and drafter passes and acceptance, in words."""
-    return (f"{record['batch1_target_passes']:.2f} target and {record['batch1_draft_passes']:.2f} drafter "
-            f"passes, {100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
 
 
 def markdown_table(result: dict[str, Any]) -> str:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from nargen.cli.config import ConfigError, load_dataclass, read_yaml
+from nargen.config import ConfigError, load_dataclass, read_yaml
 from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
 from nargen.models import Seq2SeqModule, load_module
-from nargen.models.base import DecodeConfig, check_decode_options
+from nargen.models.base import DecodeConfig
 from nargen.decoding.precision import decoding_dtype
 
 
@@ -180,9 +180,7 @@ def run_bench(
             raise ConfigError(f"systems[{i}] ({system.name}): {', '.join(unknown)} does not "
                               f"apply to {system.ckpt}, a {module.family!r} checkpoint")
         try:
-            check_decode_options(module.family, module.decode_defaults,
-                                 {k: v for k, v in options.items() if k != "max_tokens"},
-                                 f"systems[{i}] ({system.name}).options", module.call_only_options)
+            module.check_options(options, f"systems[{i}] ({system.name}).options")
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if system.rerank_ckpt:
@@ -204,7 +202,7 @@ def run_bench(
             "training_data": system.training_data,
             "checkpoint": system.ckpt,
             "options": dict(system.options),
-            "decode_options": _plain(module.decode_options({k: v for k, v in system.options.items() if k != "max_tokens"})),
+            "decode_options": _plain(module.decode_options(system.options)),
             "rerank_ckpt": system.rerank_ckpt,
             "draft_ckpt": system.draft_ckpt,
             "data_signature": module.data_signature,

@@ -4,17 +4,17 @@ clipping, precision) but no validation, checkpoints or logs."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 
-from nargen.cli.config import FitConfig, parse_fit_args
-from nargen.cli.fit import build_module, close_process_group, set_threads
+from nargen.training.recipe import FitConfig, parse_fit_args
+from nargen.training.fit import build_module, close_process_group, set_threads
 from nargen.data import TranslationDataModule
 from nargen.training.precision import precision_settings
 from nargen.training.throughput import ThroughputMonitor
@@ -114,24 +114,26 @@ def train_throughput(config: FitConfig, steps: int, warmup_steps: int,
     return out
 
 
+@dataclass
+class BenchTrainSettings:
+    """How many updates are timed (training target tokens/s of the recipe over
+    ``steps`` updates after ``warmup_steps``; fit's training step, without validation,
+    checkpoints or logs)."""
+
+    steps: int = 60
+    """Updates timed."""
+    warmup_steps: int = 10
+    """Updates run first, not timed."""
+    profile_steps: int = 0
+    """Then profile this many more updates with torch.profiler and print where their
+    time went, by operator group (to stderr; 'profile' in the JSON)."""
+
+
 def cmd_bench_train(argv: list[str]) -> int:
-    """``nargen bench train RECIPE.yaml [--steps N] [--warmup-steps W] [--section.key VALUE ...]``."""
-    parser = argparse.ArgumentParser(
-        prog="nargen bench train",
-        description="Training target tokens/s of a recipe over N updates after W warm-up "
-                    "updates (fit's training step; no validation, checkpoints or logs). "
-                    "Other arguments are recipe overrides, as for nargen fit.",
-    )
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
-    parser.add_argument("--steps", type=int, default=60, help="updates timed")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="updates run first, not timed")
-    parser.add_argument("--profile-steps", type=int, default=0,
-                        help="then profile this many more updates with torch.profiler and "
-                             "print where their time went, by operator group (to stderr; "
-                             "'profile' in the JSON)")
-    args, overrides = parser.parse_known_args(argv)
-    config, _ = parse_fit_args(["--config", args.recipe, *overrides])
-    result = train_throughput(config, args.steps, args.warmup_steps, args.profile_steps)
+    """``nargen bench train RECIPE.yaml [--steps N] [--warmup_steps W] [--section.key VALUE ...]``:
+    the recipe's keys as for nargen fit, and ``BenchTrainSettings``."""
+    config, _, b = parse_fit_args(argv, extra=BenchTrainSettings)
+    result = train_throughput(config, b.steps, b.warmup_steps, b.profile_steps)
     if result is None:  # a worker process of a multi-process run
         return 0
     if "profile" in result:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from nargen.cli.config import parse_fit_args
+from nargen.training.recipe import parse_fit_args
 from nargen.data import TranslationDataModule
 
 
 def cmd_prepare(argv: list[str]) -> int:
     """Prepare the corpus a recipe trains on (``fit`` does the same on its first start),
     and print where it went, its size and its content digest."""
-    config, _ = parse_fit_args(argv)
+    config, _, _ = parse_fit_args(argv)
     corpus = TranslationDataModule(config.data).prepared
     meta = corpus.meta
     print(json.dumps({

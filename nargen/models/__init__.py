@@ -10,12 +10,12 @@ from nargen.models.parallel import CMLMModule, NATModule, ParallelModule
 from nargen.models.base import (
     DecodeConfig, NonFiniteTrainingError, OptimConfig, Seq2SeqModule, Translation,
 )
-from nargen.models.checkpoint import CheckpointError, load_module, read_checkpoint
+from nargen.models.checkpoint import CheckpointError, checkpoint_family, load_module, read_checkpoint
 from nargen.models.registry import FAMILIES, family_class, register_family
 
 __all__ = [
     "FAMILIES", "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "LatentModule", "InsertionModule", "NATModule",
     "ParallelModule", "CheckpointError", "DecodeConfig",
     "NonFiniteTrainingError", "OptimConfig", "Seq2SeqModule", "Translation", "load_module",
-    "family_class", "read_checkpoint", "register_family",
+    "checkpoint_family", "family_class", "read_checkpoint", "register_family",
 ]

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from nargen.decoding import DecodeResult, beam_search, greedy, sample
+from nargen.decoding.options import CALL_ONLY, LengthCapOptions, SamplingOptions
 from nargen.decoding.speculative import AutoregressiveDrafter, speculative
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
+
+
+@dataclass
+class AutoregressiveDecoding(LengthCapOptions, SamplingOptions):
+    """Greedy, beam search, sampling or speculative decoding, token by token."""
+
+    beam: int = 1
+    """Beam size (1: greedy)."""
+    length_penalty: float = 1.0
+    """Beam search: a hypothesis scores its log probability over length ** this."""
+    block: int = 4
+    """Speculative decoding: tokens drafted per verification pass."""
+    check_every: int | None = None
+    """Greedy and sampling: steps between reads of whether every sentence has ended
+    (default: 1 on a CPU, 8 on a GPU)."""
+    draft: Any = field(default=None, metadata=CALL_ONLY)
+    """A ``nargen.decoding.speculative.Drafter``: greedy runs as speculative decoding."""
 
 
 @register_family
@@ -17,12 +36,7 @@ class AutoregressiveModule(Seq2SeqModule):
     """Left-to-right decoder trained with label-smoothed cross-entropy; greedy or beam."""
 
     family = "autoregressive"
-    decode_defaults = {
-        "beam": 1, "length_penalty": 1.0, "max_len_a": 1.5, "max_len_b": 10,
-        "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None,
-        "draft": None, "block": 4, "compile": False, "check_every": None,
-    }
-    call_only_options = frozenset({"draft"})
+    decoding_options = AutoregressiveDecoding
     incremental = True
     legacy_decode_keys = ("beam", "length_penalty", "max_len_a", "max_len_b")
     speed_baseline = True

@@ -16,6 +16,7 @@ from nargen.core import Seq2SeqTransformer, TransformerConfig
 from nargen.data.batching import pad_sequences, token_budget_batches
 from nargen.data.tokenizer import EOS, PAD, Tokenizer
 from nargen.decoding import DecodeResult, SpecialIds
+from nargen.decoding.options import DecodingOptions, check_options, option_defaults
 
 
 @dataclass
@@ -66,29 +67,6 @@ def decode_config_from_metadata(legacy_keys: tuple[str, ...], values: dict[str, 
     return DecodeConfig(options=options, **values)
 
 
-def check_decode_options(family: str, defaults: dict[str, Any], options: dict[str, Any],
-                         where: str, call_only: frozenset[str] = frozenset()) -> None:
-    """Raise ``ValueError`` naming ``where``, the family and the option when ``options``
-    holds a name the family does not take (or only a caller can pass, ``call_only``), or
-    a value of the wrong type (the type of the option's default)."""
-    if not isinstance(options, dict):
-        raise ValueError(f"{where} must be a mapping, got {options!r}")
-    takes = sorted(set(defaults) - call_only)
-    for name, value in options.items():
-        if name not in defaults or name in call_only:
-            raise ValueError(f"{where}: {name} does not apply to the {family!r} family "
-                             f"(it takes: {', '.join(takes)})")
-        default = defaults[name]
-        if default is None:
-            continue
-        kind = type(default)
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise ValueError(f"{where}: {name} must be {kind.__name__}, got {value!r}")
-
-
 def inverse_sqrt_schedule(warmup_steps: int):
     """Multiplier ``step / warmup`` during warm-up, then ``sqrt(warmup / step)``."""
     warmup = max(1, warmup_steps)
@@ -132,13 +110,12 @@ class Seq2SeqModule(L.LightningModule):
 
     family: ClassVar[str] = ""
     options_class: ClassVar[type] = FamilyOptions
-    decode_defaults: ClassVar[dict[str, Any]] = {"compile": False}
-    """Every decoder option the family takes, with its default (``None``: any value);
-    every family also takes ``compile`` (through ``translate``: the encoder and the
-    decoder passes compiled with ``torch.compile``; an autoregressive decoder's steps
-    over a cache of fixed shapes)."""
-    call_only_options: ClassVar[frozenset[str]] = frozenset()
-    """Options only code can pass (a loaded reranker or drafter), not a recipe."""
+    decoding_options: ClassVar[type[DecodingOptions]] = DecodingOptions
+    """The family's decoder options: a dataclass extending ``DecodingOptions``, one
+    field per option with its type, default and docstring."""
+    decode_defaults: ClassVar[dict[str, Any]] = option_defaults(DecodingOptions)
+    """Every decoder option the family takes, with its default (from
+    ``decoding_options``)."""
     selection_metric: ClassVar[str] = "val_bleu"
     """The validation metric (higher is better) that picks the best checkpoints."""
     needs_init_from: ClassVar[bool] = False
@@ -309,10 +286,11 @@ class Seq2SeqModule(L.LightningModule):
 
     @torch.no_grad()
     def translate(
-        self, sentences: list[str], *, details: bool = False,
+        self, sentences: list[str], *, max_tokens: int | None = None, details: bool = False,
         progress: Callable[[int], Any] | None = None, **options: Any,
     ) -> Translation:
-        """Translate raw sentences in source-token-budget batches; one output each.
+        """Translate raw sentences in batches of at most ``max_tokens`` source tokens
+        (default: ``decode_config.max_tokens``); one output each.
 
         Empty inputs give empty outputs; inputs longer than the model's maximum are cut
         (their indices are reported in ``truncated``). Options go to ``generate``;
@@ -331,8 +309,8 @@ class Seq2SeqModule(L.LightningModule):
             {"tokens": [], "score": None, "passes": 0, "history": [], "nbest": []} for _ in sentences
         ] if details else []
         todo = [i for i, ids in enumerate(encoded) if ids]
-        max_tokens = options.pop("max_tokens", self.decode_config.max_tokens)
-        batches = token_budget_batches([len(encoded[i]) + 1 for i in todo], max_tokens)
+        batches = token_budget_batches([len(encoded[i]) + 1 for i in todo],
+                                       max_tokens or self.decode_config.max_tokens)
         passes = hit_cap = 0
         counts: dict[str, int] = {}
         compiled = self.model.compiled_passes
@@ -379,7 +357,14 @@ class Seq2SeqModule(L.LightningModule):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.decode_defaults = {**cls.decode_defaults, **Seq2SeqModule.decode_defaults}
+        cls.decode_defaults = option_defaults(cls.decoding_options)
+
+    @classmethod
+    def check_options(cls, options: Any, where: str, from_code: bool = False) -> None:
+        """Raise ``ValueError`` naming ``where`` when ``options`` holds an option this
+        family does not take (or one only code passes, a loaded drafter or reranker,
+        unless ``from_code``) or a value of the wrong type."""
+        check_options(cls.decoding_options, cls.family, options, where, from_code)
 
     def decoder_settings(self) -> dict[str, Any]:
         """This checkpoint's own settings (special ids, length limits, banned ids) for
@@ -411,7 +396,7 @@ class Seq2SeqModule(L.LightningModule):
         ``decode.options``, then ``options``. An option the family does not take, or a
         value of the wrong type, raises ``ValueError`` naming the family and the option."""
         options = dict(options or {})
-        check_decode_options(self.family, self.decode_defaults, options, "decoding")
+        self.check_options(options, "decoding", from_code=True)
         return {**self.decode_defaults, **self.decode_config.options, **options}
 
     # ---- checkpoint metadata ----------------------------------------------------------

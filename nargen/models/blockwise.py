@@ -31,7 +31,7 @@ from nargen.core.norms import RMSNorm
 from nargen.data.datamodule import collate_pairs
 from nargen.decoding import DecodeResult, greedy
 from nargen.decoding.speculative import HeadsDrafter, speculative
-from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.autoregressive import AutoregressiveDecoding, AutoregressiveModule
 from nargen.models.base import FamilyOptions
 from nargen.models.registry import register_family
 
@@ -76,6 +76,15 @@ class DraftHead(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+@dataclass
+class BlockwiseDecoding(AutoregressiveDecoding):
+    """Greedy in blocks the draft heads propose (``block``: tokens per block, at most
+    ``heads``; 0 decodes plain greedy)."""
+
+    draft_confidence: float = 0.0
+    """A block ends before a token its head gives less probability than this."""
+
+
 @register_family
 class BlockwiseModule(AutoregressiveModule):
     """An autoregressive model (copied from ``trainer.init_from`` and frozen) with draft
@@ -86,7 +95,7 @@ class BlockwiseModule(AutoregressiveModule):
 
     family = "blockwise"
     options_class = BlockwiseOptions
-    decode_defaults = {**AutoregressiveModule.decode_defaults, "draft_confidence": 0.0}
+    decoding_options = BlockwiseDecoding
     needs_init_from = True
     selection_metric = "val_accepted"
     speed_baseline = False  # its rows draft with heads: measured against the plain model's

@@ -35,6 +35,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def checkpoint_family(path: str | Path) -> type[Seq2SeqModule]:
+    """The family class of the checkpoint at ``path`` (its module imported if it is
+    defined outside the package), read without loading the weights."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        meta = state["nargen"]
+        return family_class(str(meta.get("family")), meta.get("family_module"))
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: cannot tell its family ({err})") from None
+
+
 def load_module(
     path: str | Path, family: str | None = None, map_location: str | torch.device | None = None
 ) -> Seq2SeqModule:

@@ -12,6 +12,7 @@ import torch
 
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult
+from nargen.decoding.options import DecodingOptions
 from nargen.decoding.ctc import ctc_beam, ctc_best_alignment, ctc_greedy, ctc_states
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
@@ -65,13 +66,23 @@ class CTCOptions(GlancingOptions):
             raise ValueError(f"upsample must be > 0, got {self.upsample}")
 
 
+@dataclass
+class CTCDecoding(DecodingOptions):
+    """Best-path collapse or prefix beam search over the alignment."""
+
+    beam: int = 1
+    """Prefix beam search's beam (1: collapse the most likely alignment)."""
+    length_penalty: float = 0.0
+    """Prefix beam search: a prefix scores its log probability over length ** this."""
+
+
 @register_family
 class CTCModule(Seq2SeqModule):
     """CTC NAT on the shared core (the ``CTCModel`` protocol of ``nargen.decoding``)."""
 
     family = "ctc"
     options_class = CTCOptions
-    decode_defaults = {"beam": 1, "length_penalty": 0.0}
+    decoding_options = CTCDecoding
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """Greedy collapse against prefix beam search (beam 5)."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult
+from nargen.decoding.options import DecodingOptions
 from nargen.decoding.dag import dag_greedy, dag_lookahead, dag_viterbi
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
@@ -96,13 +97,27 @@ def dag_best_alignment(
     return path.masked_fill(~feasible[:, None], -1)
 
 
+@dataclass
+class DAGDecoding(DecodingOptions):
+    """How the output path through the graph is found."""
+
+    decoder: Literal["greedy", "lookahead", "viterbi", "joint_viterbi"] = "lookahead"
+    """greedy: best link then best token; lookahead: link and token together; viterbi:
+    the best path of each length by links, then length-normalised; joint_viterbi: links
+    and tokens together."""
+    length_penalty: float = 1.0
+    """Viterbi: a path of length L scores its log probability over L ** this."""
+    dedup: bool = True
+    """Drop a token equal to the one before it, as the reference decoders do."""
+
+
 @register_family
 class DAGModule(Seq2SeqModule):
     """DA-Transformer (the ``DAGModel`` protocol of ``nargen.decoding``)."""
 
     family = "dag"
     options_class = DAGOptions
-    decode_defaults = {"decoder": "lookahead", "length_penalty": 1.0, "dedup": True}
+    decoding_options = DAGDecoding
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """The four path decoders side by side."""

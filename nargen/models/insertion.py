@@ -12,6 +12,7 @@ from torch import nn
 
 from nargen.core import Encoded
 from nargen.decoding import DecodeResult, insertion_decode
+from nargen.decoding.options import LengthCapOptions
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
 
@@ -111,6 +112,22 @@ def slot_targets(
     return SlotTargets(canvas, slot, weight, end_slots, terms.float())
 
 
+@dataclass
+class InsertionDecoding(LengthCapOptions):
+    """Insertion into every open slot a pass, or one insertion a pass."""
+
+    parallel: bool = True
+    """Insert in every open slot a pass (false: the single best insertion a pass)."""
+    close_ended_slots: bool = False
+    """Parallel: a slot that predicted end-of-slot stays closed at later passes
+    (default: every slot is scored afresh each pass)."""
+    eos_penalty: float = 0.0
+    """A slot ends only when ending beats its best insertion by this much in log
+    probability."""
+    keep_history: bool = False
+    """Keep the text after each pass (``translate --output_format jsonl``)."""
+
+
 @register_family
 class InsertionModule(Seq2SeqModule):
     """Insertion Transformer on the shared core: slot states from adjacent decoder
@@ -120,8 +137,7 @@ class InsertionModule(Seq2SeqModule):
     family = "insertion"
     options_class = InsertionOptions
     legacy_decode_keys = ("max_len_a", "max_len_b")
-    decode_defaults = {"parallel": True, "close_ended_slots": False, "max_len_a": 1.5, "max_len_b": 10,
-                       "eos_penalty": 0.0, "keep_history": False}
+    decoding_options = InsertionDecoding
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """Parallel against sequential insertion, the learned order, the end-of-slot

@@ -10,7 +10,7 @@ on the last latent predicts how many of that chunk's ``2^c`` positions are used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 import statistics
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 from nargen.core import Encoded, Seq2SeqTransformer
 from nargen.decoding import DecodeResult, SpecialIds, beam_search, greedy, sample
 from nargen.decoding.protocol import pad_rows
+from nargen.decoding.options import CALL_ONLY, LengthCapOptions, SamplingOptions
 from nargen.latent import QuantizerConfig, VectorQuantizer
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
@@ -86,14 +87,24 @@ def prior_words_of(rows: list[list[int]]) -> list[list[int]]:
     return [[w - PRIOR_OFFSET for w in row if w >= PRIOR_OFFSET] for row in rows]
 
 
+@dataclass
+class LatentDecoding(LengthCapOptions, SamplingOptions):
+    """The prior decodes the latent codes (greedy, beam or sampled), then one parallel
+    pass decodes the tokens; sampling options apply to the prior."""
+
+    latent_beam: int = 1
+    """The prior's beam; with ``rerank`` its k best latent sequences (or k samples, with
+    ``sampling``) are decoded and rescored."""
+    rerank: Any = field(default=None, metadata=CALL_ONLY)
+    """A ``nargen.decoding.Reranker`` that picks among the latent candidates."""
+
+
 @register_family
 class LatentModule(Seq2SeqModule):
     family = "latent"
     options_class = LatentOptions
     legacy_decode_keys = ("max_len_a", "max_len_b")
-    decode_defaults = {"latent_beam": 1, "max_len_a": 1.5, "max_len_b": 10,
-                       "sampling": False, "temperature": 1.0, "top_k": 0, "seed": None, "rerank": None}
-    call_only_options = frozenset({"rerank"})
+    decoding_options = LatentDecoding
     DIAGNOSED_LATENTS = ("prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents")
     """The latents ``nargen diagnose`` decodes from."""
 

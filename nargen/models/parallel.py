@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from nargen.core import Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
+from nargen.decoding.options import CALL_ONLY, DecodingOptions
 from nargen.decoding.speculative import ParallelDrafter
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
@@ -186,6 +187,29 @@ class ParallelModule(Seq2SeqModule):
         }
 
 
+@dataclass
+class NATDecoding(DecodingOptions):
+    """One parallel pass for each of the ``length_beam`` most likely lengths."""
+
+    length_beam: int = 1
+    """Output lengths tried, the predictor's most likely first."""
+    rerank: Any = field(default=None, metadata=CALL_ONLY)
+    """A ``nargen.decoding.Reranker`` (an autoregressive model) that picks among the
+    length beam's candidates (default: their own scores)."""
+
+
+@dataclass
+class CMLMDecoding(NATDecoding):
+    """Mask-predict: each iteration re-predicts the least confident tokens."""
+
+    iterations: int = 10
+    """Mask-predict iterations (decoder passes)."""
+    early_stop: bool = False
+    """Freeze a candidate once an iteration changes none of its tokens."""
+    keep_history: bool = False
+    """Keep the text after each iteration (``translate --output_format jsonl``)."""
+
+
 @register_family
 class NATModule(ParallelModule):
     """Vanilla NAT: one parallel pass over copied source embeddings (or masks), a
@@ -193,8 +217,7 @@ class NATModule(ParallelModule):
 
     family = "nat"
     options_class = NATOptions
-    decode_defaults = {"length_beam": 1, "rerank": None}
-    call_only_options = frozenset({"rerank"})
+    decoding_options = NATDecoding
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """Oracle length against the predicted one, in one pass."""
@@ -210,9 +233,7 @@ class CMLMModule(ParallelModule):
 
     family = "cmlm"
     options_class = CMLMOptions
-    decode_defaults = {"iterations": 10, "length_beam": 1, "early_stop": False,
-                       "keep_history": False, "rerank": None}
-    call_only_options = frozenset({"rerank"})
+    decoding_options = CMLMDecoding
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """Oracle length at each number of iterations, the order the model learned, and

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from nargen.cli.config import ConfigError
+from nargen.config import ConfigError
 
 RESUMABLE_CHANGES = {
     "trainer.max_steps", "trainer.max_epochs", "trainer.max_time_minutes", "trainer.threads",

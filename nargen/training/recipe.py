@@ -3,7 +3,6 @@ by jsonargparse (keys, types, defaults and docs in ``nargen fit --help``)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 from argparse import ArgumentError
@@ -11,15 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import ArgumentParser
 
+from nargen.config import (
+    ConfigError, add_dataclass_flags, dataclass_parser, from_namespace, load_dataclass, message, read_yaml, underscored,
+)
 from nargen.data import DataConfig
 from nargen.models import DecodeConfig, OptimConfig
-
-
-class ConfigError(ValueError):
-    """A recipe or override names an unknown key or holds a bad value."""
 
 
 @dataclass
@@ -114,61 +111,45 @@ class FitConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help (types and defaults) with the epilog's lines kept as written,
-    and the docstrings' ``literal`` markup shown as plain text."""
-
-    def _expand_help(self, action: argparse.Action) -> str:
-        return super()._expand_help(action).replace("``", "")
-
-
-def _parser(cls: type, prog: str, description: str) -> ArgumentParser:
-    """A jsonargparse parser whose keys, types, defaults and help are ``cls``'s fields."""
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False,
-                            default_meta=False, formatter_class=_HelpFormatter, print_config=None)
-    parser.add_class_arguments(cls, fail_untyped=False, sub_configs=True)
-    return parser
-
-
 def fit_parser() -> ArgumentParser:
     """``nargen fit``'s parser: a recipe (``--config``) and every key of :class:`FitConfig`."""
-    parser = _parser(FitConfig, "nargen fit", "Train a recipe and print its test BLEU. Every recipe key can\n"
+    parser = dataclass_parser(FitConfig, "nargen fit", "Train a recipe and print its test BLEU. Every recipe key can\n"
                      "be given as --section.key VALUE, after the recipe (which may also come first:\n"
                      "nargen fit RECIPE.yaml). Running a run_dir again resumes it.")
     parser.epilog = decoder_options_help()
     parser.add_argument("--config", action="config", help="YAML recipe, e.g. recipes/multi30k/ar_tiny.yaml")
-    parser.add_argument("--print-config", action="store_true",
+    parser.add_argument("--print_config", action="store_true",
                         help="print the resolved recipe (YAML, re-usable as --config) and exit")
     return parser
 
 
 def decoder_options_help() -> str:
     """Each family's decoder options (``decode.options``) with their defaults."""
+    from nargen.decoding.options import option_fields
     from nargen.models import FAMILIES
 
     lines = ["decoder options (decode.options, decode.validation, eval.decodes; the same names\n"
              "as translate's flags and the Python API's keywords), by family:"]
     for name in sorted(FAMILIES):
         family = FAMILIES[name]
-        options = ", ".join(f"{k}={v!r}" for k, v in family.decode_defaults.items()
-                            if k not in family.call_only_options)
+        options = ", ".join(f"{f.name}={f.default!r}" for f in option_fields(family.decoding_options)
+                            if not f.call_only)
         lines.append(f"  {name}: {options}")
     return "\n".join(lines)
 
 
-def _message(err: Exception) -> str:
-    return " ".join(str(err).split())
-
-
-def parse_fit_args(args: list[str]) -> tuple[FitConfig, bool]:
-    """The checked recipe that ``nargen fit ARGS`` names, and whether ``--print-config``
-    was asked for. Unknown keys and bad values are named before any data is read: in the
-    recipe file when it is wrong on its own, else in the command line."""
-    args = list(args)
+def parse_fit_args(args: list[str], extra: type | None = None) -> tuple[FitConfig, bool, Any]:
+    """The checked recipe that ``nargen fit ARGS`` names, whether ``--print_config`` was
+    asked for, and the settings of dataclass ``extra`` (a command's own flags beside the
+    recipe's keys; None without it). Unknown keys and bad values are named before any
+    data is read: in the recipe file when it is wrong on its own, else in the command
+    line."""
+    args = [underscored(arg) for arg in args]
     if args and not args[0].startswith("-"):
         args[0:1] = ["--config", args[0]]  # nargen fit RECIPE.yaml
     parser = fit_parser()
+    if extra is not None:
+        add_dataclass_flags(parser, extra, extra.__doc__)
     for i, arg in enumerate(args[:-1]):
         if arg == "--config":
             path = Path(args[i + 1])
@@ -176,13 +157,16 @@ def parse_fit_args(args: list[str]) -> tuple[FitConfig, bool]:
             try:
                 parser.parse_path(path)
             except (ArgumentError, ValueError, TypeError) as err:
-                raise ConfigError(f"{path}: {_message(err)}") from None
+                raise ConfigError(f"{path}: {message(err)}") from None
     try:
         namespace = parser.parse_args(args)
     except (ArgumentError, ValueError, TypeError) as err:
-        raise ConfigError(f"command line: {_message(err)}") from None
+        raise ConfigError(f"command line: {message(err)}") from None
     print_config = namespace.pop("print_config")
     namespace.pop("config", None)
+    settings = from_namespace(extra, namespace) if extra is not None else None
+    for name in vars(settings) if settings is not None else ():
+        namespace.pop(name)
     config = FitConfig(**vars(parser.instantiate(namespace)))
     check_family_and_model(config)
     if config.eval.average_best < 0 or config.eval.average_best > config.trainer.keep_best:
@@ -190,7 +174,7 @@ def parse_fit_args(args: list[str]) -> tuple[FitConfig, bool]:
                           f"(the checkpoints it averages), got {config.trainer.keep_best}")
     if config.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("trainer.tensorboard needs the tensorboard package: pip install tensorboard")
-    return config, print_config
+    return config, print_config, settings
 
 
 def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
@@ -198,36 +182,10 @@ def load_fit_config(path: str | Path | None, overrides: list[str]) -> FitConfig:
     return parse_fit_args((["--config", str(path)] if path is not None else []) + list(overrides))[0]
 
 
-def load_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, type-checked; errors name ``where``."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where} must be a mapping, got {values!r}")
-    parser = _parser(cls, where, "")
-    try:
-        return cls(**vars(parser.instantiate(parser.parse_object(values))))
-    except (ArgumentError, ValueError, TypeError) as err:
-        raise ConfigError(f"{where}: {_message(err)}") from None
-
-
-def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping a YAML file holds; errors name the file (``what``: recipe, spec...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such {what}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
-    return values
-
-
 def check_family_and_model(config: FitConfig) -> None:
     """Fail before any data is read when the family, its options or the model are wrong."""
     from nargen.core import TransformerConfig
     from nargen.models import family_class
-    from nargen.models.base import check_decode_options
 
     try:
         family = family_class(config.family)
@@ -237,11 +195,8 @@ def check_family_and_model(config: FitConfig) -> None:
     named = [("decode.options", config.decode.options), ("decode.validation", config.decode.validation)]
     named += [(f"eval.decodes[{i}]", d) for i, d in enumerate(config.eval.decodes)]
     for where, options in named:
-        if isinstance(options, dict) and "eval" in where:
-            options = {k: v for k, v in options.items() if k != "max_tokens"}
         try:
-            check_decode_options(family.family, family.decode_defaults, options, where,
-                                 family.call_only_options)
+            family.check_options(options, where)
         except ValueError as err:
             raise ConfigError(str(err)) from None
     model = dict(config.model)

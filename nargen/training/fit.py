@@ -16,8 +16,9 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from nargen.cli.config import ConfigError, FitConfig, TrainerConfig, to_dict
-from nargen.cli.run_history import check_resume, move_aside
+from nargen.config import ConfigError
+from nargen.training.recipe import FitConfig, TrainerConfig, to_dict
+from nargen.training.run_history import check_resume, move_aside
 from nargen.core import TransformerConfig
 from nargen.data import TranslationDataModule
 from nargen.data.corpora import read_split
