@@ -83,7 +83,7 @@ def main() -> int:
                 continue
             key, value = setting.split("=", 1)
             if key == "draft":
-                from nargen.cli.options import load_drafter
+                from nargen.models import load_drafter
 
                 options[key] = load_drafter(value, module, ckpt)
                 continue

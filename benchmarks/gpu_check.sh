@@ -63,7 +63,7 @@ pack
 
 spec=${BENCH_SPEC:-recipes/multi30k/bench/gpu_check.yaml}
 stage "bench $spec"
-nargen bench systems --spec "$spec" --out "$work/bench" --latency-sentences 200 --skip-missing \
+nargen bench systems --spec "$spec" --out "$work/bench" --latency_sentences 200 --skip_missing \
     > "$work/bench.log" 2>&1
 echo "exit $?"
 cat "$work/bench/bench.md" 2>/dev/null

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from nargen.cli.options import load_drafter
+from nargen.models import load_drafter
 from nargen.decoding import greedy
 from nargen.decoding.speculative import HeadsDrafter, speculative
 from nargen.models import load_module

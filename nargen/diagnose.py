@@ -288,7 +288,7 @@ def insertion_rows(module: Seq2SeqModule, run: DiagnosticRun) -> dict[str, Any]:
         run.log(f"insertion {mode}: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
         if parallel:
             report["passes_by_length"] = passes_by_length(decoded)
-    report["insertion"] = rows
+    report["slot_decoding"] = rows
     report["learned_order"] = orders
     if run.eos_penalties:
         report["reference_mean_length"] = round(statistics.fmean(
@@ -397,14 +397,14 @@ def markdown(report: dict[str, Any]) -> str:
         out += _table(["policy", *header[1:]], _pivot(report["order"], "policy", steps))
         out += ["", "Kept tokens are always the model's own predictions; the policy only chooses "
                 "which are kept after each iteration.", ""]
-    if "insertion" in report:
+    if "slot_decoding" in report:
         out += ["## Insertion decoding", ""]
         out += _table(
             ["decoding", "end-of-slot penalty", "BLEU", "chrF", "mean passes", "ceil(log2(n+1))+1", "mean length"],
             [[r["decoding"], r.get("eos_penalty", 0.0), r["bleu"], r["chrf"], r["mean_passes"],
-              r["mean_tree_passes"], r["mean_length"]] for r in report["insertion"]],
+              r["mean_tree_passes"], r["mean_length"]] for r in report["slot_decoding"]],
         )
-        signature = report["insertion"][0]["bleu_signature"]
+        signature = report["slot_decoding"][0]["bleu_signature"]
         out.append("")
     if "eos_penalty" in report:
         out += ["## End-of-slot penalty (a slot ends only when ending beats its best insertion by this much)", "",
@@ -413,18 +413,18 @@ def markdown(report: dict[str, Any]) -> str:
                       [[r["decoding"], r["eos_penalty"], r["bleu"], r["chrf"], r["mean_length"], r["mean_passes"]]
                        for r in report["eos_penalty"]])
         out.append("")
-    if "latent" in report:
+    if "latent_sources" in report:
         out += ["## Latents: the prior against the reference's own latents", ""]
         out += _table(["latents", "BLEU", "chrF", "mean latents", "mean passes", "codebook perplexity",
                        "live codes", "mean length"],
                       [[r["latents"], r["bleu"], r["chrf"], r["mean_latents"], r["mean_passes"],
-                        r["codebook_perplexity"], r["live_codes"], r["mean_length"]] for r in report["latent"]])
-        buckets = [b["lengths"] for b in report["latent"][0]["bleu_by_length"]]
+                        r["codebook_perplexity"], r["live_codes"], r["mean_length"]] for r in report["latent_sources"]])
+        buckets = [b["lengths"] for b in report["latent_sources"][0]["bleu_by_length"]]
         out += ["", "BLEU by reference length (target tokens; sentences per bucket in brackets):", ""]
-        counts = {b["lengths"]: b["sentences"] for b in report["latent"][0]["bleu_by_length"]}
+        counts = {b["lengths"]: b["sentences"] for b in report["latent_sources"][0]["bleu_by_length"]}
         out += _table(["latents", *(f"{b} ({counts[b]})" for b in buckets)],
-                      [[r["latents"], *(b["bleu"] for b in r["bleu_by_length"])] for r in report["latent"]])
-        signature = report["latent"][0]["bleu_signature"]
+                      [[r["latents"], *(b["bleu"] for b in r["bleu_by_length"])] for r in report["latent_sources"]])
+        signature = report["latent_sources"][0]["bleu_signature"]
         out += ["", "Passes are one sentence's alone: the prior's latents plus its end step, then one "
                 "decoder pass (rows that take the count or the latents from the reference: the "
                 "decoder pass only). `oracle count`: the prior's own greedy choices, held to as many "
@@ -491,8 +491,8 @@ def charts(report: dict[str, Any]) -> list[Chart]:
             mine = [r for r in report["eos_penalty"] if r["decoding"] == mode]
             chart.lines.append(Line(mode, [r["eos_penalty"] for r in mine], [r["bleu"] for r in mine]))
         found.append(chart)
-    if "latent" in report:
-        found += latent_charts(report["latent"])
+    if "latent_sources" in report:
+        found += latent_charts(report["latent_sources"])
     return found
 
 

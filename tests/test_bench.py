@@ -87,7 +87,7 @@ def test_bench_without_batch_one_timing_still_writes_its_table(trained_run, reve
         {"name": "AR greedy", "ckpt": ar}, {"name": "AR beam 2", "ckpt": ar, "options": {"beam": 2}},
     ])
     out = tmp_path / "out"
-    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency-sentences", "0"]) == 0
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency_sentences", "0"]) == 0
     (greedy, beam) = json.loads((out / "bench.json").read_text())["records"]
     assert "batch1_ms_mean" not in greedy and "speedup_batch1_vs_greedy" not in beam
     assert greedy["speedup_batched_vs_greedy"] == beam["speedup_batched_vs_beam"] == 1.0
@@ -110,7 +110,7 @@ def test_bench_baselines_follow_the_options_used_and_skip_drafted_systems(traine
         {"name": "AR greedy", "ckpt": str(beam_by_default), "options": {"beam": 1}},
     ])
     out = tmp_path / "out"
-    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency-sentences", "0"]) == 0
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--latency_sentences", "0"]) == 0
     records = {r["system"]: r for r in json.loads((out / "bench.json").read_text())["records"]}
     assert records["AR own beam"]["decode_options"]["beam"] == 2
     assert {r["greedy_baseline"] for r in records.values()} == {"AR greedy"}
@@ -139,8 +139,8 @@ def test_a_missing_checkpoint_is_named_or_left_out_on_request(trained_run, rever
     assert main(["bench", "systems", "--spec", str(spec), "--out", str(out)]) == 2
     assert f"systems[1] (NAT k=2): no checkpoint {absent}" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--skip-missing",
-                 "--latency-sentences", "0"]) == 0
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--skip_missing",
+                 "--latency_sentences", "0"]) == 0
     result = json.loads((out / "bench.json").read_text())
     assert [r["system"] for r in result["records"]] == ["AR greedy"]
     assert result["left_out"] == [{"system": "NAT k=2", "missing": [absent]},

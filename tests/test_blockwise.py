@@ -9,7 +9,7 @@ import torch
 
 from nargen.config import ConfigError
 from nargen.training.fit import run_fit
-from nargen.cli.options import load_drafter
+from nargen.models import load_drafter
 from nargen.data import read_split
 from nargen.data.batching import pad_sequences
 from nargen.decoding import HeadsDrafter, greedy
@@ -126,7 +126,7 @@ def test_teacher_forced_acceptance_matches_what_decoding_accepts(sources):
 
 @pytest.mark.slow
 def test_the_heads_draft_for_the_plain_model_as_a_drafter_checkpoint(blockwise_run, trained_run, sources):
-    """``--draft-ckpt`` with a blockwise checkpoint: its heads read the target's states."""
+    """``--draft_ckpt`` with a blockwise checkpoint: its heads read the target's states."""
     blockwise, src = sources
     ar_path = trained_run / "checkpoints" / "best.ckpt"
     module = load_module(ar_path)

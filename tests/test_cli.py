@@ -47,7 +47,7 @@ def test_translate_reports_bad_utf8_line(trained_run, monkeypatch, capsys):
 def test_evaluate_prints_bleu_chrf_signatures_and_speed(trained_run, reversal_root, capsys):
     code = main(["evaluate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
-                 "--beam", "2", "--json", "--latency-sentences", "5"])
+                 "--beam", "2", "--json", "--latency_sentences", "5"])
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     assert record["bleu"] > 80 and record["chrf"] > 80
@@ -247,7 +247,7 @@ def test_translate_in_bf16_keeps_one_line_per_input(trained_run, tmp_path):
 def test_evaluate_shows_progress_when_asked(trained_run, reversal_root, capsys):
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     assert main(["evaluate", "--ckpt", str(ckpt), "--src", str(reversal_root / "test.src"),
-                 "--ref", str(reversal_root / "test.tgt"), "--latency-sentences", "5", "--progress"]) == 0
+                 "--ref", str(reversal_root / "test.tgt"), "--latency_sentences", "5", "--progress"]) == 0
     err = capsys.readouterr().err
     assert "batched" in err and "batch-1" in err
 
@@ -282,7 +282,7 @@ def test_translate_jsonl_nbest_matches_beam_search_and_files_keep_alignment(trai
     source.write_text("ka lo mi\n\nnu pe ro su\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
     assert main(["translate", "--ckpt", str(ckpt), "-i", str(source), "-o", str(out), "--beam", "3",
-                 "--nbest", "3", "--output-format", "jsonl"]) == 0
+                 "--nbest", "3", "--output_format", "jsonl"]) == 0
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(records) == 3 and records[1]["text"] == "" and records[1]["nbest"] == []
     module = load_module(ckpt)
@@ -301,7 +301,7 @@ def test_translate_jsonl_nbest_matches_beam_search_and_files_keep_alignment(trai
 @pytest.mark.slow
 def test_translate_history_shows_each_refinement_pass(trained_cmlm, capsys, monkeypatch):
     code, out = run_cli(["translate", "--ckpt", str(trained_cmlm), "--iterations", "3", "--keep_history",
-                         "--output-format", "jsonl"], b"ka lo mi\n", monkeypatch, capsys)
+                         "--output_format", "jsonl"], b"ka lo mi\n", monkeypatch, capsys)
     assert code == 0
     record = json.loads(out.out)
     assert len(record["history"]) == 3 and record["history"][-1] == record["text"]

@@ -113,7 +113,7 @@ def test_sequential_insertion_takes_one_pass_per_token_plus_one(trained_insertio
     module = load_module(trained_insertion, family="insertion")
     report = diagnose(module, test_split.source[:40], test_split.target[:40], max_tokens=300,
                       eos_penalties=(0.0, 1e4))
-    rows = {r["decoding"]: r for r in report["insertion"]}
+    rows = {r["decoding"]: r for r in report["slot_decoding"]}
     assert rows["sequential"]["mean_passes"] == pytest.approx(rows["sequential"]["mean_length"] + 1)
     assert rows["parallel"]["mean_passes"] < rows["sequential"]["mean_passes"]
     orders = {r["decoding"]: r for r in report["learned_order"]}
@@ -132,7 +132,7 @@ def test_diagnose_command_writes_json_markdown_and_plots(trained_cmlm, reversal_
     out = tmp_path / "diag"
     code = main(["diagnose", "--ckpt", str(trained_cmlm), "--src", str(reversal_root / "test.src"),
                  "--ref", str(reversal_root / "test.tgt"), "--out", str(out), "--limit", "20",
-                 "--iterations", "1", "3"])
+                 "--iteration_counts", "1", "3"])
     assert code == 0
     report = json.loads((out / "diagnose.json").read_text())
     assert report["sentences"] == 20 and report["teacher"] is None
@@ -157,10 +157,10 @@ def test_diagnose_decodes_insertion_with_the_penalty_given(trained_insertion, re
     out = tmp_path / "diag"
     code = main(["diagnose", "--ckpt", str(trained_insertion), "--src", str(reversal_root / "test.src"),
                  "--ref", str(reversal_root / "test.tgt"), "--out", str(out), "--limit", "10",
-                 "--eos-penalty", "1.5", "--eos-penalties"])
+                 "--eos_penalty", "1.5", "--eos_penalties"])
     assert code == 0
     report = json.loads((out / "diagnose.json").read_text())
-    assert [r["eos_penalty"] for r in report["insertion"]] == [1.5, 1.5] and "eos_penalty" not in report
+    assert [r["eos_penalty"] for r in report["slot_decoding"]] == [1.5, 1.5] and "eos_penalty" not in report
 
 
 def test_diagnose_refuses_an_autoregressive_checkpoint(trained_run, reversal_root, tmp_path, capsys):

@@ -14,8 +14,8 @@ from nargen.data import read_split
 
 def distill_args(ckpt, root, out, *extra):
     return ["distill", "--ckpt", str(ckpt), "--corpus", "reversal", "--root", str(root),
-            "--pair", "src-tgt", "--split", "train", "--copy-splits", "val", "test",
-            "--out", str(out), "--chunk-lines", "150", *extra]
+            "--pair", "src-tgt", "--split", "train", "--copy_splits", "val", "test",
+            "--out", str(out), "--chunk_lines", "150", *extra]
 
 
 def test_killed_distill_resumes_to_the_uninterrupted_output(trained_run, reversal_root, tmp_path, capsys):

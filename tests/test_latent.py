@@ -70,7 +70,7 @@ def test_latent_model_learns_to_reverse_and_oracle_latents_bound_the_prior(train
     assert oracle_exact >= prior_exact
     from nargen.diagnose import diagnose
     report = diagnose(module, test.source[:40], test.target[:40], max_tokens=300)
-    rows = {r["latents"]: r for r in report["latent"]}
+    rows = {r["latents"]: r for r in report["latent_sources"]}
     assert set(rows) == {"prior greedy", "prior beam 4", "prior greedy, oracle count", "oracle latents"}
     # held to the reference's latent count, the prior writes exactly that many latents
     assert rows["prior greedy, oracle count"]["mean_latents"] == rows["oracle latents"]["mean_latents"]

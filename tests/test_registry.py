@@ -61,7 +61,7 @@ def test_a_family_from_a_test_module_runs_through_every_command(reversal_root, t
 
     # trained well enough that its outputs are the reversed sources, mostly
     assert main(["evaluate", "--ckpt", str(ckpt), "--src", str(src), "--ref", str(reversal_root / "test.tgt"),
-                 "--json", "--latency-sentences", "5"]) == 0
+                 "--json", "--latency_sentences", "5"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["family"] == "toy" and record["bleu"] > 30, record["bleu"]
 

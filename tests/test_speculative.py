@@ -168,9 +168,9 @@ def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal
     import json
 
     code = main(["evaluate", "--ckpt", str(trained_run / "checkpoints" / "best.ckpt"),
-                 "--draft-ckpt", str(trained_cmlm), "--block", "3", "--json",
+                 "--draft_ckpt", str(trained_cmlm), "--block", "3", "--json",
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
-                 "--latency-sentences", "3"])
+                 "--latency_sentences", "3"])
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     # a NAT/CMLM drafter runs one pass per verification pass
@@ -246,6 +246,6 @@ def test_translate_with_a_drafter_takes_a_line_as_long_as_the_model(trained_run,
     assert main(["translate", "--ckpt", ckpt, "-i", str(source), "-o", str(plain)]) == 0
     for block in (1, 4, 8):
         drafted = tmp_path / f"drafted{block}.out"
-        assert main(["translate", "--ckpt", ckpt, "--draft-ckpt", str(trained_cmlm), "--block", str(block),
+        assert main(["translate", "--ckpt", ckpt, "--draft_ckpt", str(trained_cmlm), "--block", str(block),
                      "-i", str(source), "-o", str(drafted)]) == 0
         assert drafted.read_text(encoding="utf-8") == plain.read_text(encoding="utf-8")

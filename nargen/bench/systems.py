@@ -17,10 +17,9 @@ from typing import Any, Callable
 
 import torch
 from nargen.config import ConfigError, load_dataclass, read_yaml
-from nargen.cli.options import load_drafter, load_reranker, unknown_options
 from nargen.data.corpora import default_root, read_split
 from nargen.evaluation import evaluate
-from nargen.models import Seq2SeqModule, load_module
+from nargen.models import Seq2SeqModule, load_drafter, load_module, load_reranker
 from nargen.models.base import DecodeConfig
 from nargen.decoding.precision import decoding_dtype
 
@@ -175,7 +174,7 @@ def run_bench(
         module = modules[system.ckpt]
         options = dict(system.options)
         extra = (["rerank"] if system.rerank_ckpt else []) + (["draft"] if system.draft_ckpt else [])
-        unknown = unknown_options(module, list(options) + extra)
+        unknown = [name for name in list(options) + extra if name not in module.decode_defaults]
         if unknown:
             raise ConfigError(f"systems[{i}] ({system.name}): {', '.join(unknown)} does not "
                               f"apply to {system.ckpt}, a {module.family!r} checkpoint")

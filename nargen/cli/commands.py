@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from nargen.config import ConfigError, POSITIONAL, add_dataclass_flags, command_parser, from_namespace, parse
-from nargen.cli.decoding import Batching, parallel_lines
+from nargen.cli.decoding import (
+    Batching, add_decoder_option_flags, command_line_options, decoder_families, parallel_lines,
+)
 from nargen.data.corpora import NAMED_CORPORA, default_root, download
 from nargen.data.corpus import read_lines
 from nargen.models import load_module
@@ -53,14 +55,15 @@ class DiagnoseSettings:
     """Folder for diagnose.json, diagnose.md and the plots."""
     teacher_ckpt: str | None = None
     """Autoregressive checkpoint (same tokenizer) for the easiest-first order."""
-    iterations: list[int] = field(default_factory=lambda: [1, 2, 4, 10])
+    iteration_counts: list[int] = field(default_factory=lambda: [1, 2, 4, 10])
     """Refinement passes tried, where the family refines its output."""
     length_beams: list[int] = field(default_factory=lambda: [1, 5])
     """Predicted-length beams set against the reference length, where the family predicts one."""
-    seed: int = 1
+    order_seed: int = 1
     """Seed of the random order."""
     decode_options: dict[str, Any] | None = None
-    """Decoder options replacing the checkpoint's own (decode.options) as a YAML mapping."""
+    """Decoder options replacing the checkpoint's own (decode.options) as a YAML mapping;
+    an option's own flag overrides it."""
     eos_penalties: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 4.0])
     """End-of-slot penalties also decoded at, where the family inserts (none: skip)."""
     limit: int = 0
@@ -73,24 +76,25 @@ def cmd_diagnose(argv: list[str]) -> int:
     """``nargen diagnose``: oracle length, oracle order and the learned order of a parallel checkpoint."""
     from nargen.diagnose import diagnose, markdown, write_report
 
-    d, batching = settings_of("nargen diagnose", cmd_diagnose.__doc__, argv, DiagnoseSettings, Batching)
+    parser = command_parser("nargen diagnose", cmd_diagnose.__doc__)
+    add_dataclass_flags(parser, DiagnoseSettings)
+    add_dataclass_flags(parser, Batching, "batching")
+    names = add_decoder_option_flags(parser, decoder_families(argv))
+    namespace = parse(parser, argv)
+    d, batching = from_namespace(DiagnoseSettings, namespace), from_namespace(Batching, namespace)
     if d.threads:
         torch.set_num_threads(d.threads)
     module = load_module(d.ckpt, map_location=_device())
-    if d.decode_options:
-        try:
-            module.check_options(d.decode_options, "--decode_options")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        module.decode_config.options = {**module.decode_config.options, **d.decode_options}
+    options = command_line_options(d.decode_options, namespace, names, module)
+    module.decode_config.options = {**module.decode_config.options, **options}
     teacher = load_module(d.teacher_ckpt, map_location=_device()) if d.teacher_ckpt else None
     sources, refs = parallel_lines(d.src, d.ref)
     if d.limit:
         sources, refs = sources[: d.limit], refs[: d.limit]
     try:
         report = diagnose(
-            module, sources, refs, teacher=teacher, iterations=tuple(d.iterations),
-            length_beams=tuple(d.length_beams), seed=d.seed,
+            module, sources, refs, teacher=teacher, iterations=tuple(d.iteration_counts),
+            length_beams=tuple(d.length_beams), seed=d.order_seed,
             max_tokens=batching.max_tokens or module.decode_config.max_tokens,
             eos_penalties=tuple(d.eos_penalties), log=lambda message: print(message, file=sys.stderr),
         )

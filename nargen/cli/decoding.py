@@ -14,7 +14,7 @@ import torch
 from jsonargparse import ArgumentParser, Namespace
 
 from nargen.config import ConfigError, add_dataclass_flags, add_flag, command_parser, from_namespace, parse
-from nargen.cli.options import load_drafter, load_reranker
+from nargen.models import load_drafter, load_reranker
 from nargen.data import CorpusError
 from nargen.data.corpora import default_root
 from nargen.data.corpus import read_lines
@@ -103,24 +103,30 @@ def load_for_decoding(run: CheckpointDecoding) -> Seq2SeqModule:
     return module
 
 
-def decoder_options(run: CheckpointDecoding, namespace: Namespace, names: list[str],
-                    module: Seq2SeqModule) -> dict[str, Any]:
-    """The decoder options of the command line (``--decode_options``, then each option's
-    flag), checked against ``module``'s family; a reranker or drafter loaded."""
-    options: dict[str, Any] = dict(run.decode_options or {})
+def command_line_options(mapping: dict[str, Any] | None, namespace: Namespace, names: list[str],
+                         module: Seq2SeqModule, loaded: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``--decode_options`` (``mapping``) updated by each decoder option's flag given
+    (``names``: those ``add_decoder_option_flags`` made), checked against ``module``'s
+    family; ``loaded``: call-only options a ``--X_ckpt`` flag will load."""
     given = {name: namespace[name] for name in names if namespace[name] is not None}
-    takes = module.decode_defaults
-    refused = [name for name in given if name not in takes]
-    refused += [f"{what}_ckpt" for what in ("rerank", "draft")
-                if getattr(run, f"{what}_ckpt") and what not in takes]
+    refused = ["--" + name for name in given if name not in module.decode_defaults]
+    refused += [f"--{name}_ckpt" for name in loaded if name not in module.decode_defaults]
     if refused:
-        raise ConfigError(f"{', '.join('--' + name for name in refused)} does not apply to a "
-                          f"{module.family!r} checkpoint")
-    options.update(given)
+        raise ConfigError(f"{', '.join(refused)} does not apply to a {module.family!r} checkpoint")
+    options = {**(mapping or {}), **given}
     try:
         module.check_options(options, "--decode_options")
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    return options
+
+
+def decoder_options(run: CheckpointDecoding, namespace: Namespace, names: list[str],
+                    module: Seq2SeqModule) -> dict[str, Any]:
+    """The decoder options of the command line, checked against ``module``'s family; a
+    reranker or drafter loaded."""
+    loaded = tuple(name for name in ("rerank", "draft") if getattr(run, f"{name}_ckpt"))
+    options = command_line_options(run.decode_options, namespace, names, module, loaded)
     if run.rerank_ckpt:
         options["rerank"] = load_reranker(run.rerank_ckpt, module, run.ckpt)
     if run.draft_ckpt:

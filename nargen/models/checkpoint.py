@@ -12,6 +12,8 @@ import torch
 import nargen.models.families  # noqa: F401  (registers nargen's own families)
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import family_class
+from nargen.decoding import autoregressive_reranker
+from nargen.decoding.speculative import Drafter
 
 
 class CheckpointError(ValueError):
@@ -67,3 +69,27 @@ def load_module(
     module = module_class.from_metadata(meta)
     module.load_state_dict(state["state_dict"])
     return module.to(map_location).eval()
+
+
+def load_reranker(path: str, module: Seq2SeqModule, owner: str) -> Any:
+    """An autoregressive checkpoint as a length-beam reranker for ``module`` (loaded
+    from ``owner``, in ``module``'s dtype); both must share one tokenizer."""
+    reranker = load_module(path, map_location=module.device).to(dtype=module.dtype)
+    if not reranker.incremental:
+        raise CheckpointError(f"{path}: a reranker scores token by token (autoregressive); "
+                              f"this is a {reranker.family!r} checkpoint")
+    if reranker.tokenizer.model_bytes != module.tokenizer.model_bytes:
+        raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
+    reranker.eval()
+    return autoregressive_reranker(reranker.model, reranker.ids)
+
+
+def load_drafter(path: str, module: Seq2SeqModule, owner: str) -> Drafter:
+    """A checkpoint as the drafter of speculative decoding for ``module`` (loaded from
+    ``owner``, in ``module``'s dtype), as its family drafts (``Seq2SeqModule.as_drafter``);
+    both models must share one tokenizer."""
+    drafter = load_module(path, map_location=module.device).to(dtype=module.dtype)
+    if drafter.tokenizer.model_bytes != module.tokenizer.model_bytes:
+        raise CheckpointError(f"{path}: its tokenizer differs from {owner}'s")
+    drafter.eval()
+    return drafter.as_drafter()

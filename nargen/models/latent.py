@@ -368,4 +368,4 @@ class LatentModule(Seq2SeqModule):
                          "bleu_by_length": bleu_by_length(module, decoded, references, ref_lengths),
                          "passes_by_length": passes_by_length(decoded) if prior_runs else []})
             log(f"latent {name}: BLEU {rows[-1]['bleu']}")
-        return {"latent": rows}
+        return {"latent_sources": rows}
