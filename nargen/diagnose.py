@@ -37,7 +37,7 @@ import torch
 
 from nargen.data.batching import token_budget_batches
 from nargen.decoding import DecodeResult, mask_predict
-from nargen.decoding.remask import (
+from nargen.orderings.commitment import (
     RemaskPolicy, by_priority, confidence, left_to_right, oracle, oracle_all, random_order,
 )
 from nargen.evaluation import score

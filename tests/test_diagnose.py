@@ -13,7 +13,7 @@ import torch
 from nargen.cli.main import main
 from nargen.data import read_split
 from nargen.decoding import mask_predict
-from nargen.decoding.remask import oracle_all
+from nargen.orderings.commitment import oracle_all
 from nargen.diagnose import Batch, decode_all, diagnose, make_batches, run_with, scored
 from nargen.models import load_module
 from conftest import train_parallel

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nargen.decoding.remask import (
+from nargen.orderings.commitment import (
     RemaskState, by_priority, confidence, left_to_right, oracle, oracle_all, random_order,
 )
 
@@ -72,3 +72,20 @@ def test_schedule_policies_mask_again_exactly_what_they_say(seed: int) -> None:
     first, second = random_order(seed)(state), random_order(seed)(state)
     assert torch.equal(first, second) and torch.equal(first.sum(1), state.n_mask)
     assert not (first & ~state.real).any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_schedule_as_a_policy_keeps_the_positions_it_produces_first(seed: int) -> None:
+    from nargen.orderings import balanced_tree
+    from nargen.orderings.commitment import by_schedule
+
+    state, _ = random_state(seed)
+    again = by_schedule(balanced_tree)(state)
+    assert torch.equal(again.sum(1), state.n_mask)
+    for row in range(state.real.shape[0]):
+        length = int(state.real[row].sum())
+        steps = balanced_tree(torch.arange(length))
+        kept, masked = steps[~again[row, :length]], steps[again[row, :length]]
+        if len(kept) and len(masked):  # every kept position comes no later than any masked one
+            assert kept.max() <= masked.min()

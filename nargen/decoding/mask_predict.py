@@ -7,7 +7,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids
-from nargen.decoding.remask import RemaskPolicy, RemaskState, confidence
+from nargen.orderings.commitment import RemaskPolicy, RemaskState, confidence
 
 
 class ParallelModel(Protocol):
@@ -75,7 +75,7 @@ def mask_predict(
     Diagnostics: ``lengths`` (``[batch]``) gives each target length instead of
     predicting it (one candidate each, e.g. the reference's: the oracle length);
     ``remask`` chooses which positions are masked again after each iteration
-    (``nargen.decoding.remask``; default: the least confident).
+    (``nargen.orderings.commitment``; default: the least confident).
     """
     device = src.device
     batch = src.shape[0]

@@ -1,6 +1,8 @@
-"""Re-masking policies for mask-predict: after each iteration, which positions are
-predicted again (and so which of the model's tokens are kept). The kept tokens are
-always the model's own predictions; a policy only chooses the order of commitment.
+"""Orders of commitment for iterative refinement (mask-predict's re-masking): after
+each iteration, which positions are predicted again (and so which of the model's tokens
+are kept). The kept tokens are always the model's own predictions; a policy only
+chooses the order of commitment. A fixed or reference-derived schedule of
+``nargen.orderings`` becomes a policy through ``by_schedule``.
 
 A policy maps a :class:`RemaskState` to a bool tensor ``[candidates, width]``, True at
 the positions to mask again. ``confidence`` is mask-predict's own; the others exist to
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from nargen.orderings import fixed as orders
 
 
 @dataclass
@@ -45,10 +49,23 @@ def confidence(state: RemaskState) -> torch.Tensor:
     return lowest_first(state, state.logprobs)
 
 
-def left_to_right(state: RemaskState) -> torch.Tensor:
-    """Keep the leftmost tokens: mask again the rightmost ``n_mask`` positions."""
-    position = torch.arange(state.real.shape[1], device=state.real.device).expand_as(state.real)
-    return lowest_first(state, -position.float())
+def by_schedule(schedule: Callable[[torch.Tensor], torch.Tensor]) -> RemaskPolicy:
+    """Commit positions in the order of ``schedule`` (a ``nargen.orderings`` order of
+    a candidate's length: the step of each position): mask again the ``n_mask``
+    positions it produces last; positions of one step go left to right."""
+
+    def policy(state: RemaskState) -> torch.Tensor:
+        steps = torch.zeros(state.real.shape, device=state.real.device)
+        for i, length in enumerate(state.real.sum(1).tolist()):
+            steps[i, :length] = schedule(torch.arange(length)).to(steps)
+        position = torch.arange(state.real.shape[1], device=state.real.device).expand_as(state.real)
+        return lowest_first(state, -steps, -position.float())
+
+    return policy
+
+
+left_to_right: RemaskPolicy = by_schedule(orders.left_to_right)
+"""Keep the leftmost tokens: mask again the rightmost ``n_mask`` positions."""
 
 
 def random_order(seed: int) -> RemaskPolicy:
