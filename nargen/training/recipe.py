@@ -95,9 +95,9 @@ class FitConfig:
     """A recipe: family and model, data, optimizer, decoding, trainer, test evaluation"""
 
     family: str = "autoregressive"
-    """autoregressive, nat, cmlm, insertion, ctc, dag, latent or blockwise (draft heads on a
-    trained autoregressive model: needs trainer.init_from); a family defined outside
-    nargen as ``module:name`` (importing the module registers it)."""
+    """A registered family's name (the end of this help lists them with their decoder
+    options), or one defined outside nargen as ``module:name`` (importing the module
+    registers it)."""
     family_options: dict[str, Any] = field(default_factory=dict)
     """Settings only the family has (e.g. ``{order: balanced_tree}`` for insertion,
     ``{upsample: 4.0, glat_ratio: 0.5}`` for dag); checked against the family."""
