@@ -271,6 +271,59 @@ def order_rows(module: Seq2SeqModule, run: DiagnosticRun) -> list[dict[str, Any]
     return rows
 
 
+def sampler_rows(module: Seq2SeqModule, run: DiagnosticRun, samplers: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each of ``samplers`` (the ``sampler`` decoder option: mask-predict, the unmasking
+    samplers of ``nargen.decoding.unmasking``) at each of ``run.iterations`` steps, with
+    the predicted length (threshold: its mean passes are what it used, at most the
+    steps)."""
+    rows = []
+    for sampler in samplers:
+        for t in run.iterations:
+            decoded = decode_all(module, run.batches, lambda b, s=sampler, t=t: module.generate(
+                b.src, sampler=s, iterations=t, length_beam=1, seed=run.seed), _batch_passes)
+            rows.append({"sampler": sampler, "iterations": t, **scored(module, decoded, run.references)})
+            run.log(f"sampler {sampler}, {t} steps: BLEU {rows[-1]['bleu']}, {rows[-1]['mean_passes']} passes")
+    return rows
+
+
+def likelihood_rows(module: Any, run: DiagnosticRun) -> list[dict[str, Any]]:
+    """The model's bound on the negative log-likelihood per target token (a family
+    with ``nll_bound``) beside the teacher's exact one, on the same sentences."""
+    total = tokens = 0.0
+    generator = torch.Generator(device=module.device).manual_seed(run.seed)
+    for batch in run.batches:
+        nats, n = module.nll_bound(_teacher_forced(module, batch), generator)
+        total, tokens = total + float(nats), tokens + n
+    rows = [{"model": f"{module.family} (bound)", "nll_per_token": round(total / tokens, 4), "tokens": int(tokens)}]
+    if run.teacher is not None:
+        total = tokens = 0.0
+        for batch in run.batches:
+            nats, n = teacher_nll(run.teacher, _teacher_forced(run.teacher, batch))
+            total, tokens = total + nats, tokens + n
+        rows.append({"model": f"{run.teacher.family} teacher (exact)", "nll_per_token": round(total / tokens, 4),
+                     "tokens": int(tokens)})
+    return rows
+
+
+def _teacher_forced(module: Seq2SeqModule, batch: Batch) -> dict[str, torch.Tensor]:
+    """A diagnostic batch as training batches are: source, BOS + reference, reference + EOS."""
+    ref = batch.ref.to(module.device)
+    bos = torch.full_like(ref[:, :1], module.ids.bos)
+    pad = torch.full_like(ref[:, :1], module.ids.pad)
+    tgt_out = torch.cat([ref, pad], 1).scatter(1, batch.ref_lengths.to(module.device)[:, None], module.ids.eos)
+    return {"src": batch.src.to(module.device), "tgt_in": torch.cat([bos, ref], 1), "tgt_out": tgt_out}
+
+
+@torch.no_grad()
+def teacher_nll(teacher: Seq2SeqModule, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """An autoregressive model's exact negative log-likelihood of the batch's targets
+    (EOS included), summed, and the number of tokens."""
+    logits = teacher.model(batch["src"], batch["tgt_in"]).float()
+    real = batch["tgt_out"] != teacher.ids.pad
+    nll = torch.nn.functional.cross_entropy(logits[real], batch["tgt_out"][real], reduction="sum")
+    return float(nll), int(real.sum())
+
+
 def insertion_rows(module: Seq2SeqModule, run: DiagnosticRun) -> dict[str, Any]:
     """Parallel and sequential insertion: BLEU, passes against a perfect balanced tree's,
     the learned order, passes by length; BLEU at each end-of-slot penalty asked for."""
@@ -397,6 +450,21 @@ def markdown(report: dict[str, Any]) -> str:
         out += _table(["policy", *header[1:]], _pivot(report["order"], "policy", steps))
         out += ["", "Kept tokens are always the model's own predictions; the policy only chooses "
                 "which are kept after each iteration.", ""]
+    if "samplers" in report:
+        out += ["## Unmasking samplers (BLEU, predicted length)", "",
+                "Committed tokens are never revisited, except by mask-predict, which re-masks anywhere.", ""]
+        out += _table(["sampler", *header[1:]], _pivot(report["samplers"], "sampler", steps))
+        passes = {(r["sampler"], r["iterations"]): r["mean_passes"] for r in report["samplers"]}
+        out += ["", "Mean passes:", ""]
+        out += _table(["sampler", *header[1:]], [[name, *(passes.get((name, t), "") for t in steps)]
+                                                 for name in dict.fromkeys(r["sampler"] for r in report["samplers"])])
+        signature = report["samplers"][0]["bleu_signature"]
+        out.append("")
+    if "likelihood" in report:
+        out += ["## Negative log-likelihood per target token (nats; EOS counted as a token)", ""]
+        out += _table(["model", "NLL per token", "tokens"],
+                      [[r["model"], r["nll_per_token"], r["tokens"]] for r in report["likelihood"]])
+        out.append("")
     if "slot_decoding" in report:
         out += ["## Insertion decoding", ""]
         out += _table(
@@ -454,14 +522,15 @@ def charts(report: dict[str, Any]) -> list[Chart]:
     for insertion, passes against output length beside the balanced tree's."""
     found = []
     steps = report.get("iterations", [])
-    if "length" in report or "order" in report:
+    if "length" in report or "order" in report or "samplers" in report:
         chart = Chart(
             title=f"{report['family']}: BLEU against mask-predict iterations",
             xlabel="iterations T (sequential decoder passes)", ylabel="BLEU", xticks=steps,
             log_x=len(steps) > 1,
         )
         for key, rows, prefix in (("length", report.get("length", []), "length: "),
-                                  ("policy", report.get("order", []), "order: ")):
+                                  ("policy", report.get("order", []), "order: "),
+                                  ("sampler", report.get("samplers", []), "sampler: ")):
             for name in dict.fromkeys(r[key] for r in rows):
                 if key == "length" and name == "reference" and "order" in report:
                     continue  # the same decoding as the order policy "confidence"

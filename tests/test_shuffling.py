@@ -104,7 +104,7 @@ def test_lightning_training_reshuffles_batches_every_epoch(reversal_root, tmp_pa
 KILL_AT_STEP = """
 import os, signal, sys
 import lightning as L
-from nargen.cli import fit
+from nargen.training import fit
 from nargen.cli.main import main
 
 class KillAfterCheckpoint(L.Callback):

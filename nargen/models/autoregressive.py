@@ -46,6 +46,16 @@ class AutoregressiveModule(Seq2SeqModule):
         o = self.decode_options(options)
         return 1 if o["sampling"] or o["draft"] is not None else max(1, o["beam"])
 
+    @torch.no_grad()
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        """``val_nll``: the exact negative log-likelihood per target token (EOS included;
+        no label smoothing), the figure a masked diffusion model's bound compares with."""
+        model, target = self.model, batch["tgt_out"]
+        real = target != self.ids.pad
+        hidden = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), model.encode(batch["src"]))
+        tokens = int(real.sum())
+        return {"val_nll": (float(model.output_loss(hidden[real], target[real], 0.0)), tokens)}
+
     def as_drafter(self) -> AutoregressiveDrafter:
         """Drafts greedily, token by token."""
         return AutoregressiveDrafter(self.model, self.ids, self.model_config.max_len)

@@ -249,6 +249,8 @@ class Seq2SeqModule(L.LightningModule):
     def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
         size = batch["src"].shape[0]
         self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
+        for name, (value, weight) in self.validation_metrics(batch).items():
+            self.log(name, value, batch_size=weight, sync_dist=True)
         result = self.generate(batch["src"], **self.decode_config.validation)
         texts = self.tokenizer.decode(result.as_lists(self.ids.pad))
         for index, text in zip(batch["index"].tolist(), texts):
@@ -373,6 +375,12 @@ class Seq2SeqModule(L.LightningModule):
         return {"ids": self.ids}
 
     # ---- capabilities (a family overrides what it offers) -----------------------------
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        """Metrics the family logs on each validation batch beside ``val_loss``: name to
+        (value, weight), averaged over the validation set by weight (e.g. a per-token
+        figure weighted by the batch's tokens)."""
+        return {}
+
     def nbest_size(self, options: dict[str, Any]) -> int:
         """Hypotheses per sentence a decoding with ``options`` returns (``nbest``)."""
         return 1

@@ -4,11 +4,12 @@ from nargen.models.autoregressive import AutoregressiveModule
 from nargen.models.blockwise import BlockwiseModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
+from nargen.models.diffusion import DiffusionModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.latent import LatentModule
 from nargen.models.parallel import CMLMModule, NATModule
 
 __all__ = [
-    "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule",
+    "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "DiffusionModule",
     "InsertionModule", "LatentModule", "NATModule",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from nargen.core import Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
+from nargen.decoding.unmasking import unmask
 from nargen.decoding.options import CALL_ONLY, DecodingOptions
 from nargen.decoding.speculative import ParallelDrafter
 from nargen.models.base import Seq2SeqModule
@@ -200,14 +201,33 @@ class NATDecoding(DecodingOptions):
 
 @dataclass
 class CMLMDecoding(NATDecoding):
-    """Mask-predict: each iteration re-predicts the least confident tokens."""
+    """Mask-predict (each iteration re-predicts the least confident tokens, anywhere) or
+    an unmasking sampler of masked diffusion (``nargen.decoding.unmasking``: committed
+    tokens are never revisited)."""
 
     iterations: int = 10
-    """Mask-predict iterations (decoder passes)."""
+    """Decoder passes (steps); the threshold sampler's most."""
+    sampler: Literal["mask_predict", "low_confidence", "random", "margin", "entropy", "ancestral",
+                     "threshold"] = "mask_predict"
+    """mask_predict (re-mask the least confident anywhere); low_confidence, random,
+    margin, entropy (commit a fixed number a pass: the most confident, at random, the
+    largest top-2 margin, the lowest entropy); ancestral (each masked position with the
+    probability a linear schedule unmasks it); threshold (every prediction above
+    ``threshold``, at least one a pass)."""
+    threshold: float = 0.9
+    """The threshold sampler's confidence to commit a token."""
+    block_length: int = 0
+    """Unmasking samplers: decode the canvas in blocks of this many positions, left to
+    right, the passes spread over them (0: one block)."""
+    temperature: float = 0.0
+    """Unmasking samplers: draw tokens at this temperature (Gumbel noise in float64;
+    0: the argmax)."""
+    seed: int | None = None
+    """Seed of the random and ancestral samplers' draws and of sampled tokens."""
     early_stop: bool = False
-    """Freeze a candidate once an iteration changes none of its tokens."""
+    """Mask-predict: freeze a candidate once an iteration changes none of its tokens."""
     keep_history: bool = False
-    """Keep the text after each iteration (``translate --output_format jsonl``)."""
+    """Keep the text after each pass (``translate --output_format jsonl``)."""
 
 
 @register_family
@@ -241,6 +261,20 @@ class CMLMModule(ParallelModule):
         from nargen.diagnose import length_rows, order_rows
 
         return {**length_rows(self, run, run.iterations, learned_at_last=True), "order": order_rows(self, run)}
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """Mask-predict, or an unmasking sampler, over a beam of predicted lengths."""
+        o = self.decode_options(options)
+        if o["sampler"] == "mask_predict":
+            if o["block_length"]:
+                raise ValueError("block_length applies to the unmasking samplers, not to mask_predict")
+            return super().generate(src, **options)
+        if o["early_stop"]:
+            raise ValueError("early_stop applies to mask_predict: an unmasking sampler never revisits a token")
+        settings = self.decoder_settings()
+        return unmask(self, src, sampler=o["sampler"], steps=o["iterations"], length_beam=o["length_beam"],
+                      threshold=o["threshold"], block_length=o["block_length"], temperature=o["temperature"],
+                      seed=o["seed"], rerank=o["rerank"], keep_history=o["keep_history"], **settings)
 
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
         lengths = real.sum(1)

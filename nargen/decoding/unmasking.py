@@ -1,0 +1,197 @@
+"""Iterative unmasking, the samplers of masked diffusion models (MDLM, Sahoo et al. 2024;
+LLaDA, Nie et al. 2025; Dream, Ye et al. 2025; Fast-dLLM, Wu et al. 2025), on any
+model of the ``ParallelModel`` protocol (a CMLM checkpoint as well as a diffusion one).
+
+Every output position starts masked; each pass predicts every masked position and
+commits some of them, which are never revisited (mask-predict, by contrast, re-masks
+anywhere: ``nargen.decoding.mask_predict``). The sampler decides which:
+
+- ``low_confidence`` (LLaDA): the most probable predictions first, a fixed number a
+  pass (the canvas's length spread evenly over ``steps``);
+- ``random``: as many, at random;
+- ``margin`` (Dream): the largest gap between the best and second-best probability;
+- ``entropy`` (Dream): the lowest entropy of the predicted distribution;
+- ``ancestral`` (MDLM): each masked position independently, with the probability that
+  a linear noise schedule unmasks it between two times (``1 / passes left``);
+- ``threshold`` (Fast-dLLM): every prediction above ``threshold``, at least one a pass,
+  all at the last of ``steps`` passes.
+
+With ``block_length`` the canvas is decoded in blocks left to right (semi-autoregressive,
+LLaDA's ``block_length``): ``steps`` is spread over the blocks and only the current
+block's positions are committed; the encoder runs once. Tokens are the argmax, or with
+``temperature > 0`` drawn by the Gumbel-max trick with noise in float64 (lower precision
+measurably changes what is drawn) from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nargen.decoding.mask_predict import ParallelModel, Reranker
+from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids
+
+SAMPLERS = ("low_confidence", "random", "margin", "entropy", "ancestral", "threshold")
+"""The samplers ``unmask`` offers (mask-predict's re-masking is ``mask_predict``)."""
+
+
+def commit_counts(candidates: torch.Tensor, steps_left: int) -> torch.Tensor:
+    """How many of each row's ``candidates`` to commit now so that ``steps_left``
+    passes (this one included) commit them all, evenly (the first passes take the
+    remainder, as LLaDA's schedule does)."""
+    n = candidates.sum(1)
+    return torch.div(n + steps_left - 1, steps_left, rounding_mode="floor")
+
+
+def top_per_row(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the ``counts[i]`` highest ``scores`` among row ``i``'s
+    ``candidates`` (ties go to the lower position)."""
+    key = scores.masked_fill(~candidates, float("-inf"))
+    order = key.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < counts[:, None]) & candidates
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A draw from ``softmax(logits / temperature)`` by the Gumbel-max trick, the noise
+    in float64."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-300)))
+    return (logits.double() / temperature + gumbel).argmax(-1)
+
+
+@torch.inference_mode()
+def unmask(
+    model: ParallelModel,
+    src: torch.Tensor,
+    *,
+    sampler: str = "low_confidence",
+    steps: int = 10,
+    length_beam: int = 1,
+    threshold: float = 0.9,
+    block_length: int = 0,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    mask_id: int = 4,
+    ids: SpecialIds = SpecialIds(),
+    max_len: int = 256,
+    banned: tuple[int, ...] = (),
+    eos_ends: bool = False,
+    rerank: Reranker | None = None,
+    keep_history: bool = False,
+    lengths: torch.Tensor | None = None,
+) -> DecodeResult:
+    """Decode by committing masked positions pass by pass (see the module doc).
+
+    Each of ``length_beam`` predicted lengths is decoded as its own candidate and the
+    best by mean token log-probability (or by ``rerank``) is kept. With ``eos_ends`` the
+    canvas may hold end-of-sentence tokens and the output ends before the first (a
+    model trained on EOS-padded canvases; ``hit_cap``: no EOS on the canvas).
+    ``lengths`` (``[batch]``) gives the canvas lengths instead of predicting them. The
+    result's ``schedule`` holds the pass that committed each position."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)}, or mask-predict)")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = src.device
+    batch = src.shape[0]
+    encoded = model.encode(src)
+    src_lengths = (src != ids.pad).sum(1)
+    if lengths is None:
+        lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
+    else:
+        lengths = lengths.to(device).view(batch, 1)
+    k = lengths.shape[1]
+    lengths = lengths.flatten().clamp(1, max_len)
+    rows = torch.arange(batch, device=device).repeat_interleave(k)
+    encoded = encoded.index_select(rows)
+    n = batch * k
+    width = int(lengths.max()) if batch else 0
+    position = torch.arange(width, device=device)[None]
+    real = position < lengths[:, None]
+    tokens = torch.full((n, width), mask_id, dtype=torch.long, device=device).masked_fill(~real, ids.pad)
+    logp = torch.zeros(n, width, device=device)
+    committed_at = torch.full((n, width), -1, dtype=torch.long, device=device)
+    never = banned_ids({ids.pad, ids.bos, mask_id, *banned} | (set() if eos_ends else {ids.eos}), device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    block = block_length if block_length > 0 else max(width, 1)
+    n_blocks = max(1, math.ceil(width / block))
+    per_block = [steps // n_blocks + (b < steps % n_blocks) for b in range(n_blocks)]
+    per_block = [max(1, s) for s in per_block]
+    history: list[torch.Tensor] = []
+    passes = 0
+    for b in range(n_blocks):
+        in_block = real & (position >= b * block) & (position < (b + 1) * block)
+        for step in range(per_block[b]):
+            steps_left = per_block[b] - step
+            masked = tokens == mask_id
+            candidates = masked & in_block
+            if sampler == "threshold" and step > 0 and not bool(candidates.any()):
+                break  # every position of the block committed before its last pass
+            logits = model.decode_parallel(tokens, encoded, real, positions=masked).float()
+            passes += 1
+            logits.index_fill_(-1, never, float("-inf"))
+            logprobs = torch.log_softmax(logits, dim=-1)
+            if temperature > 0:
+                chosen = gumbel_argmax(logits, temperature, generator)
+            else:
+                chosen = logits.argmax(-1)
+            chosen_logp = logprobs.gather(1, chosen[:, None]).squeeze(1)
+            score = chosen_logp
+            if sampler == "margin":
+                top2 = logprobs.topk(2, dim=-1).values.exp()
+                score = top2[:, 0] - top2[:, 1]
+            elif sampler == "entropy":
+                probs = logprobs.exp()
+                score = (probs * logprobs.masked_fill(probs == 0, 0.0)).sum(-1)  # minus the entropy
+            elif sampler == "random":
+                score = torch.rand(chosen.shape, generator=generator, device=device)
+            full = lambda values, fill: torch.full((n, width), fill, dtype=values.dtype,  # noqa: E731
+                                                   device=device).masked_scatter(masked, values)
+            chosen_full, logp_full = full(chosen, ids.pad), full(chosen_logp, 0.0)
+            if sampler == "ancestral":
+                draw = torch.rand((n, width), generator=generator, device=device)
+                commit = candidates & (draw < 1.0 / steps_left)
+            elif sampler == "threshold":
+                confident = candidates & (logp_full.exp() > threshold)
+                best = top_per_row(logp_full, candidates, torch.ones_like(lengths))
+                commit = candidates if steps_left == 1 else confident | best
+            else:
+                commit = top_per_row(full(score, float("-inf")), candidates, commit_counts(candidates, steps_left))
+            tokens = torch.where(commit, chosen_full, tokens)
+            logp = torch.where(commit, logp_full, logp)
+            committed_at = committed_at.masked_fill(commit, passes - 1)
+            if keep_history:
+                history.append(tokens.masked_fill(tokens == mask_id, ids.pad))
+
+    if eos_ends:
+        is_eos = (tokens == ids.eos) & real
+        ends = torch.where(is_eos.any(1), is_eos.float().argmax(1), lengths)
+        hit_cap = ~is_eos.any(1)
+        scored = position <= ends[:, None]  # the output and its end
+        tokens = tokens.masked_fill(position >= ends[:, None], ids.pad)
+        out_lengths = ends
+    else:
+        hit_cap = lengths >= max_len
+        scored = real
+        out_lengths = lengths
+    if rerank is not None:
+        scores = rerank(src.index_select(0, rows), tokens)
+        passes += 1
+    else:
+        scores = (logp * (scored & real)).sum(1) / (scored & real).sum(1).clamp(min=1)
+    choice = scores.view(batch, k).argmax(dim=1)
+    picked = torch.arange(batch, device=device) * k + choice
+    out_len = int(out_lengths.index_select(0, picked).max()) if batch else 0
+    out = tokens.index_select(0, picked)[:, :out_len]
+    return DecodeResult(
+        tokens=out,
+        passes=passes,
+        hit_cap=hit_cap.index_select(0, picked),
+        scores=scores.index_select(0, picked),
+        history=[h.index_select(0, picked)[:, :out_len] for h in history],
+        schedule=committed_at.index_select(0, picked)[:, :out_len].masked_fill(out == ids.pad, -1),
+    )

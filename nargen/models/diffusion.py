@@ -1,0 +1,202 @@
+"""Masked diffusion (MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025) on the shared core.
+
+The model is CMLM's (a bidirectional decoder over mask tokens and, optionally, a length
+predictor on the encoder); what differs is the objective. Each sentence draws a mask
+rate ``t ~ U(eps, 1)``, masks each target token independently with probability ``t``,
+and its loss is the cross-entropy on the masked tokens weighted by ``1 / t`` and
+divided by the sentence's whole length: in expectation an upper bound on the negative
+log-likelihood per token (CMLM draws the number of masks uniformly and weights nothing).
+
+The output length comes from the length predictor (as CMLM; its loss is added), or from
+an EOS-padded canvas (as LLaDA): the target is padded with EOS to a canvas of
+``ceil(canvas_ratio * source length) + canvas_extra`` tokens (longer when the target
+needs it), every canvas token is learned, and decoding keeps what comes before the first
+EOS. A separate family, not a CMLM option, because the canvas changes what is learned
+and decoded, and validation reports the likelihood bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from nargen.core import Encoded
+from nargen.decoding import DecodeResult
+from nargen.models.parallel import CMLMDecoding, CMLMModule, CMLMOptions
+from nargen.models.registry import register_family
+
+
+@dataclass
+class DiffusionOptions(CMLMOptions):
+    length: Literal["predictor", "canvas"] = "predictor"
+    """Where the output length comes from: ``predictor`` (CMLM's length predictor) or
+    ``canvas`` (an EOS-padded canvas sized from the source; LLaDA)."""
+    canvas_ratio: float = 1.5
+    """Canvas: ``ceil(canvas_ratio * source length) + canvas_extra`` tokens."""
+    canvas_extra: int = 4
+    """See ``canvas_ratio``."""
+    min_mask_rate: float = 1e-3
+    """The lowest mask rate drawn: ``t ~ U(min_mask_rate, 1)`` (bounds the ``1 / t``
+    weight)."""
+    bound_samples: int = 4
+    """Mask rates per validation sentence for the likelihood bound (the midpoints of as
+    many equal slices of ``[0, 1]``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.min_mask_rate < 1:
+            raise ValueError(f"min_mask_rate must be in (0, 1), got {self.min_mask_rate}")
+        if self.canvas_ratio <= 0 or self.bound_samples < 1:
+            raise ValueError("canvas_ratio must be > 0 and bound_samples >= 1")
+
+
+def mask_rates(n: int, low: float, device: torch.device | str,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One mask rate per sentence, ``U(low, 1)``."""
+    return low + (1 - low) * torch.rand(n, device=device, generator=generator)
+
+
+def draw_masks(real: torch.Tensor, rates: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each real position of row ``i`` masked independently with probability ``rates[i]``."""
+    draw = torch.rand(real.shape, device=real.device, generator=generator)
+    return (draw < rates[:, None]) & real
+
+
+def weighted_masked_loss(token_loss: torch.Tensor, masked: torch.Tensor, rates: torch.Tensor,
+                         lengths: torch.Tensor) -> torch.Tensor:
+    """Per sentence, the loss of its masked tokens (``token_loss``: ``[batch, len]``)
+    weighted by ``1 / rate`` and divided by its length: the masked-diffusion bound's
+    Monte-Carlo term for one draw of rate and mask."""
+    return (token_loss * masked).sum(1) / rates / lengths.clamp(min=1)
+
+
+@dataclass
+class DiffusionDecoding(CMLMDecoding):
+    """Mask-predict or an unmasking sampler; the sampler defaults to LLaDA's."""
+
+    sampler: Literal["mask_predict", "low_confidence", "random", "margin", "entropy", "ancestral",
+                     "threshold"] = "low_confidence"
+    """See CMLM's."""
+
+
+@register_family
+class DiffusionModule(CMLMModule):
+    """Masked diffusion: the ``1 / t``-weighted masked objective on CMLM's model;
+    decoded by the unmasking samplers (or mask-predict)."""
+
+    family = "diffusion"
+    options_class = DiffusionOptions
+    decoding_options = DiffusionDecoding
+
+    # ---- lengths ----------------------------------------------------------------------
+    def canvas_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
+        """The canvas length of each source length (canvas mode)."""
+        o = self.options
+        lengths = torch.ceil(src_lengths.float() * o.canvas_ratio).long() + o.canvas_extra
+        return lengths.clamp(1, self.model_config.max_len - 1)
+
+    def predict_lengths(self, encoded: Encoded, src_lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictor's ``k`` best lengths, or the one canvas length."""
+        if self.options.length == "predictor":
+            return super().predict_lengths(encoded, src_lengths, k)
+        lengths = self.canvas_lengths(encoded.mask.sum(1))[:, None]
+        return lengths, torch.zeros(lengths.shape, device=lengths.device)
+
+    def decoder_settings(self) -> dict[str, Any]:
+        """As CMLM's; on a canvas, EOS may be predicted and ends the output."""
+        return {**super().decoder_settings(), "eos_ends": self.options.length == "canvas"}
+
+    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
+        """As CMLM's; on a canvas, only the unmasking samplers (mask-predict has no end of
+        sentence on a canvas to keep)."""
+        if self.options.length == "canvas" and self.decode_options(options)["sampler"] == "mask_predict":
+            raise ValueError("a canvas-trained diffusion model decodes with an unmasking sampler, not mask_predict")
+        return super().generate(src, **options)
+
+    # ---- training ---------------------------------------------------------------------
+    def training_canvas(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target ``[batch, len]`` (EOS-padded to its canvas in canvas mode) and its
+        real positions."""
+        target = batch["tgt_in"][:, 1:]
+        real = target != self.ids.pad
+        if self.options.length == "predictor":
+            return target, real
+        lengths = torch.maximum(self.canvas_lengths((batch["src"] != self.ids.pad).sum(1)), real.sum(1) + 1)
+        width = int(lengths.max())
+        target = F.pad(target, (0, max(0, width - target.shape[1])), value=self.ids.pad)[:, :width]
+        canvas = torch.arange(width, device=target.device)[None] < lengths[:, None]
+        target = target.masked_fill(canvas & (target == self.ids.pad), self.ids.eos)
+        return target, canvas
+
+    def sentence_bounds(self, batch: dict[str, torch.Tensor], rates: torch.Tensor, masked: torch.Tensor,
+                        target: torch.Tensor, real: torch.Tensor, encoded: Encoded,
+                        label_smoothing: float) -> torch.Tensor:
+        """Each sentence's weighted masked loss for one draw (``rates``, ``masked``)."""
+        inputs = target.masked_fill(masked, self.mask_id)
+        hidden = self.parallel_hidden(inputs, encoded, real, positions=masked)
+        logits = self.model.output_logits(hidden).float()
+        token_loss = torch.zeros(target.shape, device=target.device, dtype=logits.dtype)
+        if masked.any():
+            ce = F.cross_entropy(logits, target[masked], reduction="none", label_smoothing=label_smoothing)
+            token_loss = token_loss.masked_scatter(masked, ce)
+        return weighted_masked_loss(token_loss, masked, rates, real.sum(1))
+
+    def length_nll(self, encoded: Encoded, real: torch.Tensor) -> torch.Tensor:
+        """Each sentence's length under the predictor (``-log p(length)``)."""
+        logits = self.length_predictor(encoded.memory, encoded.mask)
+        target = self.length_predictor.offset_targets(encoded.mask.sum(1), real.sum(1))
+        return F.cross_entropy(logits.float(), target, reduction="none")
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean over sentences of the ``1 / t``-weighted masked cross-entropy per
+        token, plus the length predictor's loss in predictor mode."""
+        target, real = self.training_canvas(batch)
+        encoded = self.model.encode(batch["src"])
+        rates = mask_rates(target.shape[0], self.options.min_mask_rate, target.device)
+        masked = draw_masks(real, rates)
+        loss = self.sentence_bounds(batch, rates, masked, target, real, encoded,
+                                    self.optim.label_smoothing).mean()
+        if self.options.length == "predictor":
+            loss = loss + self.options.length_loss_weight * self.length_nll(encoded, real).mean()
+        return loss
+
+    @torch.no_grad()
+    def nll_bound(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+        """The bound on the negative log-likelihood of the batch's targets (summed over
+        sentences; the length's own in predictor mode included) and the number of tokens
+        it is per (target tokens plus one end each, as an autoregressive model's NLL
+        counts them), estimated at ``bound_samples`` stratified mask rates."""
+        target, real = self.training_canvas(batch)
+        encoded = self.model.encode(batch["src"])
+        k = self.options.bound_samples
+        total = torch.zeros(target.shape[0], device=target.device)
+        for j in range(k):
+            rates = torch.full((target.shape[0],), (j + 0.5) / k, device=target.device)
+            masked = draw_masks(real, rates, generator)
+            total += self.sentence_bounds(batch, rates, masked, target, real, encoded, 0.0) * real.sum(1)
+        total = total / k
+        if self.options.length == "predictor":
+            total = total + self.length_nll(encoded, real)
+        tokens = int((batch["tgt_in"][:, 1:] != self.ids.pad).sum()) + target.shape[0]
+        return total.sum(), tokens
+
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
+        """``val_nll_bound``: the likelihood bound per target token."""
+        generator = torch.Generator(device=batch["src"].device).manual_seed(0)
+        total, tokens = self.nll_bound(batch, generator)
+        return {"val_nll_bound": (float(total) / max(tokens, 1), tokens)}
+
+    def diagnostics(self, run: Any) -> dict[str, Any]:
+        """CMLM's, the unmasking samplers at each step count, and the likelihood bound
+        beside the teacher's exact likelihood."""
+        from nargen.decoding.unmasking import SAMPLERS
+        from nargen.diagnose import likelihood_rows, sampler_rows
+
+        if self.options.length == "predictor":
+            report, samplers = super().diagnostics(run), ("mask_predict", *SAMPLERS)
+        else:
+            report, samplers = {"iterations": list(run.iterations)}, SAMPLERS
+        return {**report, "samplers": sampler_rows(self, run, samplers), "likelihood": likelihood_rows(self, run)}
