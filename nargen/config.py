@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Optional
 
+import docstring_parser
 import yaml
 from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace, set_parsing_settings
 
-from nargen.decoding.options import option_fields
 
 class ConfigError(ValueError):
     """A recipe or override names an unknown key or holds a bad value."""
@@ -69,6 +70,38 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return values
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One field of a settings dataclass as a user sees it."""
+
+    name: str
+    type: Any
+    default: Any
+    """None where the field has no default (``required``)."""
+    doc: str
+    """Its attribute docstring, on one line."""
+    required: bool
+    metadata: Any
+
+
+@functools.cache
+def dataclass_fields(cls: type) -> tuple[Field, ...]:
+    """The fields of dataclass ``cls`` in order, with their resolved types and their
+    attribute docstrings (a base class's included)."""
+    hints = typing.get_type_hints(cls)
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # a base's docs, then its subclasses'
+        docs.update((p.arg_name, " ".join((p.description or "").split()))
+                    for p in docstring_parser.parse_from_object(klass).params if p.description)
+    fields = []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = (None if required else f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())  # type: ignore[misc]
+        fields.append(Field(f.name, hints[f.name], default, docs.get(f.name, ""), required, f.metadata))
+    return tuple(fields)
+
+
 POSITIONAL = {"positional": True}
 """Field metadata of a positional argument (``{"aliases": ("-i",)}``: a flag's short
 spelling)."""
@@ -115,13 +148,8 @@ def add_flag(group: Any, name: str, hint: Any, default: Any, doc: str, *,
 def add_dataclass_flags(parser: ArgumentParser, cls: type, title: str | None = None) -> None:
     """A flag for each field of dataclass ``cls`` (in a group named ``title``, if given)."""
     group = parser.add_argument_group(title) if title else parser
-    hints = typing.get_type_hints(cls)
-    docs = {f.name: f.doc for f in option_fields(cls)}
-    for f in dataclasses.fields(cls):
-        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if missing else (f.default if f.default is not dataclasses.MISSING
-                                        else f.default_factory())  # type: ignore[misc]
-        add_flag(group, f.name, hints[f.name], default, docs.get(f.name, ""), required=missing,
+    for f in dataclass_fields(cls):
+        add_flag(group, f.name, f.type, f.default, f.doc, required=f.required,
                  positional=bool(f.metadata.get("positional")), aliases=f.metadata.get("aliases", ()))
 
 
@@ -137,8 +165,6 @@ def parse(parser: ArgumentParser, argv: list[str]) -> Namespace:
     try:
         return parser.parse_args(argv)
     except Exception as err:  # jsonargparse raises ArgumentError and its own kinds
-        if isinstance(err, SystemExit):
-            raise
         raise ConfigError(message(err)) from None
 
 

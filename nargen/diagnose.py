@@ -524,8 +524,8 @@ def charts(report: dict[str, Any]) -> list[Chart]:
     steps = report.get("iterations", [])
     if "length" in report or "order" in report or "samplers" in report:
         chart = Chart(
-            title=f"{report['family']}: BLEU against mask-predict iterations",
-            xlabel="iterations T (sequential decoder passes)", ylabel="BLEU", xticks=steps,
+            title=f"{report['family']}: BLEU against refinement steps",
+            xlabel="steps T (sequential decoder passes; threshold: at most)", ylabel="BLEU", xticks=steps,
             log_x=len(steps) > 1,
         )
         for key, rows, prefix in (("length", report.get("length", []), "length: "),

@@ -81,13 +81,21 @@ def add_decoder_option_flags(parser: ArgumentParser, families: list[type[Seq2Seq
     return list(seen)
 
 
-def decoding_parser(prog: str, description: str, settings: type, argv: list[str]) -> tuple[ArgumentParser, list[str]]:
-    """The parser of a decoding command whose own settings are the dataclass ``settings``."""
+def decoding_command(prog: str, description: str, settings: type, argv: list[str]) -> tuple[
+        CheckpointDecoding, Any, Batching, Seq2SeqModule, dict[str, Any]]:
+    """A decoding command's flags parsed (``CheckpointDecoding``, its own ``settings``
+    dataclass, ``Batching`` and every decoder option), the checkpoint loaded and its
+    decoder options checked."""
     parser = command_parser(prog, description)
     add_dataclass_flags(parser, CheckpointDecoding)
     add_dataclass_flags(parser, settings)
     add_dataclass_flags(parser, Batching, "batching")
-    return parser, add_decoder_option_flags(parser, decoder_families(argv))
+    names = add_decoder_option_flags(parser, decoder_families(argv))
+    namespace = parse(parser, argv)
+    run = from_namespace(CheckpointDecoding, namespace)
+    module = load_for_decoding(run)
+    return (run, from_namespace(settings, namespace), from_namespace(Batching, namespace), module,
+            decoder_options(run, namespace, names, module))
 
 
 def load_for_decoding(run: CheckpointDecoding) -> Seq2SeqModule:
@@ -154,11 +162,8 @@ def cmd_translate(argv: list[str]) -> int:
     """``nargen translate``: one output line per input line, streamed as input arrives."""
     from nargen.cli.streaming import line_chunks
 
-    parser, names = decoding_parser("nargen translate", cmd_translate.__doc__, TranslateSettings, argv)
-    ns = parse(parser, argv)
-    run, t, batching = (from_namespace(c, ns) for c in (CheckpointDecoding, TranslateSettings, Batching))
-    module = load_for_decoding(run)
-    options = decoder_options(run, ns, names, module)
+    _, t, batching, module, options = decoding_command("nargen translate", cmd_translate.__doc__,
+                                                      TranslateSettings, argv)
     if t.nbest > 1 and module.nbest_size(options) < t.nbest:
         raise ConfigError(f"--nbest {t.nbest}: a {module.family!r} checkpoint decoding with these "
                           f"options gives {module.nbest_size(options)} hypotheses a line")
@@ -221,16 +226,14 @@ def cmd_evaluate(argv: list[str]) -> int:
     """``nargen evaluate``: sacreBLEU, chrF and speed on a test set."""
     from nargen.evaluation import evaluate, format_record
 
-    parser, names = decoding_parser("nargen evaluate", cmd_evaluate.__doc__, EvaluateSettings, argv)
-    ns = parse(parser, argv)
-    run, e, batching = (from_namespace(c, ns) for c in (CheckpointDecoding, EvaluateSettings, Batching))
+    run, e, batching, module, options = decoding_command("nargen evaluate", cmd_evaluate.__doc__,
+                                                        EvaluateSettings, argv)
     if e.threads:
         torch.set_num_threads(e.threads)
-    module = load_for_decoding(run)
     sources, refs = parallel_lines(e.src, e.ref)
     progress = sys.stderr.isatty() if e.progress is None else e.progress
     record, texts = evaluate(module, sources, refs, latency_sentences=e.latency_sentences, progress=progress,
-                             max_tokens=batching.max_tokens, **decoder_options(run, ns, names, module))
+                             max_tokens=batching.max_tokens, **options)
     record.update({"checkpoint": run.ckpt, "src": e.src, "ref": e.ref})
     if e.output:
         Path(e.output).write_text("".join(t + "\n" for t in texts), encoding="utf-8")
@@ -262,13 +265,10 @@ def cmd_distill(argv: list[str]) -> int:
     """``nargen distill``: translate a corpus with a teacher (resumable)."""
     from nargen.distill import distill
 
-    parser, names = decoding_parser("nargen distill", cmd_distill.__doc__, DistillSettings, argv)
-    ns = parse(parser, argv)
-    run, d, batching = (from_namespace(c, ns) for c in (CheckpointDecoding, DistillSettings, Batching))
-    module = load_for_decoding(run)
+    run, d, batching, module, options = decoding_command("nargen distill", cmd_distill.__doc__,
+                                                        DistillSettings, argv)
     src, tgt = d.pair.split("-")
     root = Path(d.root) if d.root else default_root(d.corpus)
-    options = decoder_options(run, ns, names, module)
     if batching.max_tokens:
         options["max_tokens"] = batching.max_tokens
     target = distill(module, run.ckpt, root, d.out, src_lang=src, tgt_lang=tgt, split=d.split,

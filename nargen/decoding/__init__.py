@@ -13,6 +13,7 @@ from nargen.decoding.mask_predict import (
     ParallelModel, Reranker, autoregressive_reranker, length_beam, mask_predict,
 )
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
+from nargen.decoding.unmasking import unmask
 from nargen.decoding.speculative import (
     AutoregressiveDrafter, Drafter, HeadsDrafter, HiddenStateDrafter, OnePassDrafter, ParallelDrafter,
     aligned_continuation, speculative,
@@ -21,6 +22,6 @@ from nargen.decoding.speculative import (
 __all__ = [
     "CTCModel", "DAGModel", "DecodeResult", "InsertionModel", "ParallelModel", "Reranker", "Seq2SeqModel", "SpecialIds", "autoregressive_reranker",
     "beam_search", "ctc_beam", "ctc_collapse", "ctc_greedy",
-    "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "sample", "insertion_decode", "length_beam", "length_caps", "mask_predict",
+    "dag_greedy", "dag_lookahead", "dag_viterbi", "greedy", "sample", "insertion_decode", "length_beam", "length_caps", "mask_predict", "unmask",
     "AutoregressiveDrafter", "Drafter", "HeadsDrafter", "HiddenStateDrafter", "OnePassDrafter", "ParallelDrafter", "aligned_continuation", "speculative",
 ]

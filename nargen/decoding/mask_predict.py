@@ -41,6 +41,24 @@ Reranker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(source rows [n, src_len], candidates [n, len] padded) -> score per row [n]``."""
 
 
+def length_candidates(
+    model: ParallelModel, src: torch.Tensor, length_beam: int, lengths: torch.Tensor | None, pad: int,
+    max_len: int,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The candidates of a parallel decoder: each sentence's ``length_beam`` most likely
+    lengths (or the ``lengths`` given, one each), flattened to ``[batch * k]`` and
+    clamped to ``[1, max_len]``, the encoder state repeated for them, and the sentence
+    of each candidate."""
+    batch = src.shape[0]
+    encoded = model.encode(src)
+    if lengths is None:
+        lengths, _ = model.predict_lengths(encoded, (src != pad).sum(1), length_beam)
+    else:
+        lengths = lengths.to(src.device).view(batch, 1)
+    rows = torch.arange(batch, device=src.device).repeat_interleave(lengths.shape[1])
+    return encoded.index_select(rows), lengths.flatten().clamp(1, max_len), rows
+
+
 @torch.inference_mode()
 def mask_predict(
     model: ParallelModel,
@@ -79,16 +97,8 @@ def mask_predict(
     """
     device = src.device
     batch = src.shape[0]
-    encoded = model.encode(src)
-    src_lengths = (src != ids.pad).sum(1)
-    if lengths is None:
-        lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
-    else:
-        lengths = lengths.to(device).view(batch, 1)
-    k = lengths.shape[1]
-    lengths = lengths.flatten().clamp(1, max_len)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
-    encoded = encoded.index_select(rows)
+    encoded, lengths, rows = length_candidates(model, src, length_beam, lengths, ids.pad, max_len)
+    k = lengths.shape[0] // batch if batch else 1
     width = int(lengths.max()) if batch else 0
     real = torch.arange(width, device=device)[None] < lengths[:, None]
     tokens = torch.full((batch * k, width), mask_id, dtype=torch.long, device=device)

@@ -4,14 +4,12 @@ user (recipes, flags, bench specs, the Python API) checks them against it."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-import docstring_parser
+from nargen.config import dataclass_fields
 
 
 @dataclass
@@ -39,22 +37,10 @@ class OptionField:
     call_only: bool
 
 
-@functools.cache
 def option_fields(options_class: type) -> tuple[OptionField, ...]:
     """The options of ``options_class`` (a ``DecodingOptions`` dataclass), in order."""
-    hints = typing.get_type_hints(options_class)
-    docs: dict[str, str] = {}
-    for cls in reversed(options_class.__mro__[:-1]):  # a base's docs, then its subclasses'
-        docs.update((p.arg_name, " ".join((p.description or "").split()))
-                    for p in docstring_parser.parse_from_object(cls).params if p.description)
-    fields = []
-    for f in dataclasses.fields(options_class):
-        default = (f.default if f.default is not dataclasses.MISSING
-                   else None if f.default_factory is dataclasses.MISSING
-                   else f.default_factory())  # type: ignore[misc]
-        fields.append(OptionField(f.name, hints[f.name], default, docs.get(f.name, ""),
-                                  bool(f.metadata.get("call_only"))))
-    return tuple(fields)
+    return tuple(OptionField(f.name, f.type, f.default, f.doc, bool(f.metadata.get("call_only")))
+                 for f in dataclass_fields(options_class))
 
 
 def option_defaults(options_class: type) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from nargen.decoding.mask_predict import ParallelModel, Reranker
+from nargen.decoding.mask_predict import ParallelModel, Reranker, length_candidates
 from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids
 
 SAMPLERS = ("low_confidence", "random", "margin", "entropy", "ancestral", "threshold")
@@ -96,17 +96,9 @@ def unmask(
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = src.device
     batch = src.shape[0]
-    encoded = model.encode(src)
-    src_lengths = (src != ids.pad).sum(1)
-    if lengths is None:
-        lengths, _ = model.predict_lengths(encoded, src_lengths, length_beam)
-    else:
-        lengths = lengths.to(device).view(batch, 1)
-    k = lengths.shape[1]
-    lengths = lengths.flatten().clamp(1, max_len)
-    rows = torch.arange(batch, device=device).repeat_interleave(k)
-    encoded = encoded.index_select(rows)
-    n = batch * k
+    encoded, lengths, rows = length_candidates(model, src, length_beam, lengths, ids.pad, max_len)
+    n = lengths.shape[0]
+    k = n // batch if batch else 1
     width = int(lengths.max()) if batch else 0
     position = torch.arange(width, device=device)[None]
     real = position < lengths[:, None]
