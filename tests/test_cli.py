@@ -89,7 +89,7 @@ def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
     (["--config", "does/not/exist.yaml"], "exist.yaml: no such recipe"),
     (["--model", "{preset: huge}"], "unknown model preset 'huge'"),
     (["--model", "{preset: tiny, n_kv_heads: 3}"], "n_kv_heads=3 must divide n_heads=4"),
-    (["--family", "diffusion"], "unknown family 'diffusion'"),
+    (["--family", "flow"], "unknown family 'flow'"),
     (["--family", "nat", "--family_options", "{decoder_input: noise}"], "decoder_input must be"),
     (["--family", "cmlm", "--decode.validation", "{iteratons: 4}"],
      "decode.validation: iteratons does not apply to the 'cmlm' family"),

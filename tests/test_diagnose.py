@@ -168,7 +168,7 @@ def test_diagnose_refuses_an_autoregressive_checkpoint(trained_run, reversal_roo
                  "--src", str(reversal_root / "test.src"), "--ref", str(reversal_root / "test.tgt"),
                  "--out", str(tmp_path)])
     assert code == 2
-    assert ("no diagnostics for a 'autoregressive' checkpoint (families that have: cmlm, ctc, dag, "
+    assert ("no diagnostics for a 'autoregressive' checkpoint (families that have: cmlm, ctc, dag, diffusion, "
             "insertion, latent, nat)") in capsys.readouterr().err
 
 
