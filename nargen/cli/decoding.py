@@ -66,19 +66,26 @@ def decoder_families(argv: list[str]) -> list[type[Seq2SeqModule]]:
 def add_decoder_option_flags(parser: ArgumentParser, families: list[type[Seq2SeqModule]]) -> list[str]:
     """A flag for each decoder option of ``families``, default unset (the checkpoint's
     own), its help naming the families that take it; returns the option names."""
-    seen: dict[str, tuple[Any, str, dict[Any, list[str]]]] = {}
+    hints: dict[str, Any] = {}
+    docs: dict[str, dict[str, list[str]]] = {}  # option -> its doc -> families
+    defaults: dict[str, dict[str, list[str]]] = {}  # option -> its default -> families
     for family in families:
         for f in option_fields(family.decoding_options):
             if not f.call_only:
-                seen.setdefault(f.name, (f.type, f.doc, {}))[2].setdefault(repr(f.default), []).append(family.family)
+                hints.setdefault(f.name, f.type)
+                docs.setdefault(f.name, {}).setdefault(f.doc, []).append(family.family)
+                defaults.setdefault(f.name, {}).setdefault(repr(f.default), []).append(family.family)
     group = parser.add_argument_group(
         "decoder options", "each family's own, checked against the checkpoint's family "
         "(the same names as decode.options in a recipe and the Python API's keywords); "
         "unset: the checkpoint's decode.options, else the family's default (shown)")
-    for name, (hint, doc, takers) in seen.items():
-        defaults = "; ".join(f"{', '.join(names)}: {default}" for default, names in takers.items())
-        add_flag(group, name, hint | None, None, f"{doc} [{defaults}]")
-    return list(seen)
+    for name, hint in hints.items():
+        by_doc = docs[name]
+        doc = next(iter(by_doc)) if len(by_doc) == 1 else " ".join(
+            f"{', '.join(names)}: {doc}" for doc, names in by_doc.items())
+        shown = "; ".join(f"{', '.join(names)}: {default}" for default, names in defaults[name].items())
+        add_flag(group, name, hint | None, None, f"{doc} [{shown}]")
+    return list(hints)
 
 
 def decoding_command(prog: str, description: str, settings: type, argv: list[str]) -> tuple[
