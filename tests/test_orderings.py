@@ -106,3 +106,16 @@ def test_kendall_tau_matches_its_definition():
             continue
         assert kendall_tau(torch.tensor(a), torch.tensor(b)) == pytest.approx(brute_force_tau_b(a, b))
     assert math.isnan(kendall_tau(torch.zeros(4), left_to_right(target(4))))
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_a_span_priority_wants_first_what_its_schedule_produces_first(n):
+    from nargen.orderings import span_priority
+
+    offset, size = torch.arange(n), torch.full((n,), n)
+    for name, schedule in (("left_to_right", left_to_right), ("balanced_tree", balanced_tree)):
+        priority = span_priority(name, offset, size)
+        first = schedule(target(n)) == 0  # the positions the schedule produces at its first step
+        assert first.sum() == 1
+        assert priority[first].item() == priority.max().item()  # top of the priority (ties at even n)
+    assert torch.equal(span_priority("uniform", offset, size), torch.zeros(n))

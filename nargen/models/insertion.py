@@ -15,8 +15,11 @@ from nargen.decoding import DecodeResult, insertion_decode
 from nargen.decoding.options import LengthCapOptions
 from nargen.models.base import Seq2SeqModule
 from nargen.models.registry import register_family
+from nargen.orderings import SPAN_ORDERS, span_priority
 
-ORDERS = ("left_to_right", "balanced_tree", "uniform")
+ORDERS = SPAN_ORDERS
+"""Training orders: ``nargen.orderings.span_priority`` says which missing token of a slot
+each wants next."""
 
 
 @dataclass
@@ -87,11 +90,7 @@ def slot_targets(
     if options.order == "left_to_right":
         weight = (missing & (index == kept[:, None])).float()
     else:
-        if options.order == "uniform":
-            score = torch.zeros(batch, length, device=target.device)
-        else:
-            middle = (size.float() - 1) / 2
-            score = -(offset.float() - middle).abs() / options.tree_temperature
+        score = span_priority(options.order, offset, size) / options.tree_temperature
         score = score.masked_fill(~missing, float("-inf"))
         # softmax within each slot's span: subtract the span maximum, normalise by its sum
         key = slot.masked_fill(~missing, 0)

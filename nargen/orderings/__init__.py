@@ -5,10 +5,12 @@ produced in parallel.
 """
 
 from nargen.orderings.compare import kendall_tau
-from nargen.orderings.fixed import balanced_tree, left_to_right, right_to_left, uniform_random
+from nargen.orderings.fixed import (
+    SPAN_ORDERS, balanced_tree, left_to_right, right_to_left, span_priority, uniform_random,
+)
 from nargen.orderings.reference import easiest_first, rarest_first
 
 __all__ = [
-    "balanced_tree", "easiest_first", "kendall_tau", "left_to_right", "rarest_first",
+    "SPAN_ORDERS", "span_priority", "balanced_tree", "easiest_first", "kendall_tau", "left_to_right", "rarest_first",
     "right_to_left", "uniform_random",
 ]

@@ -41,3 +41,25 @@ def uniform_random(target: Target, seed: int) -> torch.Tensor:
     """A uniformly random order, one position a step, fixed by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(len(target), generator=generator).argsort()
+
+
+def span_priority(order: str, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """How strongly ``order`` (``left_to_right``, ``balanced_tree`` or ``uniform``) wants
+    each missing position of a span produced next, higher first: ``offset`` is the
+    position's place in its span of ``size`` missing positions (same shapes). The
+    leftmost for ``left_to_right``; the middle for ``balanced_tree`` (minus the distance
+    to it: the first step of ``balanced_tree`` on the span); all alike for ``uniform``.
+    What the insertion family trains its slots towards, the positions of one slot at
+    a time."""
+    if order == "left_to_right":
+        return -offset.float()
+    if order == "balanced_tree":
+        return -(offset.float() - (size.float() - 1) / 2).abs()
+    if order == "uniform":
+        return torch.zeros(offset.shape, device=offset.device)
+    raise ValueError(f"unknown order {order!r} (known: {', '.join(SPAN_ORDERS)})")
+
+
+SPAN_ORDERS = ("left_to_right", "balanced_tree", "uniform")
+"""The orders ``span_priority`` knows."""
+
