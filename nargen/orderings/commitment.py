@@ -54,11 +54,22 @@ def by_schedule(schedule: Callable[[torch.Tensor], torch.Tensor]) -> RemaskPolic
     a candidate's length: the step of each position): mask again the ``n_mask``
     positions it produces last; positions of one step go left to right."""
 
+    made: dict[tuple[int, str], torch.Tensor] = {}  # (width, device) -> steps of each length, padded
+
+    def steps_by_length(width: int, device: torch.device) -> torch.Tensor:
+        """Row ``n`` holds the schedule of ``n`` positions, made once per width and device."""
+        key = (width, str(device))
+        if key not in made:
+            table = torch.zeros(width + 1, width)
+            for n in range(1, width + 1):
+                table[n, :n] = schedule(torch.arange(n)).float()
+            made[key] = table.to(device)
+        return made[key]
+
     def policy(state: RemaskState) -> torch.Tensor:
-        steps = torch.zeros(state.real.shape, device=state.real.device)
-        for i, length in enumerate(state.real.sum(1).tolist()):
-            steps[i, :length] = schedule(torch.arange(length)).to(steps)
-        position = torch.arange(state.real.shape[1], device=state.real.device).expand_as(state.real)
+        width = state.real.shape[1]
+        steps = steps_by_length(width, state.real.device).index_select(0, state.real.sum(1))
+        position = torch.arange(width, device=state.real.device).expand_as(state.real)
         return lowest_first(state, -steps, -position.float())
 
     return policy
