@@ -227,6 +227,7 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
         slot: int = 0,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attend from ``x`` to itself, or to ``memory`` for cross-attention.
 
@@ -234,7 +235,8 @@ class Attention(nn.Module):
         query may attend. Cross-attention takes ``g`` rows of ``x`` per row of ``memory``
         (rows ``i*g .. i*g+g-1`` read source ``i``), so copies of one source, such as
         the hypotheses of a beam, share its K/V. Returns the output and the K/V used,
-        for a sharing layer.
+        for a sharing layer. ``positions`` (``[batch, time]``) rotates each query and key
+        at its own position instead of the cache's next ones (a draft tree's branches).
         """
         if self.cross != (memory is not None):
             raise ValueError("cross-attention needs memory; self-attention takes none")
@@ -246,6 +248,8 @@ class Attention(nn.Module):
                 raise ValueError(f"{rows} target rows do not divide among {memory.shape[0]} sources")
             x = x.reshape(memory.shape[0], -1, width)
         offset = cache.length if cache is not None and not self.cross else 0
+        if positions is not None and not self.cross:
+            offset = positions
         if self.qkv_proj is not None:
             heads = self.n_heads + self.n_kv_heads
             qkv = self.qkv_proj(x).view(rows, time, heads + self.n_kv_heads, self.head_dim)

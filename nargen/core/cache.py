@@ -93,6 +93,19 @@ class KVCache:
         self._written = [min(n, length - self.start) for n in self._written]
         self.length = length
 
+    def keep_columns(self, start: int, columns: torch.Tensor) -> None:
+        """Move row ``i``'s K/V at positions ``start + columns[i]`` to positions
+        ``start, start + 1, ...`` (``columns``: ``[batch, n]``, increasing): a pass that
+        checked a tree of drafts keeps the branch it accepted. Call ``truncate`` after."""
+        at = start - self.start
+        for buffers in self._buffers:
+            if buffers is None:
+                continue
+            shape = buffers[0].shape
+            index = (columns + at)[:, None, :, None].expand(shape[0], shape[1], -1, shape[3])
+            for buffer in buffers:
+                buffer[:, :, at : at + columns.shape[1]] = buffer.gather(2, index)
+
     def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None:
         """Keep batch rows ``indices`` (in that order); rows may repeat or drop out.
 

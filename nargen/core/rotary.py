@@ -49,9 +49,12 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """Rotate ``x`` of shape ``[batch, heads, time, head_dim]`` starting at ``offset``
         (an int, or a ``[1]`` tensor on ``x``'s device, read without a sync: a cache of
-        fixed shapes checks its capacity instead)."""
+        fixed shapes checks its capacity instead), or at each row's own positions
+        (``offset`` a ``[batch, time]`` tensor: the branches of a draft tree)."""
         length = x.shape[-2]
-        if isinstance(offset, torch.Tensor):
+        if isinstance(offset, torch.Tensor) and offset.dim() == 2:
+            cos, sin = self.cos[offset][:, None].to(x.dtype), self.sin[offset][:, None].to(x.dtype)
+        elif isinstance(offset, torch.Tensor):
             at = offset + torch.arange(length, device=x.device)
             cos, sin = self.cos.index_select(0, at).to(x.dtype), self.sin.index_select(0, at).to(x.dtype)
         else:

@@ -18,6 +18,7 @@ from nargen.core.feedforward import SwiGLU
 from nargen.core.norms import RMSNorm
 from nargen.core.projected_loss import projected_cross_entropy
 from nargen.core.rotary import RotaryEmbedding, sinusoidal_positions
+from nargen.core.tree import TreeLayout
 
 
 @dataclass
@@ -93,11 +94,12 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None,
         slot: int,
         shared: tuple | None,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         self_kv, cross_kv = shared if shared is not None else (None, None)
         h, self_kv = self.self_attn(
             self.self_norm(x), mask=self_mask, causal=causal, cache=cache, slot=slot,
-            shared_kv=self_kv,
+            shared_kv=self_kv, positions=positions,
         )
         x = x + self.dropout(h)
         h, cross_kv = self.cross_attn(
@@ -161,9 +163,11 @@ class Seq2SeqTransformer(nn.Module):
 
     def add_positions(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         """``x`` plus the absolute positions from ``offset`` (an int or a ``[1]`` device
-        tensor), if configured."""
+        tensor; a ``[batch, time]`` tensor gives each position its own), if configured."""
         if self.positions is None:
             return x
+        if isinstance(offset, torch.Tensor) and offset.dim() == 2:
+            return x + self.positions[offset].to(x.dtype)
         if isinstance(offset, torch.Tensor):
             at = offset + torch.arange(x.shape[1], device=x.device)
             return x + self.positions.index_select(0, at).to(x.dtype)
@@ -192,12 +196,20 @@ class Seq2SeqTransformer(nn.Module):
         causal: bool = True,
         cache: KVCache | None = None,
         tgt_mask: torch.Tensor | None = None,
+        tree: TreeLayout | None = None,
     ) -> torch.Tensor:
         """Run the decoder stack on input embeddings ``x``; returns final hidden states.
 
         Causal decoding needs no target mask (padding sits after real tokens); for
-        bidirectional decoding pass ``tgt_mask`` (True = real position).
+        bidirectional decoding pass ``tgt_mask`` (True = real position). A ``tree``
+        (with a cache) gives each new position its own position and the cached and new
+        positions it sees: the branches of a draft tree checked in one pass (``x``'s
+        embeddings must carry the same positions: ``embed_tokens(tokens, tree.positions)``).
         """
+        if tree is not None:
+            if cache is None or self.cfg.decoder_window:
+                raise ValueError("a tree pass needs a KV cache and a decoder without a window")
+            return _decoder_stack(self, x, encoded, tree.mask[:, None], False, cache, tree.positions)
         self_mask = None if tgt_mask is None else tgt_mask[:, None, None, :]
         if cache is None and self.compiled_passes:
             return _compiled(_decoder_stack)(self, x, encoded, self_mask, causal, None)
@@ -278,14 +290,14 @@ def _encoder_stack(model: Seq2SeqTransformer, x: torch.Tensor, mask: torch.Tenso
 
 def _decoder_stack(
     model: Seq2SeqTransformer, x: torch.Tensor, encoded: Encoded, self_mask: torch.Tensor | None,
-    causal: bool, cache: KVCache | StaticKVCache | None,
+    causal: bool, cache: KVCache | StaticKVCache | None, positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     shared = None
     for i, layer in enumerate(model.decoder_layers):
         slot = model.kv_slot(i)
         x, kv = layer(
             x, encoded, self_mask=self_mask, causal=causal, cache=cache, slot=slot,
-            shared=shared if not layer.owns_kv else None,
+            shared=shared if not layer.owns_kv else None, positions=positions,
         )
         shared = kv
     if cache is not None:

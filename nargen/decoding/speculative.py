@@ -17,10 +17,12 @@ blockwise parallel decoding).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from nargen.core.tree import is_chain, node_depths, tree_layout
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows
 
 
@@ -48,6 +50,33 @@ class HiddenStateDrafter(Drafter, Protocol):
     def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None: ...
 
 
+@dataclass
+class DraftTree:
+    """Candidate continuations of one sentence: ``tokens[m]`` follows node
+    ``parents[m]`` (``-1``: the sentence's last token), every node listed after its
+    parent. A chain (``parents == [-1, 0, 1, ...]``) is one path."""
+
+    tokens: list[int]
+    parents: list[int]
+
+    @classmethod
+    def chain(cls, tokens: list[int]) -> "DraftTree":
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)))
+
+    def within(self, depth: int) -> "DraftTree":
+        """The nodes at most ``depth`` deep (a chain: its first ``depth`` tokens)."""
+        keep = [m for m, d in enumerate(node_depths(self.parents)) if d <= depth]
+        where = {m: i for i, m in enumerate(keep)}
+        return DraftTree([self.tokens[m] for m in keep], [where.get(self.parents[m], -1) for m in keep])
+
+
+class TreeDrafter(Drafter, Protocol):
+    """A drafter that proposes trees: ``propose_tree(rows, prefixes, k)`` as ``propose``,
+    a ``DraftTree`` per sentence, at most ``k`` deep."""
+
+    def propose_tree(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[DraftTree]: ...
+
+
 @torch.inference_mode()
 def speculative(
     model: Seq2SeqModel,
@@ -61,9 +90,11 @@ def speculative(
     max_len: int = 256,
 ) -> DecodeResult:
     """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
+    A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
+    pass (``nargen.core.tree``); the longest branch the model agrees with is kept.
     ``passes`` counts both models' sequential passes; ``counts`` holds
-    ``target_passes``, ``draft_passes``, and the draft tokens ``proposed`` and
-    ``accepted``."""
+    ``target_passes``, ``draft_passes``, the draft tokens ``proposed`` and
+    ``accepted``, and ``emitted``, the output tokens (EOS included) the passes chose."""
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     batch, device = src.shape[0], src.device
@@ -74,55 +105,77 @@ def speculative(
     cache = model.new_cache(encoded, max(caps, default=0) + 1)
     drafted_before = drafter.passes
     drafter.start(src)
-    stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0}
+    stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0, "emitted": 0}
     never = banned_ids((ids.pad, ids.bos), device)
     out: list[list[int]] = [[] for _ in range(batch)]
     hit_cap = [False] * batch
     active = list(range(batch))  # rows still decoding, in cache order
     cached = 0  # positions of every active row's input (BOS, out...) held in the cache
     reads_hidden = hasattr(drafter, "observe")
+    drafts_trees = hasattr(drafter, "propose_tree")
     while active:
-        inputs_all = [[ids.bos, *out[r]] for r in active]
-        tails = [seq[cached:] for seq in inputs_all]  # at least the last token
+        tails = [[ids.bos, *out[r]][cached:] for r in active]  # at least the last token
         room = [caps[r] - len(out[r]) for r in active]
         k = min(block, max(room))
-        drafts = drafter.propose(active, [out[r] for r in active], k) if k else [[] for _ in active]
-        drafts = [d[: min(block, left)] for d, left in zip(drafts, room)]
-        stats["proposed"] += sum(len(d) for d in drafts)
-        x = pad_rows([tail + draft for tail, draft in zip(tails, drafts)], ids.pad, device)
-        if reads_hidden:
-            hidden = model.decode_hidden(model.embed_tokens(x, cache.length), encoded, causal=True, cache=cache)
-            logits = model.output_logits(hidden).float()
+        prefixes = [out[r] for r in active]
+        if not k:
+            trees = [DraftTree([], []) for _ in active]
+        elif drafts_trees:
+            trees = drafter.propose_tree(active, prefixes, k)
         else:
+            trees = [DraftTree.chain(d) for d in drafter.propose(active, prefixes, k)]
+        trees = [t.within(min(block, left)) for t, left in zip(trees, room)]
+        stats["proposed"] += sum(len(t.tokens) for t in trees)
+        if all(is_chain(t.parents) for t in trees):  # contiguous positions, causal attention
+            layout = None
+            x = pad_rows([tail + t.tokens for tail, t in zip(tails, trees)], ids.pad, device)
+            offset = cache.length
+        else:
+            layout = tree_layout(cached, tails, [t.tokens for t in trees], [t.parents for t in trees], ids.pad, device)
+            x, offset = layout.tokens, layout.positions
+        if layout is None and not reads_hidden:
             logits = model.decode(x, encoded, causal=True, cache=cache).float()
+        else:  # the hidden states or the tree's layout: a model like ``nargen.core.Seq2SeqTransformer``
+            tree = {} if layout is None else {"tree": layout}
+            hidden = model.decode_hidden(model.embed_tokens(x, offset), encoded, causal=True, cache=cache, **tree)
+            logits = model.output_logits(hidden).float()
         stats["target_passes"] += 1
         logits.index_fill_(-1, never, float("-inf"))
         choice = logits.argmax(-1).tolist()
-        keep_rows, valid, chosen_at = [], [], []
+        keep_rows, valid, chosen_at, columns = [], [], [], []
         for i, r in enumerate(active):
-            start = len(tails[i]) - 1  # logits here predict the token after out[r]
-            done = False
-            for j in range(len(drafts[i]) + 1):
-                token = choice[i][start + j]
+            n_tail, tree = len(tails[i]), trees[i]
+            children = {(p, token): m for m, (token, p) in enumerate(zip(tree.tokens, tree.parents))}
+            node, at, path, done = -1, n_tail - 1, [], False  # ``at``: the column whose logits pick the next token
+            while True:
+                token = choice[i][at]
                 if len(out[r]) >= caps[r]:  # greedy's rule: EOS at the cap
                     hit_cap[r] = token != ids.eos
                     token = ids.eos
-                proposed = drafts[i][j] if j < len(drafts[i]) else None
+                child = children.get((node, token))
+                stats["emitted"] += 1
                 if token == ids.eos:
-                    stats["accepted"] += int(proposed == ids.eos)
+                    stats["accepted"] += int(child is not None)
                     done = True
                     break
                 out[r].append(token)
-                if proposed != token:
+                if child is None:
                     break
                 stats["accepted"] += 1
+                node, at = child, n_tail + child
+                path.append(child)
+            # the pass's columns whose K/V the cache keeps: the tail and the accepted branch
+            columns.append(list(range(n_tail)) + [n_tail + m for m in path])
             if not done:
                 keep_rows.append(i)
                 # K/V of BOS and out[r] minus its last token are exact in the cache
                 valid.append(len(out[r]))
-                chosen_at.append(start + j)
+                chosen_at.append(at)
         if not keep_rows:
             break
+        if layout is not None and any(c != list(range(len(c))) for c in columns):
+            width = max(len(c) for c in columns)  # shorter rows repeat a column past what they keep
+            cache.keep_columns(cached, pad_rows([c + c[-1:] * (width - len(c)) for c in columns], 0, device))
         if len(keep_rows) < len(active):
             cache.reorder(torch.tensor(keep_rows, device=device))
             encoded = encoded.index_select(torch.tensor(keep_rows, device=device))
