@@ -8,17 +8,20 @@ decoding of the same sentences:
     python benchmarks/speculative_split.py --ckpt runs/ar_tiny/checkpoints/averaged.ckpt \\
         --draft-ckpt runs/blockwise_tiny/checkpoints/best.ckpt --src val.de --blocks 2 4 8 \\
         --draft-confidence 0 0.3 0.5 0.7
+    python benchmarks/speculative_split.py --ckpt runs/ar_tiny/checkpoints/averaged.ckpt \
+        --draft-ckpt runs/eagle_tiny/checkpoints/best.ckpt --src val.de --blocks 4 5 6 \
+        --trees 1:0 2:8 4:16 4:24
 
-Prints one line per block size (and confidence floor of draft heads): ms per sentence
-split into drafter start, proposals and target passes (the rest), passes per sentence
-and the share of drafted tokens accepted.
+Prints one line per block size (and confidence floor of draft heads, or tree of a
+feature-level drafter: ``width:nodes``, nodes 0 for ``block``): ms per sentence split
+into the drafter's calls and the target's passes (the rest), passes per sentence, the
+share of drafted tokens accepted and the tokens chosen per verification pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import torch
 
@@ -26,24 +29,8 @@ from nargen.models import load_drafter
 from nargen.decoding import greedy
 from nargen.decoding.speculative import HeadsDrafter, speculative
 from nargen.models import load_module
+from nargen.models.eagle import FeatureDrafter
 from profile_decode import read_lines
-
-
-def timed(drafter: Any) -> dict[str, float]:
-    """Wrap ``drafter``'s ``start``, ``propose`` and (draft heads) ``observe`` to add up
-    their seconds."""
-    seconds = {name: 0.0 for name in ("start", "propose", "observe") if hasattr(drafter, name)}
-    for name in seconds:
-        method = getattr(drafter, name)
-
-        def wrapper(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
-            begin = time.perf_counter()
-            out = _method(*args, **kwargs)
-            seconds[_name] += time.perf_counter() - begin
-            return out
-
-        setattr(drafter, name, wrapper)
-    return seconds
 
 
 def main() -> None:
@@ -55,6 +42,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--draft-confidence", type=float, nargs="+", default=[0.0],
                         help="draft heads (a blockwise checkpoint): each confidence floor in turn")
+    parser.add_argument("--trees", nargs="+", default=["0:0"],
+                        help="a feature-level drafter (an eagle checkpoint): each tree in turn, as "
+                             "width:nodes (nodes 0: as many as the block)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,13 +55,18 @@ def main() -> None:
         begin = time.perf_counter()
         passes = sum(greedy(module.model, src, **module.decoder_settings()).passes for src in sources)
         print(f"greedy: {1000 * (time.perf_counter() - begin) / n:.1f} ms/sentence, {passes / n:.2f} passes")
-        for block, floor in [(b, f) for b in args.blocks for f in args.draft_confidence]:
+        settings = [(b, f, t) for b in args.blocks for f in args.draft_confidence for t in args.trees]
+        for block, floor, tree in settings:
             drafter = load_drafter(args.draft_ckpt, module, args.ckpt)
             if floor:
                 if not isinstance(drafter, HeadsDrafter):
                     parser.error("--draft-confidence needs a blockwise checkpoint as --draft-ckpt")
                 drafter.min_confidence = floor
-            seconds = timed(drafter)
+            width, nodes = (int(x) for x in tree.split(":"))
+            if width:
+                if not isinstance(drafter, FeatureDrafter):
+                    parser.error("--trees needs an eagle checkpoint as --draft-ckpt")
+                drafter.width, drafter.nodes = width, nodes or block
             counts: dict[str, int] = {}
             begin = time.perf_counter()
             for src in sources:
@@ -79,16 +74,17 @@ def main() -> None:
                 for key, value in result.counts.items():
                     counts[key] = counts.get(key, 0) + value
             total = time.perf_counter() - begin
-            target = total - sum(seconds.values())
-            setting = f"block {block}" + (f" floor {floor}" if floor else "")
-            print(f"{setting}: {1000 * total / n:.1f} ms/sentence = drafter start "
-                  f"{1000 * seconds['start'] / n:.1f} + proposals "
-                  f"{1000 * (seconds['propose'] + seconds.get('observe', 0.0)) / n:.1f} + target "
+            drafting = counts["draft_ns"] / 1e9
+            target = total - drafting
+            setting = (f"block {block}" + (f" floor {floor}" if floor else "")
+                       + (f" tree {drafter.width}:{drafter.nodes}" if width else ""))
+            print(f"{setting}: {1000 * total / n:.1f} ms/sentence = drafter "
+                  f"{1000 * drafting / n:.1f} + target "
                   f"{1000 * target / n:.1f} ({counts['target_passes'] / n:.2f} target passes, "
                   f"{1000 * target / max(counts['target_passes'], 1):.2f} ms each with the encoder; "
                   f"{counts['draft_passes'] / n:.2f} drafter passes); "
-                  f"{100 * counts['accepted'] / max(counts['proposed'], 1):.1f}% of drafted tokens accepted")
-
+                  f"{100 * counts['accepted'] / max(counts['proposed'], 1):.1f}% of drafted tokens accepted, "
+                  f"{counts['emitted'] / max(counts['target_passes'], 1):.2f} tokens per verification pass")
 
 if __name__ == "__main__":
     main()

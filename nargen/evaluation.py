@@ -118,6 +118,7 @@ def evaluate(
         c = result.counts
         record["draft_acceptance"] = acceptance_rate(c)
         record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
+        record["tokens_per_pass"] = round(c["emitted"] / max(c["verified"], 1), 2)  # per sentence checked
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
     times, passes, counts = [], 0, Counter()
     bar.close()
@@ -138,13 +139,20 @@ def evaluate(
             record["batch1_draft_acceptance"] = acceptance_rate(counts)
             record["batch1_target_passes"] = round(counts["target_passes"] / n, 2)
             record["batch1_draft_passes"] = round(counts["draft_passes"] / n, 2)
+            record["batch1_tokens_per_pass"] = round(counts["emitted"] / max(counts["verified"], 1), 2)
+            record["batch1_draft_time_share"] = round(counts["draft_ns"] / 1e9 / sum(times), 3)
     return record, result.texts
 
 
 def speculative_summary(record: dict[str, Any]) -> str:
-    """A speculative system's batch-1 target and drafter passes and acceptance, in words."""
-    return (f"{record['batch1_target_passes']:.2f} target and {record['batch1_draft_passes']:.2f} drafter "
-            f"passes, {100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
+    """A speculative system's batch-1 target and drafter passes, acceptance, tokens per
+    verification pass and the drafter's share of the time, in words."""
+    words = (f"{record['batch1_target_passes']:.2f} target and {record['batch1_draft_passes']:.2f} drafter "
+             f"passes, {100 * record['batch1_draft_acceptance']:.1f}% of drafted tokens accepted")
+    if "batch1_tokens_per_pass" in record:  # records written before these were measured lack them
+        words += (f", {record['batch1_tokens_per_pass']:.2f} tokens per verification pass, "
+                  f"{100 * record['batch1_draft_time_share']:.0f}% of the time drafting")
+    return words
 
 
 def format_record(record: dict[str, Any]) -> str:

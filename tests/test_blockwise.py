@@ -135,7 +135,8 @@ def test_the_heads_draft_for_the_plain_model_as_a_drafter_checkpoint(blockwise_r
     out = module.generate(src, draft=drafter, block=HEADS)
     own = blockwise.generate(src, block=HEADS)
     assert out.as_lists(module.ids.pad) == greedy(module.model, src, **module.decoder_settings()).as_lists(module.ids.pad)
-    assert out.counts == own.counts  # the same model underneath: the same blocks
+    tallies = [{k: v for k, v in c.items() if k != "draft_ns"} for c in (out.counts, own.counts)]
+    assert tallies[0] == tallies[1]  # the same model underneath: the same blocks
 
 
 def test_fit_needs_the_model_to_put_heads_on(reversal_root, tmp_path):

@@ -177,13 +177,15 @@ def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal
     assert record["draft_passes"] == record["target_passes"] > 0
     # the batch-1 figures are those of the first 3 sentences decoded alone
     module, drafter = load_module(trained_run / "checkpoints" / "best.ckpt"), ParallelDrafter(load_module(trained_cmlm))
-    counts = {"accepted": 0, "proposed": 0, "target_passes": 0, "draft_passes": 0}
+    counts = {"accepted": 0, "proposed": 0, "target_passes": 0, "draft_passes": 0, "emitted": 0, "verified": 0}
     for line in read_split(reversal_root, "test", "src", "tgt").source[:3]:
         one = module.translate([line], draft=drafter, block=3)
         for key in counts:
             counts[key] += one.counts[key]
     assert record["batch1_draft_acceptance"] == round(counts["accepted"] / counts["proposed"], 4)
     assert record["batch1_target_passes"] == record["batch1_draft_passes"] == round(counts["target_passes"] / 3, 2)
+    assert record["batch1_tokens_per_pass"] == round(counts["emitted"] / counts["verified"], 2) > 1
+    assert 0 < record["batch1_draft_time_share"] < 1
 
 
 def _model_that_runs_to_its_cap(max_len: int, seed: int) -> torch.nn.Module:

@@ -136,6 +136,8 @@ def test_tree_drafts_give_greedy_output_alone_and_batched_up_to_the_cap(block, w
         out = speculative(model, src[rows], TreeListDrafter(answers, width), block=block, **settings)
         assert out.as_lists(0) == answers, (block, width, rows)
         assert torch.equal(out.hit_cap, reference.hit_cap[rows])
+        assert out.counts["emitted"] == sum(len(a) + 1 for a in answers)  # every token and each EOS, once
+        assert out.counts["target_passes"] <= out.counts["verified"] <= len(rows) * out.counts["target_passes"]
 
 
 def test_a_tree_holding_the_models_choices_is_accepted_along_that_branch():

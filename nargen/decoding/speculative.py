@@ -1,7 +1,10 @@
 """Speculative decoding with exact greedy output: a cheap drafter proposes a block of up
 to ``block`` tokens, the autoregressive model checks the whole block in one cached
 pass, keeps the longest prefix it agrees with plus its own next token, and rolls its
-KV cache back to what it accepted.
+KV cache back to what it accepted. A drafter may propose a tree of continuations
+instead (``DraftTree``): the model checks every branch in the same one pass, each
+drafted token seeing only its ancestors (``nargen.core.tree``), and keeps the longest
+branch it agrees with, whose K/V the cache moves into place.
 
 Batched with per-sentence acceptance: the cache keeps one length for the batch, the
 shortest accepted one; a sentence that accepted more feeds its extra accepted tokens
@@ -12,11 +15,14 @@ float tolerance of batched scores (docs/decoding.md, "Batch invariance and ties"
 Drafters: ``AutoregressiveDrafter`` (a small AR model, greedily), ``ParallelDrafter``
 (NAT/CMLM, a pass per block), ``OnePassDrafter`` (any parallel model, once per batch,
 realigned), and ``HeadsDrafter`` (draft heads reading the target's own hidden states:
-blockwise parallel decoding).
+blockwise parallel decoding); the feature-level tree drafter (``nargen.models.eagle``)
+and the block drafter on the target's own encoder (``nargen.models.specdec``) live with
+their families.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,6 +76,14 @@ class DraftTree:
         return DraftTree([self.tokens[m] for m in keep], [where.get(self.parents[m], -1) for m in keep])
 
 
+class EncoderSharingDrafter(Drafter, Protocol):
+    """A drafter that reads the target model's encoder output instead of encoding the
+    source itself: ``attach(encoded)`` hands it the batch's, once, before the first
+    block (rows in batch order)."""
+
+    def attach(self, encoded: Any) -> None: ...
+
+
 class TreeDrafter(Drafter, Protocol):
     """A drafter that proposes trees: ``propose_tree(rows, prefixes, k)`` as ``propose``,
     a ``DraftTree`` per sentence, at most ``k`` deep."""
@@ -94,7 +108,11 @@ def speculative(
     pass (``nargen.core.tree``); the longest branch the model agrees with is kept.
     ``passes`` counts both models' sequential passes; ``counts`` holds
     ``target_passes``, ``draft_passes``, the draft tokens ``proposed`` and
-    ``accepted``, and ``emitted``, the output tokens (EOS included) the passes chose."""
+    ``accepted``, ``emitted``, the output tokens (EOS included) the passes chose,
+    ``verified``, the sentences the passes checked (a pass over a batch checks each
+    sentence still decoding: ``emitted / verified`` is the tokens a sentence gets per
+    verification), and ``draft_ns``, the nanoseconds spent in the drafter's calls (each ends reading its
+    drafts to the host, so on a GPU too the time is its own)."""
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     batch, device = src.shape[0], src.device
@@ -104,8 +122,12 @@ def speculative(
     # pass reads a position greedy would not
     cache = model.new_cache(encoded, max(caps, default=0) + 1)
     drafted_before = drafter.passes
+    clock = time.perf_counter_ns()
     drafter.start(src)
-    stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0, "emitted": 0}
+    if hasattr(drafter, "attach"):  # it drafts from the model's own encoder output
+        drafter.attach(encoded)
+    stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0, "emitted": 0,
+             "verified": 0, "draft_ns": time.perf_counter_ns() - clock}
     never = banned_ids((ids.pad, ids.bos), device)
     out: list[list[int]] = [[] for _ in range(batch)]
     hit_cap = [False] * batch
@@ -118,12 +140,14 @@ def speculative(
         room = [caps[r] - len(out[r]) for r in active]
         k = min(block, max(room))
         prefixes = [out[r] for r in active]
+        clock = time.perf_counter_ns()
         if not k:
             trees = [DraftTree([], []) for _ in active]
         elif drafts_trees:
             trees = drafter.propose_tree(active, prefixes, k)
         else:
             trees = [DraftTree.chain(d) for d in drafter.propose(active, prefixes, k)]
+        stats["draft_ns"] += time.perf_counter_ns() - clock
         trees = [t.within(min(block, left)) for t, left in zip(trees, room)]
         stats["proposed"] += sum(len(t.tokens) for t in trees)
         if all(is_chain(t.parents) for t in trees):  # contiguous positions, causal attention
@@ -140,6 +164,7 @@ def speculative(
             hidden = model.decode_hidden(model.embed_tokens(x, offset), encoded, causal=True, cache=cache, **tree)
             logits = model.output_logits(hidden).float()
         stats["target_passes"] += 1
+        stats["verified"] += len(active)
         logits.index_fill_(-1, never, float("-inf"))
         choice = logits.argmax(-1).tolist()
         keep_rows, valid, chosen_at, columns = [], [], [], []
@@ -181,8 +206,10 @@ def speculative(
             encoded = encoded.index_select(torch.tensor(keep_rows, device=device))
             active = [active[i] for i in keep_rows]
         if reads_hidden:
+            clock = time.perf_counter_ns()
             at = hidden[torch.tensor(keep_rows, device=device), torch.tensor(chosen_at, device=device)]
             drafter.observe(active, at, [out[r][-1] for r in active], encoded)
+            stats["draft_ns"] += time.perf_counter_ns() - clock
         cached = min(valid)
         cache.truncate(cached)
     stats["draft_passes"] = drafter.passes - drafted_before
@@ -366,7 +393,38 @@ class OnePassDrafter:
         return [aligned_continuation(self.drafts[r], p, k, eos) for r, p in zip(rows, prefixes)]
 
 
-class HeadsDrafter:
+class ObservingDrafter:
+    """The bookkeeping of a drafter that reads the target model's own state
+    (``HiddenStateDrafter``): what the last ``observe`` handed over, and what
+    ``owner.prepare(encoded)`` makes of each encoder state (once per state). ``passes``
+    stays 0 unless a subclass counts its own steps."""
+
+    def __init__(self, owner: Any) -> None:
+        self.owner, self.passes = owner, 0
+        self.state: tuple[list[int], torch.Tensor, list[int], Any] | None = None
+        self.prepared: tuple[Any, Any] = (None, None)  # (encoder state, owner.prepare of it)
+
+    def start(self, src: torch.Tensor) -> None:
+        self.state, self.prepared = None, (None, None)
+
+    def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None:
+        self.state = (rows, hidden, tokens, encoded)
+        if self.prepared[0] is not encoded:
+            self.prepared = (encoded, self.owner.prepare(encoded))
+
+    def observed(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, Any, Any] | None:
+        """The last observation for ``rows`` (the rows the target reported): the hidden
+        states, the last tokens as a device tensor, the encoder state and its prepared
+        form; None before the first verification pass of a batch."""
+        if self.state is None:
+            return None
+        observed, hidden, tokens, encoded = self.state
+        if observed != rows:
+            raise ValueError(f"drafting for rows {rows} but the target last reported rows {observed}")
+        return hidden, torch.tensor(tokens, device=hidden.device), encoded, self.prepared[1]
+
+
+class HeadsDrafter(ObservingDrafter):
     """Draft heads on the target model itself (blockwise parallel decoding, Stern et al.
     2018): after each verification pass, ``heads.draft(hidden, tokens, encoded, k,
     prepared, min_confidence)`` proposes the next block (a list of ids per sentence) from
@@ -377,24 +435,13 @@ class HeadsDrafter:
     the heads are a few one-position layers); the first block is empty."""
 
     def __init__(self, heads: Any, eos: int, min_confidence: float = 0.0) -> None:
-        self.heads, self.eos, self.passes, self.min_confidence = heads, eos, 0, min_confidence
-        self.state: tuple[list[int], torch.Tensor, list[int], Any] | None = None
-        self.prepared: tuple[Any, Any] = (None, None)  # (encoder state, heads.prepare of it)
-
-    def start(self, src: torch.Tensor) -> None:
-        self.state, self.prepared = None, (None, None)
-
-    def observe(self, rows: list[int], hidden: torch.Tensor, tokens: list[int], encoded: Any) -> None:
-        self.state = (rows, hidden, tokens, encoded)
-        if self.prepared[0] is not encoded:
-            self.prepared = (encoded, self.heads.prepare(encoded))
+        super().__init__(heads)
+        self.heads, self.eos, self.min_confidence = heads, eos, min_confidence
 
     def propose(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[list[int]]:
-        if self.state is None:
+        seen = self.observed(rows)
+        if seen is None:
             return [[] for _ in rows]
-        observed, hidden, tokens, encoded = self.state
-        if observed != rows:
-            raise ValueError(f"drafting for rows {rows} but the target last reported rows {observed}")
-        last = torch.tensor(tokens, device=hidden.device)
-        drafts = self.heads.draft(hidden, last, encoded, k, self.prepared[1], self.min_confidence)
+        hidden, last, encoded, prepared = seen
+        drafts = self.heads.draft(hidden, last, encoded, k, prepared, self.min_confidence)
         return [d[: d.index(self.eos) + 1] if self.eos in d else d for d in drafts]

@@ -24,15 +24,11 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from nargen.core import Encoded, TransformerConfig
-from nargen.core.attention import Attention
-from nargen.core.feedforward import SwiGLU
-from nargen.core.norms import RMSNorm
-from nargen.data.datamodule import collate_pairs
-from nargen.decoding import DecodeResult, greedy
-from nargen.decoding.speculative import HeadsDrafter, speculative
-from nargen.models.autoregressive import AutoregressiveDecoding, AutoregressiveModule
+from nargen.core import Encoded
+from nargen.decoding.speculative import HeadsDrafter
+from nargen.models.autoregressive import AutoregressiveDecoding
 from nargen.models.base import FamilyOptions
+from nargen.models.frozen_target import DraftHead, FrozenTargetModule
 from nargen.models.registry import register_family
 
 
@@ -46,36 +42,6 @@ class BlockwiseOptions(FamilyOptions):
             raise ValueError(f"heads must be >= 1, got {self.heads}")
 
 
-class DraftHead(nn.Module):
-    """One link of the chain: ``x = state + join([norm(state), norm(token)])``, then
-    cross-attention to the source and a SwiGLU feed-forward, each pre-norm and residual;
-    read out through its own norm and the model's tied output projection."""
-
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        d, eps = cfg.d_model, cfg.norm_eps
-        self.state_norm = RMSNorm(d, eps)
-        self.token_norm = RMSNorm(d, eps)
-        self.join = nn.Linear(2 * d, d, bias=False)
-        self.cross_norm = RMSNorm(d, eps)
-        self.cross = Attention(d, cfg.n_heads, cfg.n_kv_heads, rotary=None, cross=True)
-        self.ffn_norm = RMSNorm(d, eps)
-        self.ffn = SwiGLU(d, cfg.ffn_dim)
-        self.out_norm = RMSNorm(d, eps)
-
-    def forward(
-        self, state: torch.Tensor, token: torch.Tensor, encoded: Encoded,
-        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """The next state from ``state`` and the scaled embedding ``token`` (same shape,
-        ``[rows, positions, d_model]``), reading ``encoded``'s source (through its K/V
-        ``kv`` when already projected)."""
-        x = state + self.join(torch.cat([self.state_norm(state), self.token_norm(token)], dim=-1))
-        h, _ = self.cross(self.cross_norm(x), memory=encoded.memory, mask=encoded.attention_mask, shared_kv=kv)
-        x = x + h
-        return x + self.ffn(self.ffn_norm(x))
-
-
 @dataclass
 class BlockwiseDecoding(AutoregressiveDecoding):
     """Greedy in blocks the draft heads propose (``block``: tokens per block, at most
@@ -86,7 +52,7 @@ class BlockwiseDecoding(AutoregressiveDecoding):
 
 
 @register_family
-class BlockwiseModule(AutoregressiveModule):
+class BlockwiseModule(FrozenTargetModule):
     """An autoregressive model (copied from ``trainer.init_from`` and frozen) with draft
     heads trained on its own greedy output; ``generate`` decodes greedily in blocks the
     heads propose (``block``: tokens per block, at most ``heads``; 0 decodes plain greedy;
@@ -96,9 +62,6 @@ class BlockwiseModule(AutoregressiveModule):
     family = "blockwise"
     options_class = BlockwiseOptions
     decoding_options = BlockwiseDecoding
-    needs_init_from = True
-    selection_metric = "val_accepted"
-    speed_baseline = False  # its rows draft with heads: measured against the plain model's
 
     def as_drafter(self) -> HeadsDrafter:
         """Drafts with its heads from the verifier's own hidden states (they were trained
@@ -108,15 +71,6 @@ class BlockwiseModule(AutoregressiveModule):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.heads = nn.ModuleList(DraftHead(self.model_config) for _ in range(self.options.heads))
-        self.model.requires_grad_(False)
-        # PAD and BOS, ruled out of every head's scores; a buffer, so it lives on the module's device
-        self.register_buffer("never_drafted", torch.tensor([self.ids.pad, self.ids.bos]), persistent=False)
-
-    def train(self, mode: bool = True) -> "BlockwiseModule":
-        """The frozen model stays in evaluation mode (no dropout) while the heads train."""
-        super().train(mode)
-        self.model.train(False)
-        return self
 
     def _chain(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[DraftHead, torch.Tensor, torch.Tensor]]:
         """Teacher-forced head states on the frozen model's: yields ``(head, state,
@@ -144,34 +98,15 @@ class BlockwiseModule(AutoregressiveModule):
                                                      self.optim.label_smoothing))
         return torch.stack(losses).mean()
 
-    @torch.no_grad()
-    def accepted_lengths(self, src: torch.Tensor, outputs: list[list[int]]) -> torch.Tensor:
-        """For each position of the model's own greedy ``outputs`` for ``src`` (EOS not
-        included), how many of the heads' teacher-forced proposals in a row are right:
-        the drafted tokens the model accepts there, one value per output token."""
-        items = [(i, row, torch.tensor(out, dtype=torch.long)) for i, (row, out) in enumerate(zip(src.cpu(), outputs))]
-        batch = {k: v.to(src.device) for k, v in collate_pairs(items).items()}
-        target, ids = batch["tgt_out"], self.ids
-        run = torch.ones_like(target, dtype=torch.bool)
-        accepted = torch.zeros_like(target)
+    def teacher_forced_drafts(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each head's scores along the chain, fed the reference tokens."""
         for head, state, wanted in self._chain(batch):
-            run &= (self._logits(head, state).argmax(-1) == wanted) & (wanted != ids.pad)
-            accepted += run
-        drafts_here = (target != ids.pad) & (target != ids.eos)
-        return accepted[drafts_here]
+            yield self._logits(head, state), wanted
 
     def _logits(self, head: DraftHead, state: torch.Tensor) -> torch.Tensor:
         """``head``'s fp32 scores over the vocabulary, PAD and BOS ruled out as greedy does."""
         logits = self.model.output_logits(head.out_norm(state)).float()
         return logits.index_fill_(-1, self.never_drafted, float("-inf"))
-
-    def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
-        """Also logs ``val_accepted``, the mean of ``accepted_lengths`` over the validation
-        output (greedy, whatever ``block``: keep ``decode.validation`` at beam 1)."""
-        result = super()._validate(batch)
-        lengths = self.accepted_lengths(batch["src"], result.as_lists(self.ids.pad)).float()
-        self.log("val_accepted", lengths.mean(), batch_size=max(lengths.numel(), 1), sync_dist=True)
-        return result
 
     @torch.no_grad()
     def prepare(self, encoded: Encoded) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -207,16 +142,9 @@ class BlockwiseModule(AutoregressiveModule):
             return [[] for _ in range(len(tokens))]
         return [[t for t in row if t >= 0] for row in torch.cat(out, dim=1).tolist()]
 
-    def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
-        """Beam search, sampling or an outside ``draft`` as for the autoregressive model;
-        otherwise greedy output in blocks of ``block`` tokens the heads propose."""
-        o = self.decode_options(options)
-        if o["beam"] > 1 or o["sampling"] or o["draft"] is not None:
-            return super().generate(src, **options)
-        block, common = o["block"], self.decoder_settings(o)
-        if block > len(self.heads):
-            raise ValueError(f"block {block} exceeds this model's {len(self.heads)} draft heads")
-        if block < 1:
-            return greedy(self.model, src, **common)
-        drafter = HeadsDrafter(self, self.ids.eos, min_confidence=o["draft_confidence"])
-        return speculative(self.model, src, drafter, block=block, **common)
+    def own_drafter(self, options: dict[str, Any]) -> HeadsDrafter:
+        """The heads, ``block`` (at most ``heads``) tokens a block, ending a block before a
+        token its head gives less than ``draft_confidence``."""
+        if options["block"] > len(self.heads):
+            raise ValueError(f"block {options['block']} exceeds this model's {len(self.heads)} draft heads")
+        return HeadsDrafter(self, self.ids.eos, min_confidence=options["draft_confidence"])

@@ -5,11 +5,13 @@ from nargen.models.blockwise import BlockwiseModule
 from nargen.models.ctc import CTCModule
 from nargen.models.dag import DAGModule
 from nargen.models.diffusion import DiffusionModule
+from nargen.models.eagle import EagleModule
 from nargen.models.insertion import InsertionModule
 from nargen.models.latent import LatentModule
 from nargen.models.parallel import CMLMModule, NATModule
+from nargen.models.specdec import SpecDecModule
 
 __all__ = [
-    "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "DiffusionModule",
-    "InsertionModule", "LatentModule", "NATModule",
+    "AutoregressiveModule", "BlockwiseModule", "CMLMModule", "CTCModule", "DAGModule", "DiffusionModule", "EagleModule",
+    "InsertionModule", "LatentModule", "NATModule", "SpecDecModule",
 ]
