@@ -90,11 +90,14 @@ class TreeListDrafter:
     def start(self, src: torch.Tensor) -> None:
         pass
 
-    def propose(self, rows, prefixes, k):  # pragma: no cover - the tree is what is used
-        raise AssertionError("a tree drafter is asked for trees")
+    def propose(self, rows, prefixes, k):  # the right chain, for a model that checks no trees
+        self.passes += 1
+        self.chains = getattr(self, "chains", 0) + 1
+        return [(self.answers[r][len(p):] + [self.eos])[:k] for r, p in zip(rows, prefixes)]
 
     def propose_tree(self, rows, prefixes, k):
         self.passes += 1
+        self.trees = getattr(self, "trees", 0) + 1
         return [self._tree(r, p, k) for r, p in zip(rows, prefixes)]
 
     def _tree(self, row: int, prefix: list[int], k: int) -> DraftTree:
@@ -195,3 +198,14 @@ def test_tree_drafts_on_a_trained_model_give_its_greedy_output(trained_run, reve
     for block in (3, 6):
         out = speculative(module.model, src, TreeListDrafter(truth, width=3, vocab=module.model_config.vocab_size, eos=module.ids.eos), block=block, **module.decoder_settings())
         assert out.as_lists(module.ids.pad) == truth
+
+
+def test_a_windowed_decoder_is_drafted_chains_and_keeps_greedy_output():
+    model = _model(5, decoder_window=4)
+    assert not model.checks_trees
+    src = _sources([9, 6, 12])
+    truth = greedy(model, src, max_len_b=6).as_lists(0)
+    drafter = TreeListDrafter(truth, width=3)
+    out = speculative(model, src, drafter, block=3, max_len_b=6)
+    assert out.as_lists(0) == truth
+    assert drafter.chains > 0 and not hasattr(drafter, "trees")  # chains, never a tree

@@ -151,6 +151,12 @@ class Seq2SeqTransformer(nn.Module):
         with torch.no_grad():
             self.embed.weight[pad_id].zero_()
 
+    @property
+    def checks_trees(self) -> bool:
+        """Whether a cached decoder pass can check a tree of drafts (``decode_hidden``'s
+        ``tree``): not with a sliding window, whose cache drops positions by count."""
+        return not self.cfg.decoder_window
+
     def set_attention_kernel(self, name: str) -> None:
         """Switch every attention layer to ``"sdpa"`` or the ``"naive"`` reference."""
         for module in self.modules():

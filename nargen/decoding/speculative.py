@@ -105,7 +105,8 @@ def speculative(
 ) -> DecodeResult:
     """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
-    pass (``nargen.core.tree``); the longest branch the model agrees with is kept.
+    pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
+    model agrees with is kept.
     ``passes`` counts both models' sequential passes; ``counts`` holds
     ``target_passes``, ``draft_passes``, the draft tokens ``proposed`` and
     ``accepted``, ``emitted``, the output tokens (EOS included) the passes chose,
@@ -134,7 +135,8 @@ def speculative(
     active = list(range(batch))  # rows still decoding, in cache order
     cached = 0  # positions of every active row's input (BOS, out...) held in the cache
     reads_hidden = hasattr(drafter, "observe")
-    drafts_trees = hasattr(drafter, "propose_tree")
+    # a tree drafter drafts chains for a model that cannot check trees (a windowed decoder)
+    drafts_trees = hasattr(drafter, "propose_tree") and getattr(model, "checks_trees", False)
     while active:
         tails = [[ids.bos, *out[r]][cached:] for r in active]  # at least the last token
         room = [caps[r] - len(out[r]) for r in active]
