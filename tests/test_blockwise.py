@@ -5,17 +5,16 @@ their blocks gives its greedy output token for token in fewer passes."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from nargen.config import ConfigError
 from nargen.training.fit import run_fit
-from nargen.models import load_drafter
-from nargen.data import read_split
-from nargen.data.batching import pad_sequences
 from nargen.decoding import HeadsDrafter, greedy
-from nargen.models import load_module, read_checkpoint
 
 from conftest import reversal_config
+from drafting import (
+    assert_greedy_output, assert_it_drafts_for_the_plain_model, assert_only_the_drafter_trained, reversal_sources,
+    train_drafter,
+)
 
 HEADS = 4
 
@@ -23,30 +22,17 @@ HEADS = 4
 @pytest.fixture(scope="module")
 def blockwise_run(trained_run, reversal_root, tmp_path_factory):
     """Four draft heads on the reversal model, 400 updates (about 10 s)."""
-    run_dir = tmp_path_factory.mktemp("blockwise")
-    config = reversal_config(
-        reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400, "--family", "blockwise",
-        "--family_options", f"{{heads: {HEADS}}}", "--trainer.init_from",
-        str(trained_run / "checkpoints" / "best.ckpt"), "--decode.validation", "{block: 0}",
-    )
-    summary = run_fit(config)
-    return run_dir, summary
+    return train_drafter("blockwise", f"{{heads: {HEADS}}}", trained_run, reversal_root, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def sources(blockwise_run, reversal_root):
-    module = load_module(blockwise_run[0] / "checkpoints" / "best.ckpt")
-    test = read_split(reversal_root, "test", "src", "tgt")
-    rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:48])]
-    return module, pad_sequences(rows, module.ids.pad).to(module.device)
+    return reversal_sources(blockwise_run[0], reversal_root)
 
 
 @pytest.mark.slow
 def test_training_moves_only_the_heads(blockwise_run, trained_run):
-    teacher = read_checkpoint(trained_run / "checkpoints" / "best.ckpt")["state_dict"]
-    trained = read_checkpoint(blockwise_run[0] / "checkpoints" / "last.ckpt")["state_dict"]
-    core = [k for k in teacher if k.startswith("model.")]
-    assert core and all(torch.equal(trained[k], teacher[k]) for k in core)
+    trained = assert_only_the_drafter_trained(blockwise_run[0], trained_run)
     heads = [k for k in trained if k.startswith("heads.")]
     assert len({k.split(".")[1] for k in heads}) == HEADS
 
@@ -67,14 +53,7 @@ def test_the_heads_learn_to_propose_what_the_model_then_chooses(blockwise_run, s
 @pytest.mark.parametrize("batch", [1, 3, 16])
 @pytest.mark.parametrize("block", [1, 2, HEADS])
 def test_output_equals_the_model_greedy_output(sources, batch, block):
-    module, src = sources
-    for start in range(0, 12 if batch < 16 else src.shape[0], batch):
-        rows = src[start : start + batch]
-        rows = rows[:, : int((rows != module.ids.pad).sum(1).max())]
-        reference = greedy(module.model, rows, **module.decoder_settings())
-        out = module.generate(rows, block=block)
-        assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
-        assert torch.equal(out.hit_cap, reference.hit_cap)
+    assert_greedy_output(*sources, batch, block=block)
 
 
 @pytest.mark.slow
@@ -128,15 +107,8 @@ def test_teacher_forced_acceptance_matches_what_decoding_accepts(sources):
 def test_the_heads_draft_for_the_plain_model_as_a_drafter_checkpoint(blockwise_run, trained_run, sources):
     """``--draft_ckpt`` with a blockwise checkpoint: its heads read the target's states."""
     blockwise, src = sources
-    ar_path = trained_run / "checkpoints" / "best.ckpt"
-    module = load_module(ar_path)
-    drafter = load_drafter(str(blockwise_run[0] / "checkpoints" / "best.ckpt"), module, str(ar_path))
-    assert isinstance(drafter, HeadsDrafter)
-    out = module.generate(src, draft=drafter, block=HEADS)
-    own = blockwise.generate(src, block=HEADS)
-    assert out.as_lists(module.ids.pad) == greedy(module.model, src, **module.decoder_settings()).as_lists(module.ids.pad)
-    tallies = [{k: v for k, v in c.items() if k != "draft_ns"} for c in (out.counts, own.counts)]
-    assert tallies[0] == tallies[1]  # the same model underneath: the same blocks
+    assert isinstance(blockwise.as_drafter(), HeadsDrafter)
+    assert_it_drafts_for_the_plain_model(blockwise_run[0], trained_run, blockwise, src, HEADS)
 
 
 def test_fit_needs_the_model_to_put_heads_on(reversal_root, tmp_path):

@@ -7,13 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nargen.data import read_split
-from nargen.data.batching import pad_sequences
 from nargen.decoding import greedy
-from nargen.models import load_drafter, load_module, read_checkpoint
-from nargen.training.fit import run_fit
 
-from conftest import reversal_config
+from drafting import (
+    assert_greedy_output, assert_it_drafts_for_the_plain_model, assert_only_the_drafter_trained, reversal_sources,
+    train_drafter,
+)
 
 DEPTH = 4
 
@@ -21,29 +20,17 @@ DEPTH = 4
 @pytest.fixture(scope="module")
 def eagle_run(trained_run, reversal_root, tmp_path_factory):
     """The feature layer on the reversal model, 400 updates (about 10 s)."""
-    run_dir = tmp_path_factory.mktemp("eagle")
-    config = reversal_config(
-        reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400, "--family", "eagle",
-        "--family_options", f"{{depth: {DEPTH}}}", "--trainer.init_from",
-        str(trained_run / "checkpoints" / "best.ckpt"), "--decode.validation", "{block: 0}",
-    )
-    return run_dir, run_fit(config)
+    return train_drafter("eagle", f"{{depth: {DEPTH}}}", trained_run, reversal_root, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def sources(eagle_run, reversal_root):
-    module = load_module(eagle_run[0] / "checkpoints" / "best.ckpt")
-    test = read_split(reversal_root, "test", "src", "tgt")
-    rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:48])]
-    return module, pad_sequences(rows, module.ids.pad).to(module.device)
+    return reversal_sources(eagle_run[0], reversal_root)
 
 
 @pytest.mark.slow
 def test_training_moves_only_the_layer_and_counts_the_targets(eagle_run, trained_run):
-    teacher = read_checkpoint(trained_run / "checkpoints" / "best.ckpt")["state_dict"]
-    trained = read_checkpoint(eagle_run[0] / "checkpoints" / "last.ckpt")["state_dict"]
-    core = [k for k in teacher if k.startswith("model.")]
-    assert core and all(torch.equal(trained[k], teacher[k]) for k in core)
+    trained = assert_only_the_drafter_trained(eagle_run[0], trained_run)
     assert any(k.startswith("layer.") for k in trained)
     counts = trained["target_counts"]
     assert counts.sum() > 0 and counts[0] == 0  # real targets counted, padding not
@@ -68,14 +55,7 @@ def test_trees_are_accepted_deeper_than_chains(sources):
 @pytest.mark.parametrize("batch", [1, 3, 16])
 @pytest.mark.parametrize("block,width,nodes", [(1, 1, 1), (2, 3, 5), (DEPTH, 1, DEPTH), (6, 4, 20)])
 def test_output_equals_the_model_greedy_output(sources, batch, block, width, nodes):
-    module, src = sources
-    for start in range(0, 12 if batch < 16 else src.shape[0], batch):
-        rows = src[start : start + batch]
-        rows = rows[:, : int((rows != module.ids.pad).sum(1).max())]
-        reference = greedy(module.model, rows, **module.decoder_settings())
-        out = module.generate(rows, block=block, tree_width=width, tree_nodes=nodes)
-        assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
-        assert torch.equal(out.hit_cap, reference.hit_cap)
+    assert_greedy_output(*sources, batch, block=block, tree_width=width, tree_nodes=nodes)
 
 
 @pytest.mark.slow
@@ -144,11 +124,4 @@ def test_teacher_forced_acceptance_matches_what_chain_decoding_accepts(sources):
 @pytest.mark.slow
 def test_the_layer_drafts_for_the_plain_model_as_a_drafter_checkpoint(eagle_run, trained_run, sources):
     eagle, src = sources
-    ar_path = trained_run / "checkpoints" / "best.ckpt"
-    module = load_module(ar_path)
-    drafter = load_drafter(str(eagle_run[0] / "checkpoints" / "best.ckpt"), module, str(ar_path))
-    out = module.generate(src, draft=drafter, block=DEPTH)
-    own = eagle.generate(src, block=DEPTH)
-    assert out.as_lists(module.ids.pad) == greedy(module.model, src, **module.decoder_settings()).as_lists(module.ids.pad)
-    tallies = [{k: v for k, v in c.items() if k != "draft_ns"} for c in (out.counts, own.counts)]
-    assert tallies[0] == tallies[1]  # the same model underneath: the same trees
+    assert_it_drafts_for_the_plain_model(eagle_run[0], trained_run, eagle, src, DEPTH)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nargen.data import read_split
 from nargen.data.batching import pad_sequences
 from nargen.decoding import greedy
-from nargen.models import load_drafter, load_module, read_checkpoint
-from nargen.training.fit import run_fit
+from nargen.models import read_checkpoint
 
-from conftest import reversal_config
+from drafting import (
+    assert_greedy_output, assert_it_drafts_for_the_plain_model, assert_only_the_drafter_trained, reversal_sources,
+    train_drafter,
+)
 
 BLOCK = 6
 
@@ -21,21 +22,13 @@ BLOCK = 6
 @pytest.fixture(scope="module")
 def specdec_run(trained_run, reversal_root, tmp_path_factory):
     """The block drafter on the reversal model, 400 updates."""
-    run_dir = tmp_path_factory.mktemp("specdec")
-    config = reversal_config(
-        reversal_root, run_dir, tmp_path_factory.mktemp("c"), 400, "--family", "specdec",
-        "--family_options", f"{{draft_block: {BLOCK}, draft_layers: 2}}", "--trainer.init_from",
-        str(trained_run / "checkpoints" / "best.ckpt"), "--decode.validation", "{block: 0}",
-    )
-    return run_dir, run_fit(config)
+    return train_drafter("specdec", f"{{draft_block: {BLOCK}, draft_layers: 2}}", trained_run, reversal_root,
+                         tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def sources(specdec_run, reversal_root):
-    module = load_module(specdec_run[0] / "checkpoints" / "best.ckpt")
-    test = read_split(reversal_root, "test", "src", "tgt")
-    rows = [torch.tensor(x + [module.ids.eos]) for x in module.tokenizer.encode(test.source[:48])]
-    return module, pad_sequences(rows, module.ids.pad).to(module.device)
+    return reversal_sources(specdec_run[0], reversal_root)
 
 
 def test_a_cut_canvas_holds_the_prefix_then_queries_for_the_tokens_after_it():
@@ -63,9 +56,7 @@ def test_a_cut_canvas_holds_the_prefix_then_queries_for_the_tokens_after_it():
 @pytest.mark.slow
 def test_training_moves_only_the_drafter(specdec_run, trained_run):
     teacher = read_checkpoint(trained_run / "checkpoints" / "best.ckpt")["state_dict"]
-    trained = read_checkpoint(specdec_run[0] / "checkpoints" / "last.ckpt")["state_dict"]
-    core = [k for k in teacher if k.startswith("model.")]
-    assert core and all(torch.equal(trained[k], teacher[k]) for k in core)
+    trained = assert_only_the_drafter_trained(specdec_run[0], trained_run)
     assert not any(k.startswith("model.") for k in trained if k not in teacher)  # no encoder of its own
     assert specdec_run[1]["steps"] == 400
 
@@ -88,24 +79,10 @@ def test_the_drafter_reads_the_models_encoder_and_saves_passes(sources, monkeypa
 @pytest.mark.parametrize("batch", [1, 3, 16])
 @pytest.mark.parametrize("block", [1, 3, BLOCK, BLOCK + 4])
 def test_output_equals_the_model_greedy_output(sources, batch, block):
-    module, src = sources
-    for start in range(0, 12 if batch < 16 else src.shape[0], batch):
-        rows = src[start : start + batch]
-        rows = rows[:, : int((rows != module.ids.pad).sum(1).max())]
-        reference = greedy(module.model, rows, **module.decoder_settings())
-        out = module.generate(rows, block=block)
-        assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
-        assert torch.equal(out.hit_cap, reference.hit_cap)
+    assert_greedy_output(*sources, batch, block=block)
 
 
 @pytest.mark.slow
 def test_the_drafter_drafts_for_the_plain_model_as_a_drafter_checkpoint(specdec_run, trained_run, sources):
     specdec, src = sources
-    ar_path = trained_run / "checkpoints" / "best.ckpt"
-    module = load_module(ar_path)
-    drafter = load_drafter(str(specdec_run[0] / "checkpoints" / "best.ckpt"), module, str(ar_path))
-    out = module.generate(src, draft=drafter, block=BLOCK)
-    own = specdec.generate(src, block=BLOCK)
-    assert out.as_lists(module.ids.pad) == greedy(module.model, src, **module.decoder_settings()).as_lists(module.ids.pad)
-    tallies = [{k: v for k, v in c.items() if k != "draft_ns"} for c in (out.counts, own.counts)]
-    assert tallies[0] == tallies[1]
+    assert_it_drafts_for_the_plain_model(specdec_run[0], trained_run, specdec, src, BLOCK)
