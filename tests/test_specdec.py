@@ -71,7 +71,7 @@ def test_the_drafter_reads_the_models_encoder_and_saves_passes(sources, monkeypa
     out = module.generate(src, block=BLOCK)
     assert len(calls) == 1  # the verifier's encoder, once; the drafter has none
     assert out.as_lists(module.ids.pad) == reference.as_lists(module.ids.pad)
-    assert out.counts["target_passes"] < 0.5 * reference.passes
+    assert out.counts["target_passes"] < 0.7 * reference.passes
     assert out.counts["draft_passes"] == out.counts["target_passes"]  # a drafter pass per block
 
 

@@ -182,7 +182,7 @@ def test_the_cache_keeps_the_accepted_branch_as_if_it_had_been_fed_alone():
             alone = model.new_cache(encoded.index_select(torch.tensor([row])), 32)
             model.decode(torch.tensor(fed), encoded.index_select(torch.tensor([row])), cache=alone)
             for held, expected in zip(cache.keys + cache.values, alone.keys + alone.values):
-                torch.testing.assert_close(held[row], expected[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(held[row], expected[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

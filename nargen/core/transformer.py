@@ -213,7 +213,7 @@ class Seq2SeqTransformer(nn.Module):
         embeddings must carry the same positions: ``embed_tokens(tokens, tree.positions)``).
         """
         if tree is not None:
-            if cache is None or self.cfg.decoder_window:
+            if cache is None or not self.checks_trees:
                 raise ValueError("a tree pass needs a KV cache and a decoder without a window")
             return _decoder_stack(self, x, encoded, tree.mask[:, None], False, cache, tree.positions)
         self_mask = None if tgt_mask is None else tgt_mask[:, None, None, :]

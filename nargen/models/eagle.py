@@ -80,10 +80,6 @@ class EagleModule(FrozenTargetModule):
         self.register_buffer("target_counts", torch.zeros(self.model_config.vocab_size, dtype=torch.long))
         self._draft_vocab: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def as_drafter(self) -> "FeatureDrafter":
-        """Drafts trees from the verifier's own features (trained on one model's: its own)."""
-        return self.own_drafter(self.decode_options())
-
     def own_drafter(self, options: dict[str, Any]) -> "FeatureDrafter":
         """Trees ``tree_width`` wide of ``tree_nodes`` drafted tokens."""
         return FeatureDrafter(self, options["tree_width"], options["tree_nodes"])

@@ -79,6 +79,11 @@ class FrozenTargetModule(AutoregressiveModule):
         """The drafter ``generate`` decodes with, for the decoder ``options``."""
         raise NotImplementedError
 
+    def as_drafter(self) -> Drafter:
+        """This checkpoint's drafter, with its own decoder options, for another model (it
+        was trained on one model's states: that model's)."""
+        return self.own_drafter(self.decode_options())
+
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Beam search, sampling or an outside ``draft`` as for the autoregressive model;
         otherwise the model's greedy output in blocks of ``block`` tokens its own drafter

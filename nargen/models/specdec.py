@@ -71,11 +71,6 @@ class SpecDecModule(FrozenTargetModule):
         self.draft_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.query = nn.Parameter(torch.randn(cfg.d_model) * cfg.d_model**-0.5)
 
-    def as_drafter(self) -> "BlockDrafter":
-        """Drafts blocks from the verifier's encoder output (it was trained on one model's:
-        its own)."""
-        return BlockDrafter(self)
-
     def draft_states(
         self, tokens: torch.Tensor, queries: torch.Tensor, encoded: Encoded,
         cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -99,7 +94,7 @@ class SpecDecModule(FrozenTargetModule):
         before the cut, ``block`` queries): ``(tokens, queries, wanted)``, ``wanted`` the
         reference token at each query (pad past the end)."""
         tgt_in, tgt_out, pad = batch["tgt_in"], batch["tgt_out"], self.ids.pad
-        width = int(cut.max()) + 1 + block
+        width = tgt_in.shape[1] + block  # room for the longest cut, without reading the device
         j = torch.arange(width, device=cut.device)[None, :]
         prefix = j <= cut[:, None]
         queries = (j > cut[:, None]) & (j <= cut[:, None] + block)
