@@ -225,3 +225,78 @@ def test_diagnose_sets_every_sampler_and_the_likelihood_bound_beside_the_teacher
     assert bound["tokens"] == teacher["tokens"]  # the same sentences, EOS counted alike
     assert bound["nll_per_token"] > 0 and teacher["nll_per_token"] > 0
     assert "## Unmasking samplers" in (out / "diagnose.md").read_text()
+
+
+def _canvas(module, width: int = 9, seed: int = 0):
+    """A source batch's encoding and a canvas of random tokens over three target lengths."""
+    g = torch.Generator().manual_seed(seed)
+    encoded = module.encode(module.encode_batch(["a b c d e f", "g h i", "a c e g i"]))
+    real = torch.arange(width)[None] < torch.tensor([[width], [width - 3], [width - 1]])
+    tokens = torch.randint(5, module.model_config.vocab_size, (3, width), generator=g)
+    return encoded, tokens.masked_fill(~real, module.ids.pad), real
+
+
+@torch.inference_mode()
+def test_a_pass_over_a_span_with_the_canvas_cache_equals_the_whole_pass_there(trained_cmlm):
+    from nargen.models import load_module
+
+    module = load_module(trained_cmlm, map_location="cpu")
+    encoded, tokens, real = _canvas(module)
+    cache = module.new_canvas_cache()
+    whole = module.decode_parallel(tokens, encoded, real, cache=cache)
+    assert torch.allclose(whole, module.decode_parallel(tokens, encoded, real), atol=1e-5)
+    for start, end in ((3, 7), (0, 2), (4, 9)):
+        span = module.decode_parallel(tokens[:, start:end], encoded, real, cache=cache, offset=start)
+        assert torch.allclose(span, whole[:, start:end], atol=1e-4)
+    with pytest.raises(ValueError, match="whole-canvas pass"):
+        module.decode_parallel(tokens[:, 3:7], encoded, real, cache=module.new_canvas_cache(), offset=3)
+
+
+@torch.inference_mode()
+def test_the_dual_cache_is_exact_for_one_decoder_layer_and_approximate_above(trained_cmlm):
+    from dataclasses import replace
+
+    from nargen.models import load_module
+
+    module = load_module(trained_cmlm, map_location="cpu")
+    layers, cfg = module.model.decoder_layers, module.model.cfg
+    assert cfg.decoder_layers >= 2
+    encoded, tokens, real = _canvas(module)
+    changed = tokens.clone()
+    changed[:, 3:7] = _canvas(module, seed=1)[1][:, 3:7]
+    errors = {}
+    for depth in (1, 2):
+        module.model.decoder_layers = layers[:depth]
+        module.model.cfg = replace(cfg, decoder_layers=depth)
+        cache = module.new_canvas_cache()
+        module.decode_parallel(tokens, encoded, real, cache=cache)
+        span = module.decode_parallel(changed[:, 3:7], encoded, real, cache=cache, offset=3)
+        errors[depth] = float((span - module.decode_parallel(changed, encoded, real)[:, 3:7]).abs().max())
+    # one layer: K/V of a column depend on its own token only; two: on every column's
+    assert errors[1] < 1e-4 and errors[2] > 1e-2, errors
+
+
+@pytest.mark.parametrize("sampler", ["mask_predict", "low_confidence", "threshold"])
+def test_reusing_cross_attention_between_passes_changes_no_output(sampler, trained_cmlm, reversal_root):
+    from nargen.models import load_module
+
+    module = load_module(trained_cmlm, map_location="cpu")
+    lines = (reversal_root / "test.src").read_text().splitlines()[:12]
+    cached = module.translate(lines, sampler=sampler, iterations=4, length_beam=2).texts
+    module.new_canvas_cache = lambda: None
+    assert module.translate(lines, sampler=sampler, iterations=4, length_beam=2).texts == cached
+
+
+@pytest.mark.parametrize("block_cache", ["prefix", "dual"])
+def test_blocks_reusing_their_kv_still_decode_a_trained_model(block_cache, trained_cmlm, reversal_root):
+    from nargen.data.corpora import read_split
+    from nargen.models import load_module
+
+    module = load_module(trained_cmlm, map_location="cpu")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    options = dict(sampler="low_confidence", iterations=8, block_length=3)
+    exact = _exact_match(module, test, **options)
+    reused = _exact_match(module, test, block_cache=block_cache, **options)
+    assert exact >= 0.7 and reused >= exact - 0.1, (exact, reused)
+    with pytest.raises(ValueError, match="block_cache"):
+        module.translate(["a b"], sampler="mask_predict", block_cache=block_cache)

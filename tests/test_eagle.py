@@ -57,6 +57,11 @@ def test_output_equals_the_model_greedy_output(sources, batch, block, width, nod
 
 
 @pytest.mark.slow
+def test_output_equals_greedy_when_drafting_starts_with_few_sentences_left(sources):
+    assert_greedy_output(*sources, 16, block=DEPTH, tree_width=3, tree_nodes=8, draft_at_rows=4)
+
+
+@pytest.mark.slow
 def test_a_drafted_tree_keeps_its_most_probable_nodes_within_its_bounds(sources):
     module, src = sources
     model = module.model

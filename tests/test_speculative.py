@@ -93,6 +93,31 @@ def test_output_equals_greedy_with_a_drafter_that_is_right_then_wrong(ar_and_sou
     assert 0 < out.counts["accepted"] < out.counts["proposed"]  # sentences accept different lengths
 
 
+@pytest.mark.parametrize("rows_left", [1, 5, 23])
+def test_a_batch_decoded_greedily_until_few_sentences_are_left_then_drafted_gives_greedy_output(
+        ar_and_sources, rows_left):
+    module, src = ar_and_sources
+    reference = greedy(module.model, src, **settings(module))
+    truth = reference.as_lists(module.ids.pad)
+    asked: list[list[int]] = []
+
+    def proposals(row, prefix, k):  # right for a while, then a wrong token, per sentence
+        rest = truth[row][len(prefix):] + [module.ids.eos]
+        cut = (row + len(prefix)) % (k + 1)
+        return rest[:cut] + [7] * (k - cut)
+
+    class Recording(ListDrafter):
+        def propose(self, rows, prefixes, k):
+            asked.append(list(rows))
+            return super().propose(rows, prefixes, k)
+
+    out = speculative(module.model, src, Recording(proposals), block=3, draft_at_rows=rows_left, **settings(module))
+    assert out.as_lists(module.ids.pad) == truth
+    assert torch.equal(out.hit_cap, reference.hit_cap)
+    assert all(len(rows) <= rows_left for rows in asked) and (asked or rows_left == 1)
+    assert out.counts["emitted"] == sum(len(t) + 1 for t in truth)  # every token and each EOS, once
+
+
 @pytest.mark.slow
 def test_the_model_drafting_for_itself_is_always_accepted(ar_and_sources):
     module, src = ar_and_sources

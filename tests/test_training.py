@@ -31,6 +31,27 @@ def test_autoregressive_model_learns_to_reverse(trained_run, reversal_root):
     assert exact_match(module, test.source, test.target, beam=4) >= 0.8
 
 
+@torch.no_grad()
+def test_autoregressive_validation_logs_its_loss_and_exact_likelihood_from_one_pass(trained_run, reversal_root):
+    import torch.nn.functional as F
+
+    from nargen.data.datamodule import collate_pairs
+
+    module = load_module(trained_run / "checkpoints" / "best.ckpt").eval()
+    test = read_split(reversal_root, "test", "src", "tgt")
+    items = [(i, torch.tensor(module.source_ids([s])[0]), torch.tensor(module.tokenizer.encode([t])[0]))
+             for i, (s, t) in enumerate(zip(test.source[:8], test.target[:8]))]
+    batch = collate_pairs(items)
+    metrics = module.validation_metrics(batch)
+    logits = module.model(batch["src"], batch["tgt_in"]).float()
+    real = batch["tgt_out"] != module.ids.pad
+    nll = F.cross_entropy(logits[real], batch["tgt_out"][real])
+    assert metrics["val_nll"][1] == int(real.sum())  # weighted by tokens, EOS counted
+    assert torch.allclose(metrics["val_nll"][0], nll, atol=1e-4)
+    assert torch.allclose(metrics["val_loss"][0], module.loss(batch), atol=1e-5)
+    assert metrics["val_loss"][1] == len(items)
+
+
 def train_losses(run_dir) -> dict[int, float]:
     with open(run_dir / "logs" / "version_0" / "metrics.csv") as handle:
         return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(handle) if r["train_loss"]}

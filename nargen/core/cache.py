@@ -233,3 +233,45 @@ class StaticKVCache:
     def self_attention_elements(self) -> int:
         """Number of self-attention K/V elements held (the whole buffers)."""
         return sum(t.numel() for t in self._keys + self._values)
+
+
+class CanvasKVCache:
+    """K/V of a bidirectional decoder's canvas, kept from one pass of iterative decoding
+    to the next (mask-predict, the unmasking samplers).
+
+    Cross-attention K/V are made once per source and reused by every pass: exact. A
+    pass over the whole canvas (``length`` 0) stores every position's self-attention
+    K/V; a pass over a span of columns only (``length``: the span's first column)
+    recomputes the span's K/V in place and attends to the stored K/V of the columns
+    outside it. That is Fast-dLLM's dual cache (Wu et al. 2025): exact for one decoder
+    layer, whose K/V of a position depend on that position's token alone, and an
+    approximation above it, where the stored K/V were computed while the span held
+    other tokens. ``start`` is 0 (a window decoder's band is measured from it).
+    """
+
+    fixed_shapes = False
+    window = 0
+    start = 0
+
+    def __init__(self, slots: int) -> None:
+        self._held: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
+        self.length = 0
+        """The first column of the next pass (0: the whole canvas)."""
+
+    def append(self, slot: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep a whole-canvas pass's K/V of ``slot``, or write a span's into the kept
+        ones; return the canvas's K/V."""
+        held = self._held[slot]
+        if self.length == 0 and (held is None or k.shape[2] == held[0].shape[2]):
+            self._held[slot] = (k, v)
+            return k, v
+        if held is None or self.length + k.shape[2] > held[0].shape[2]:
+            raise ValueError("a pass over a span of the canvas needs a whole-canvas pass before it")
+        end = self.length + k.shape[2]
+        held[0][:, :, self.length:end] = k
+        held[1][:, :, self.length:end] = v
+        return held
+
+    def advance(self, steps: int) -> None:
+        """Nothing to move: each pass says where it starts (``length``)."""

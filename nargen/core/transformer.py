@@ -261,6 +261,11 @@ class Seq2SeqTransformer(nn.Module):
         they share K/V)."""
         return layer // 2 if self.cfg.share_decoder_kv else layer
 
+    @property
+    def kv_slots(self) -> int:
+        """Cache slots of the decoder: one per layer, or per pair of layers sharing K/V."""
+        return self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
+
     def new_cache(self, encoded: Encoded, capacity: int, *, fixed_shapes: bool = False,
                   rows: int | None = None) -> KVCache | StaticKVCache:
         """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to).
@@ -271,7 +276,7 @@ class Seq2SeqTransformer(nn.Module):
         sliding window keeps the growing cache, whose window drops old positions."""
         if capacity > self.cfg.max_len:
             raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
-        slots = self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
+        slots = self.kv_slots
         if not fixed_shapes or self.cfg.decoder_window:
             return KVCache(slots, capacity, window=self.cfg.decoder_window)
         device = encoded.memory.device

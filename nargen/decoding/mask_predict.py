@@ -20,6 +20,11 @@ class ParallelModel(Protocol):
       at once (bidirectional); ``tgt_mask`` is True at real positions. With ``positions``
       (bool ``[batch, len]``) only those positions are projected onto the vocabulary,
       giving ``[positions.sum(), vocab]`` in row-major order; else ``[batch, len, vocab]``.
+
+    A model may also offer ``new_canvas_cache()``: a cache (or None) that
+    ``decode_parallel(..., cache=, offset=)`` fills on a pass over the whole canvas and
+    reuses on later passes, where ``tokens`` may then hold the columns from ``offset``
+    on only (``nargen.core.CanvasKVCache``).
     """
 
     def encode(self, src: torch.Tensor) -> Any: ...
@@ -35,6 +40,13 @@ class ParallelModel(Protocol):
         tgt_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
+
+
+def canvas_cache(model: ParallelModel) -> Any | None:
+    """The model's cache of K/V between decoding passes (``new_canvas_cache``), or None
+    for a model without one."""
+    make = getattr(model, "new_canvas_cache", None)
+    return make() if make is not None else None
 
 
 Reranker = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -111,6 +123,7 @@ def mask_predict(
     passes = 0
     previous = tokens
     every_row = torch.arange(batch * k, device=device)
+    cache = canvas_cache(model)  # cross-attention K/V reused while every candidate is decoded
     for step in range(iterations):
         # Only unfrozen candidates are decoded, and only masked positions scored; without
         # early stopping nothing freezes, and the loop reads nothing back from the device.
@@ -123,7 +136,8 @@ def mask_predict(
         real_a = real if everyone else real.index_select(0, active)
         enc_a = encoded if everyone else encoded.index_select(active)
         masked = tok_a == mask_id
-        logits = model.decode_parallel(tok_a, enc_a, real_a, positions=masked)
+        reuse = {"cache": cache} if everyone and cache is not None else {}
+        logits = model.decode_parallel(tok_a, enc_a, real_a, positions=masked, **reuse)
         passes += 1
         logits = logits.float()
         normalizer = torch.logsumexp(logits, dim=-1)  # no full log-softmax tensor

@@ -98,12 +98,18 @@ def speculative(
     drafter: Drafter,
     *,
     block: int = 4,
+    draft_at_rows: int = 0,
     ids: SpecialIds = SpecialIds(),
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     max_len: int = 256,
 ) -> DecodeResult:
     """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
+    With ``draft_at_rows``, a batch first decodes greedily, one token a sentence a pass,
+    until at most that many of its sentences are still decoding; the finished ones are
+    dropped and the drafter drafts for the rest (a large batch keeps the device busy
+    without drafts, which only pay where few sentences are left). 0: drafts from the
+    first pass.
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
     pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
     model agrees with is kept.
@@ -114,8 +120,8 @@ def speculative(
     sentence still decoding: ``emitted / verified`` is the tokens a sentence gets per
     verification), and ``draft_ns``, the nanoseconds spent in the drafter's calls (each ends reading its
     drafts to the host, so on a GPU too the time is its own)."""
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    if block < 1 or draft_at_rows < 0:
+        raise ValueError(f"block must be >= 1 and draft_at_rows >= 0, got {block} and {draft_at_rows}")
     batch, device = src.shape[0], src.device
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
@@ -137,6 +143,13 @@ def speculative(
     reads_hidden = hasattr(drafter, "observe")
     # a tree drafter drafts chains for a model that cannot check trees (a windowed decoder)
     drafts_trees = hasattr(drafter, "propose_tree") and getattr(model, "checks_trees", False)
+    if 0 < draft_at_rows < batch:
+        active, cached, encoded, last = _greedy_until(model, encoded, cache, caps, out, hit_cap, stats, never,
+                                                      ids, draft_at_rows)
+        if reads_hidden and active:
+            clock = time.perf_counter_ns()
+            drafter.observe(active, last, [out[r][-1] for r in active], encoded)
+            stats["draft_ns"] += time.perf_counter_ns() - clock
     while active:
         tails = [[ids.bos, *out[r]][cached:] for r in active]  # at least the last token
         room = [caps[r] - len(out[r]) for r in active]
@@ -219,6 +232,50 @@ def speculative(
         tokens=pad_rows(out, ids.pad, device), passes=stats["target_passes"] + stats["draft_passes"],
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device), counts=stats,
     )
+
+
+def _greedy_until(
+    model: Seq2SeqModel, encoded: Any, cache: Any, caps: list[int], out: list[list[int]], hit_cap: list[bool],
+    stats: dict[str, int], never: torch.Tensor, ids: SpecialIds, rows_left: int,
+) -> tuple[list[int], int, Any, torch.Tensor]:
+    """Greedy passes over the whole batch, one token a sentence each, until at most
+    ``rows_left`` sentences are still decoding: fills ``out``, ``hit_cap`` and ``stats``
+    and keeps the rest in the cache. Returns the rows still decoding, the positions the
+    cache holds for each (BOS and all but its last token), their encoder state and the
+    hidden state that chose each one's last token."""
+    device = encoded.memory.device
+    batch = len(out)
+    cap = torch.tensor(caps, device=device)
+    token = torch.full((batch,), ids.bos, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    capped = torch.zeros_like(finished)
+    chosen = []
+    while True:
+        step = len(chosen)
+        hidden = model.decode_hidden(model.embed_tokens(token[:, None], step), encoded, causal=True, cache=cache)
+        logits = model.output_logits(hidden[:, -1]).float()
+        logits.index_fill_(-1, never, float("-inf"))
+        token = logits.argmax(-1)
+        at_cap = (step >= cap) & ~finished  # greedy's rule: EOS at the cap
+        capped |= at_cap & (token != ids.eos)
+        token = token.masked_fill(at_cap, ids.eos).masked_fill(finished, ids.pad)
+        chosen.append(token)
+        finished = finished | (token == ids.eos)
+        if int((~finished).sum()) <= rows_left:
+            break
+    tokens = torch.stack(chosen, 1)
+    emitted = int((tokens != ids.pad).sum())
+    stats["target_passes"] += len(chosen)
+    stats["emitted"] += emitted
+    stats["verified"] += emitted
+    for r, (row, hit) in enumerate(zip(tokens.tolist(), capped.tolist())):
+        out[r].extend(row[: row.index(ids.eos)] if ids.eos in row else row)
+        hit_cap[r] = hit
+    keep = (~finished).nonzero().flatten()
+    if keep.numel() < batch:
+        cache.reorder(keep)
+        encoded = encoded.index_select(keep)
+    return keep.tolist(), len(chosen), encoded, hidden[keep, -1]
 
 
 class AutoregressiveDrafter:

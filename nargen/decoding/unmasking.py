@@ -18,9 +18,18 @@ anywhere: ``nargen.decoding.mask_predict``). The sampler decides which:
 
 With ``block_length`` the canvas is decoded in blocks left to right (semi-autoregressive,
 LLaDA's ``block_length``): ``steps`` is spread over the blocks and only the current
-block's positions are committed; the encoder runs once. Tokens are the argmax, or with
-``temperature > 0`` drawn by the Gumbel-max trick with noise in float64 (lower precision
-measurably changes what is drawn) from a seeded generator.
+block's positions are committed; the encoder runs once. On a model with a canvas cache
+(``new_canvas_cache``) every pass reuses the cross-attention K/V, and ``block_cache``
+reuses self-attention K/V within a block (Fast-dLLM, Wu et al. 2025): a block's first
+pass runs over the whole canvas and keeps its K/V; its later passes run over the block
+alone (``dual``: the K/V of the columns before and after it reused) or over the block and
+what follows it (``prefix``: the K/V before it reused). The decoder is bidirectional, so
+the reused K/V were computed while the block held other tokens: exact for a one-layer
+decoder only, an approximation above (its cost in BLEU is measured in the bench).
+
+Tokens are the argmax, or with ``temperature > 0`` drawn by the Gumbel-max trick with
+noise in float64 (lower precision measurably changes what is drawn) from a seeded
+generator.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ import math
 
 import torch
 
-from nargen.decoding.mask_predict import ParallelModel, Reranker, length_candidates
+from nargen.decoding.mask_predict import ParallelModel, Reranker, canvas_cache, length_candidates
 from nargen.decoding.protocol import DecodeResult, SpecialIds, banned_ids
 
 SAMPLERS = ("low_confidence", "random", "margin", "entropy", "ancestral", "threshold")
 """The samplers ``unmask`` offers (mask-predict's re-masking is ``mask_predict``)."""
+
+BLOCK_CACHES = ("none", "prefix", "dual")
+"""What a block's passes after its first reuse (see the module doc)."""
 
 
 def commit_counts(candidates: torch.Tensor, steps_left: int) -> torch.Tensor:
@@ -71,6 +83,7 @@ def unmask(
     length_beam: int = 1,
     threshold: float = 0.9,
     block_length: int = 0,
+    block_cache: str = "none",
     temperature: float = 0.0,
     seed: int | None = None,
     mask_id: int = 4,
@@ -94,6 +107,8 @@ def unmask(
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)}, or mask-predict)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if block_cache not in BLOCK_CACHES:
+        raise ValueError(f"unknown block_cache {block_cache!r} (known: {', '.join(BLOCK_CACHES)})")
     device = src.device
     batch = src.shape[0]
     encoded, lengths, rows = length_candidates(model, src, length_beam, lengths, ids.pad, max_len)
@@ -115,15 +130,23 @@ def unmask(
     per_block = [max(1, s) for s in per_block]
     history: list[torch.Tensor] = []
     passes = 0
+    cache = canvas_cache(model)
+    reuse = block_cache != "none" and cache is not None
     for b in range(n_blocks):
-        in_block = real & (position >= b * block) & (position < (b + 1) * block)
+        lo, hi = b * block, min((b + 1) * block, width)
+        in_block = real & (position >= lo) & (position < hi)
         for step in range(per_block[b]):
             steps_left = per_block[b] - step
             masked = tokens == mask_id
             candidates = masked & in_block
             if sampler == "threshold" and step > 0 and not bool(candidates.any()):
                 break  # every position of the block committed before its last pass
-            logits = model.decode_parallel(tokens, encoded, real, positions=masked).float()
+            # the columns this pass runs over, and the masked positions it predicts
+            start, end = (lo, hi if block_cache == "dual" else width) if reuse and step > 0 else (0, width)
+            seen = masked if (start, end) == (0, width) else masked & (position >= start) & (position < end)
+            span = {} if cache is None else {"cache": cache, "offset": start}
+            logits = model.decode_parallel(tokens[:, start:end], encoded, real, positions=seen[:, start:end],
+                                           **span).float()
             passes += 1
             logits.index_fill_(-1, never, float("-inf"))
             logprobs = torch.log_softmax(logits, dim=-1)
@@ -142,7 +165,7 @@ def unmask(
             elif sampler == "random":
                 score = torch.rand(chosen.shape, generator=generator, device=device)
             full = lambda values, fill: torch.full((n, width), fill, dtype=values.dtype,  # noqa: E731
-                                                   device=device).masked_scatter(masked, values)
+                                                   device=device).masked_scatter(seen, values)
             chosen_full, logp_full = full(chosen, ids.pad), full(chosen_logp, 0.0)
             if sampler == "ancestral":
                 draw = torch.rand((n, width), generator=generator, device=device)

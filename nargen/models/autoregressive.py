@@ -24,6 +24,10 @@ class AutoregressiveDecoding(LengthCapOptions, SamplingOptions):
     """Beam search: a hypothesis scores its log probability over length ** this."""
     block: int = 4
     """Speculative decoding: tokens drafted per verification pass."""
+    draft_at_rows: int = 0
+    """Speculative decoding of a batch: decode greedily, the whole batch a pass, until at
+    most this many of its sentences are still decoding, then draft for those (0: draft
+    from the first pass)."""
     check_every: int | None = None
     """Greedy and sampling: steps between reads of whether every sentence has ended
     (default: 1 on a CPU, 8 on a GPU)."""
@@ -47,14 +51,14 @@ class AutoregressiveModule(Seq2SeqModule):
         return 1 if o["sampling"] or o["draft"] is not None else max(1, o["beam"])
 
     @torch.no_grad()
-    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
-        """``val_nll``: the exact negative log-likelihood per target token (EOS included;
-        no label smoothing), the figure a masked diffusion model's bound compares with."""
-        model, target = self.model, batch["tgt_out"]
-        real = target != self.ids.pad
-        hidden = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), model.encode(batch["src"]))
-        tokens = int(real.sum())
-        return {"val_nll": (float(model.output_loss(hidden[real], target[real], 0.0)), tokens)}
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, int]]:
+        """``val_loss`` and ``val_nll``, the exact negative log-likelihood per target token
+        (EOS included; no label smoothing), the figure a masked diffusion model's bound
+        compares with; one forward pass for both."""
+        hidden, target = self.real_hidden(batch)
+        loss = self.model.output_loss(hidden, target, self.optim.label_smoothing)
+        return {"val_loss": (loss, batch["src"].shape[0]),
+                "val_nll": (self.model.output_loss(hidden, target, 0.0), target.shape[0])}
 
     def as_drafter(self) -> AutoregressiveDrafter:
         """Drafts greedily, token by token."""
@@ -63,10 +67,15 @@ class AutoregressiveModule(Seq2SeqModule):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-smoothed cross-entropy of the next token, averaged over real target
         tokens; the vocabulary projection is computed for those positions only."""
+        return self.model.output_loss(*self.real_hidden(batch), self.optim.label_smoothing)
+
+    def real_hidden(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced final hidden states at the real target positions
+        (``[tokens, d_model]``) and the tokens they predict."""
         model, target = self.model, batch["tgt_out"]
         real = target != self.ids.pad
         hidden = model.decode_hidden(model.embed_tokens(batch["tgt_in"]), model.encode(batch["src"]))
-        return model.output_loss(hidden[real], target[real], self.optim.label_smoothing)
+        return hidden[real], target[real]
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """Greedy for ``beam=1``, else beam search; options override ``decode_config``.
@@ -87,7 +96,8 @@ class AutoregressiveModule(Seq2SeqModule):
                 raise ValueError("compile applies to greedy, sampling and beam search, not to a draft")
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
-            return speculative(self.model, src, o["draft"], block=o["block"], **common)
+            return speculative(self.model, src, o["draft"], block=o["block"], draft_at_rows=o["draft_at_rows"],
+                               **common)
         if beam <= 1:
             return greedy(self.model, src, compile=o["compile"], check_every=o["check_every"], **common)
         return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"],

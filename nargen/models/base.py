@@ -247,8 +247,6 @@ class Seq2SeqModule(L.LightningModule):
             self._validate(batch)
 
     def _validate(self, batch: dict[str, torch.Tensor]) -> DecodeResult:
-        size = batch["src"].shape[0]
-        self.log("val_loss", self.loss(batch), batch_size=size, sync_dist=True)
         for name, (value, weight) in self.validation_metrics(batch).items():
             self.log(name, value, batch_size=weight, sync_dist=True)
         result = self.generate(batch["src"], **self.decode_config.validation)
@@ -375,11 +373,12 @@ class Seq2SeqModule(L.LightningModule):
         return {"ids": self.ids}
 
     # ---- capabilities (a family overrides what it offers) -----------------------------
-    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
-        """Metrics the family logs on each validation batch beside ``val_loss``: name to
-        (value, weight), averaged over the validation set by weight (e.g. a per-token
-        figure weighted by the batch's tokens)."""
-        return {}
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, int]]:
+        """What each validation batch logs, name to (value, weight), averaged over the
+        validation set by weight: ``val_loss`` (the training loss, weighted by
+        sentences) and what a family adds (e.g. a per-token figure weighted by the
+        batch's tokens)."""
+        return {"val_loss": (self.loss(batch), batch["src"].shape[0])}
 
     def nbest_size(self, options: dict[str, Any]) -> int:
         """Hypotheses per sentence a decoding with ``options`` returns (``nbest``)."""

@@ -138,10 +138,8 @@ class DiffusionModule(CMLMModule):
         inputs = target.masked_fill(masked, self.mask_id)
         hidden = self.parallel_hidden(inputs, encoded, real, positions=masked)
         logits = self.model.output_logits(hidden).float()
-        token_loss = torch.zeros(target.shape, device=target.device, dtype=logits.dtype)
-        if masked.any():
-            ce = F.cross_entropy(logits, target[masked], reduction="none", label_smoothing=label_smoothing)
-            token_loss = token_loss.masked_scatter(masked, ce)
+        ce = F.cross_entropy(logits, target[masked], reduction="none", label_smoothing=label_smoothing)
+        token_loss = torch.zeros(target.shape, device=target.device, dtype=logits.dtype).masked_scatter(masked, ce)
         return weighted_masked_loss(token_loss, masked, rates, real.sum(1))
 
     def length_nll(self, encoded: Encoded, real: torch.Tensor) -> torch.Tensor:
@@ -183,11 +181,11 @@ class DiffusionModule(CMLMModule):
         tokens = int((batch["tgt_in"][:, 1:] != self.ids.pad).sum()) + target.shape[0]
         return total.sum(), tokens
 
-    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
-        """``val_nll_bound``: the likelihood bound per target token."""
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, int]]:
+        """``val_loss`` and ``val_nll_bound``, the likelihood bound per target token."""
         generator = torch.Generator(device=batch["src"].device).manual_seed(0)
         total, tokens = self.nll_bound(batch, generator)
-        return {"val_nll_bound": (float(total) / max(tokens, 1), tokens)}
+        return {**super().validation_metrics(batch), "val_nll_bound": (total / max(tokens, 1), tokens)}
 
     def diagnostics(self, run: Any) -> dict[str, Any]:
         """CMLM's, the unmasking samplers at each step count, and the likelihood bound

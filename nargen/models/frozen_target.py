@@ -18,6 +18,7 @@ from nargen.data.datamodule import collate_pairs
 from nargen.decoding import DecodeResult, greedy
 from nargen.decoding.speculative import Drafter, speculative
 from nargen.models.autoregressive import AutoregressiveModule
+from nargen.models.base import Seq2SeqModule
 
 
 class DraftHead(nn.Module):
@@ -94,7 +95,13 @@ class FrozenTargetModule(AutoregressiveModule):
         common = self.decoder_settings(o)
         if o["block"] < 1:
             return greedy(self.model, src, **common)
-        return speculative(self.model, src, self.own_drafter(o), block=o["block"], **common)
+        return speculative(self.model, src, self.own_drafter(o), block=o["block"],
+                           draft_at_rows=o["draft_at_rows"], **common)
+
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, int]]:
+        """``val_loss``, the drafter's own loss (the frozen model's likelihood does not
+        change while it trains)."""
+        return Seq2SeqModule.validation_metrics(self, batch)
 
     def teacher_forced_drafts(self, batch: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """For the ``i``-th drafted token (``i = 1, 2, ...``): the drafter's fp32 scores

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from nargen.core import Encoded
+from nargen.core import CanvasKVCache, Encoded
 from nargen.core.length import LengthPredictor
 from nargen.decoding import DecodeResult, Reranker, mask_predict
 from nargen.decoding.unmasking import unmask
@@ -104,10 +104,13 @@ class ParallelModule(Seq2SeqModule):
         tgt_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
         reveal: torch.Tensor | None = None,
+        cache: CanvasKVCache | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
         """See ``ParallelModel``; with copied inputs, ``reveal`` (glancing) puts the
         embeddings of ``tokens`` in place of the copy at those positions."""
-        return self.model.output_logits(self.parallel_hidden(tokens, encoded, tgt_mask, positions, reveal))
+        return self.model.output_logits(self.parallel_hidden(tokens, encoded, tgt_mask, positions, reveal,
+                                                             cache, offset))
 
     def parallel_hidden(
         self,
@@ -116,17 +119,33 @@ class ParallelModule(Seq2SeqModule):
         tgt_mask: torch.Tensor,
         positions: torch.Tensor | None = None,
         reveal: torch.Tensor | None = None,
+        cache: CanvasKVCache | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
-        """The decoder's final hidden states behind ``decode_parallel``'s logits."""
+        """The decoder's final hidden states behind ``decode_parallel``'s logits. With a
+        ``cache`` (``new_canvas_cache``), ``tokens`` may be the columns ``offset, offset +
+        1, ...`` of the canvas only (``tgt_mask`` covers the whole canvas)."""
         if self.options.decoder_input == "copy":
-            copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)
+            copied = uniform_copy(encoded.embeddings, encoded.mask, tgt_mask)[:, offset:offset + tokens.shape[1]]
             if reveal is not None:
                 copied = with_revealed(copied, reveal, tokens, self.model)
-            inputs = self.model.dropout(self.model.add_positions(copied))
+            inputs = self.model.dropout(self.model.add_positions(copied, offset))
         else:
-            inputs = self.model.embed_tokens(tokens)
-        hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask)
+            inputs = self.model.embed_tokens(tokens, offset)
+        if cache is not None:
+            cache.length = offset
+        elif offset:
+            raise ValueError("a pass over part of the canvas needs the cache of a pass over all of it")
+        hidden = self.model.decode_hidden(inputs, encoded, causal=False, tgt_mask=tgt_mask, cache=cache)
         return hidden if positions is None else hidden[positions]
+
+    def new_canvas_cache(self) -> CanvasKVCache | None:
+        """A cache that carries K/V from one decoding pass to the next
+        (``CanvasKVCache``), or None where passes run compiled or with a window."""
+        core = self.model
+        if core.compiled_passes or core.cfg.decoder_window:
+            return None
+        return CanvasKVCache(core.kv_slots)
 
     # ---- training -----------------------------------------------------------------------
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
@@ -219,6 +238,11 @@ class CMLMDecoding(NATDecoding):
     block_length: int = 0
     """Unmasking samplers: decode the canvas in blocks of this many positions, left to
     right, the passes spread over them (0: one block)."""
+    block_cache: Literal["none", "prefix", "dual"] = "none"
+    """Unmasking samplers in blocks: a block's passes after its first reuse the
+    self-attention K/V of the columns before and after it (``dual``) or before it
+    (``prefix``) from its first pass (Fast-dLLM): fewer columns a pass, an approximation
+    for a decoder of more than one layer (``nargen.decoding.unmasking``)."""
     temperature: float = 0.0
     """Unmasking samplers: draw tokens at this temperature (Gumbel noise in float64;
     0: the argmax)."""
@@ -266,14 +290,15 @@ class CMLMModule(ParallelModule):
         """Mask-predict, or an unmasking sampler, over a beam of predicted lengths."""
         o = self.decode_options(options)
         if o["sampler"] == "mask_predict":
-            if o["block_length"]:
-                raise ValueError("block_length applies to the unmasking samplers, not to mask_predict")
+            if o["block_length"] or o["block_cache"] != "none":
+                raise ValueError("block_length and block_cache apply to the unmasking samplers, not to mask_predict")
             return super().generate(src, **options)
         if o["early_stop"]:
             raise ValueError("early_stop applies to mask_predict: an unmasking sampler never revisits a token")
         settings = self.decoder_settings()
         return unmask(self, src, sampler=o["sampler"], steps=o["iterations"], length_beam=o["length_beam"],
-                      threshold=o["threshold"], block_length=o["block_length"], temperature=o["temperature"],
+                      threshold=o["threshold"], block_length=o["block_length"],
+                      block_cache=o["block_cache"], temperature=o["temperature"],
                       seed=o["seed"], rerank=o["rerank"], keep_history=o["keep_history"], **settings)
 
     def choose_masked(self, real: torch.Tensor) -> torch.Tensor:
