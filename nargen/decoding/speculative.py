@@ -107,9 +107,9 @@ def speculative(
     """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
     With ``draft_at_rows``, a batch first decodes greedily, one token a sentence a pass,
     until at most that many of its sentences are still decoding; the finished ones are
-    dropped and the drafter drafts for the rest (a large batch keeps the device busy
-    without drafts, which only pay where few sentences are left). 0: drafts from the
-    first pass.
+    dropped and the drafter drafts for the rest (drafts cost a full batch more than they
+    save; the last few sentences of a batch are where a pass is cheap to widen). 0:
+    drafts from the first pass.
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
     pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
     model agrees with is kept.
