@@ -41,7 +41,7 @@ def test_autoregressive_validation_logs_its_loss_and_exact_likelihood_from_one_p
     test = read_split(reversal_root, "test", "src", "tgt")
     items = [(i, torch.tensor(module.source_ids([s])[0]), torch.tensor(module.tokenizer.encode([t])[0]))
              for i, (s, t) in enumerate(zip(test.source[:8], test.target[:8]))]
-    batch = collate_pairs(items)
+    batch = {k: v.to(module.device) for k, v in collate_pairs(items).items()}  # a GPU's, where one is present
     metrics = module.validation_metrics(batch)
     logits = module.model(batch["src"], batch["tgt_in"]).float()
     real = batch["tgt_out"] != module.ids.pad

@@ -246,12 +246,10 @@ class CanvasKVCache:
     outside it. That is Fast-dLLM's dual cache (Wu et al. 2025): exact for one decoder
     layer, whose K/V of a position depend on that position's token alone, and an
     approximation above it, where the stored K/V were computed while the span held
-    other tokens. ``start`` is 0 (a window decoder's band is measured from it).
+    other tokens. A decoder with a window decodes without it.
     """
 
     fixed_shapes = False
-    window = 0
-    start = 0
 
     def __init__(self, slots: int) -> None:
         self._held: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * slots
