@@ -117,83 +117,94 @@ _SPOTS = [
 ]
 
 
-def _segment_boxes(start: tuple[float, float], end: tuple[float, float], step: float = 4.0) -> list:
-    """Small display-space boxes along a straight segment."""
-    from matplotlib.transforms import Bbox
+def _segment_boxes(start: tuple[float, float], end: tuple[float, float], step: float = 4.0) -> "np.ndarray":
+    """Small display-space boxes along a straight segment: ``[n, 4]`` extents
+    ``(x0, y0, x1, y1)``."""
+    import numpy as np
 
     (x0, y0), (x1, y1) = start, end
     n = max(int(math.hypot(x1 - x0, y1 - y0) / step), 1)
-    points = ((x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(n + 1))
-    return [Bbox.from_extents(x - 1, y - 1, x + 1, y + 1) for x, y in points]
+    at = np.linspace(0.0, 1.0, n + 1)[:, None] * np.array([x1 - x0, y1 - y0]) + np.array([x0, y0])
+    return np.concatenate([at - 1, at + 1], axis=1)
 
 
-def _line_boxes(ax, lines: list[Line]) -> list:
+def _line_boxes(ax, lines: list[Line]) -> "np.ndarray":
     """Boxes along every drawn line, so labels keep off the lines."""
-    boxes = []
+    import numpy as np
+
+    boxes = [np.zeros((0, 4))]
     for line in lines:
         xy = [tuple(ax.transData.transform(p)) for p in zip(line.x, line.y)]
-        for a, b in zip(xy, xy[1:]):
-            boxes += _segment_boxes(a, b)
-    return boxes
+        boxes += [_segment_boxes(a, b) for a, b in zip(xy, xy[1:])]
+    return np.concatenate(boxes)
+
+
+def _overlaps(boxes: "np.ndarray", others: "np.ndarray") -> "np.ndarray":
+    """For each of ``boxes`` (``[n, 4]`` extents), the summed area it shares with
+    ``others`` (``[m, 4]``)."""
+    import numpy as np
+
+    if not len(others) or not len(boxes):
+        return np.zeros(len(boxes))
+    wide = np.minimum(boxes[:, None, 2], others[None, :, 2]) - np.maximum(boxes[:, None, 0], others[None, :, 0])
+    high = np.minimum(boxes[:, None, 3], others[None, :, 3]) - np.maximum(boxes[:, None, 1], others[None, :, 1])
+    return (wide.clip(min=0) * high.clip(min=0)).sum(1)
 
 
 def place_point_labels(fig, ax, points: list[Point], lines: list[Line] = ()) -> list:
     """Label each point at the first of ``_SPOTS`` whose text stays inside the axes and
     clear of every marker, line, label and leader line placed before it, and whose own
     leader line crosses no label (points from top to bottom); where no spot is clear, at
-    the spot that overlaps least. Returns the labels' display boxes (the text alone), in
-    the order of ``points``."""
+    the spot that overlaps least. A label's size is measured once; the spots are scored
+    together from its box shifted to each. Returns the labels' display boxes (the text
+    alone), in the order of ``points``."""
     if not points:
         return []
+    import numpy as np
     from matplotlib.text import Text
-    from matplotlib.transforms import Bbox
 
     fig.canvas.draw()  # fixes the limits, so data maps to display coordinates
     renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
+    frame = np.array([ax.get_window_extent(renderer).extents])
     scale = fig.dpi / 72.0
-    taken = []
-    for p in points:  # markers: 5 points across
-        x, y = ax.transData.transform((p.x, p.y))
-        taken.append(Bbox.from_extents(x - 2.5 * scale, y - 2.5 * scale, x + 2.5 * scale, y + 2.5 * scale))
-    taken += [t.get_window_extent(renderer) for t in ax.texts]  # line-end labels
+    anchors = ax.transData.transform([(p.x, p.y) for p in points])
+    markers = np.concatenate([anchors - 2.5 * scale, anchors + 2.5 * scale], axis=1)  # 5 points across
+    labels = np.array([t.get_window_extent(renderer).extents for t in ax.texts]).reshape(-1, 4)  # line ends
     crossed = _line_boxes(ax, list(lines))
-
-    def shared(box, other) -> float:
-        return max(0.0, min(box.x1, other.x1) - max(box.x0, other.x0)) * max(
-            0.0, min(box.y1, other.y1) - max(box.y0, other.y0))
-
-    def overlap(box) -> float:  # a line through a label or a label cut by the frame reads worst
-        outside = box.width * box.height - shared(box, frame)
-        return sum(shared(box, o) for o in taken) + 20 * sum(shared(box, o) for o in crossed) + 10 * outside
+    offsets = np.array([(dx, dy) for dx, dy, _, _ in _SPOTS]) * scale
+    # where each spot puts a box's lower left corner, in widths and heights from the text's anchor
+    shift = np.array([({"left": 0.0, "center": -0.5, "right": -1.0}[ha], {"bottom": 0.0, "center": -0.5, "top": -1.0}[va])
+                      for _, _, ha, va in _SPOTS])
+    far = np.array([abs(dx) > 5 or abs(dy) > 6 for dx, dy, _, _ in _SPOTS])
+    leaders = [_segment_boxes((0.0, 0.0), tuple(o)) if f else np.zeros((0, 4)) for o, f in zip(offsets, far)]
+    leader_spot = np.concatenate([np.full(len(b), i) for i, b in enumerate(leaders)]).astype(int)
+    leader_boxes = np.concatenate(leaders)
 
     placed: dict[int, object] = {}
     for i in sorted(range(len(points)), key=lambda i: -points[i].y):
-        p = points[i]
-        x, y = ax.transData.transform((p.x, p.y))
-        best = None
-        for dx, dy, ha, va in _SPOTS:
-            far = abs(dx) > 5 or abs(dy) > 6
-            text = ax.annotate(
-                p.label, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                fontsize=7, color=_colour(p),
-                arrowprops=dict(arrowstyle="-", color=_colour(p), lw=0.5, alpha=0.6) if far else None)
-            text.update_positions(renderer)
-            box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
-            leader = _segment_boxes((x, y), (x + dx * scale, y + dy * scale)) if far else []
-            labels = taken[len(points):]  # after the markers: line-end labels, then placed labels
-            cost = overlap(box) + 5 * sum(shared(b, o) for b in leader for o in labels)
-            if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, text, box, leader)
-            else:
-                text.remove()
-            if cost == 0:
-                break
-        taken.append(best[2])
-        crossed += best[3]  # later labels keep off this leader line
-        placed[i] = best[2]
+        p, (x, y) = points[i], anchors[i]
+        probe = ax.annotate(p.label, (p.x, p.y), xytext=(0, 0), textcoords="offset points", fontsize=7)
+        probe.update_positions(renderer)
+        size = Text.get_window_extent(probe, renderer).size
+        probe.remove()
+        low = np.array([x, y]) + offsets + shift * size
+        boxes = np.concatenate([low, low + size], axis=1)
+        outside = size[0] * size[1] - _overlaps(boxes, frame)
+        # a line through a label or a label cut by the frame reads worst
+        cost = (_overlaps(boxes, np.concatenate([markers, labels])) + 20 * _overlaps(boxes, crossed) + 10 * outside)
+        cost += 5 * np.bincount(leader_spot, _overlaps(leader_boxes + np.array([x, y, x, y]), labels),
+                                minlength=len(_SPOTS))
+        clear = np.flatnonzero(cost <= 0)
+        spot = int(clear[0]) if len(clear) else int(cost.argmin())
+        dx, dy, ha, va = _SPOTS[spot]
+        text = ax.annotate(
+            p.label, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=7,
+            color=_colour(p), arrowprops=dict(arrowstyle="-", color=_colour(p), lw=0.5, alpha=0.6) if far[spot] else None)
+        text.update_positions(renderer)
+        box = Text.get_window_extent(text, renderer)  # the text alone, not its leader line
+        labels = np.concatenate([labels, [box.extents]])
+        crossed = np.concatenate([crossed, leaders[spot] + np.array([x, y, x, y])])  # later labels keep off it
+        placed[i] = box
     return [placed[i] for i in range(len(points))]
 
 
