@@ -1,9 +1,10 @@
-"""Batched greedy throughput against the speculative loop's two parts, on one split:
-dropping each sentence from the batch as it ends (a drafter that proposes nothing),
-from the first pass or once at most ``--rows`` sentences are left, and a drafter's
-checkpoint drafting once at most ``--rows`` are left (``draft_at_rows``). Every output
-is checked against greedy's, text for text; the median of ``--repeats`` alternated
-runs is printed::
+"""Batched greedy throughput (each sentence leaves the batch as it ends) against the
+speculative loop's two parts, on one split: the loop with a drafter that proposes
+nothing (it too drops each sentence as it ends), from the first pass or once at most
+``--rows`` sentences are left, and a drafter's checkpoint drafting once at most
+``--rows`` are left (``draft_at_rows``): what the loop's own bookkeeping costs, and what
+drafting for a batch's last sentences gains. Every output is checked against greedy's,
+text for text; the median of ``--repeats`` alternated runs is printed::
 
     python benchmarks/batch_tail.py --ckpt runs/ar_tiny/checkpoints/averaged.ckpt \\
         --drafter runs/eagle_tiny/checkpoints/best.ckpt --options '{block: 4, tree_width: 1, tree_nodes: 4}' \\
@@ -25,8 +26,8 @@ from nargen.models import load_module
 
 
 class NoDrafts:
-    """A drafter that proposes nothing: the speculative loop decodes greedily, dropping
-    each sentence from the batch as it ends."""
+    """A drafter that proposes nothing: the speculative loop decodes greedily, one token
+    a sentence a pass."""
 
     passes = 0
 

@@ -87,7 +87,7 @@ def test_compiled_decoding_equals_eager_on_a_trained_model(trained_module, rever
     src = trained_module.encode_batch(lines)
     margins = []
 
-    def argmax_with_margin(logits: torch.Tensor) -> torch.Tensor:
+    def argmax_with_margin(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         top = logits.float().topk(2, dim=-1).values
         margins.append((top[:, 0] - top[:, 1]).min())
         return logits.argmax(-1)

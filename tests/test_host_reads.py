@@ -1,6 +1,6 @@
-"""Decoding loops read the device only where they must: greedy's one read (has every
-sentence finished?) happens once per ``check_every`` steps, and the output does not
-depend on how often it happens; beam search reads once a step. Counted with the profiler on a CPU, where a read shows
+"""Decoding loops read the device only where they must: greedy's one read (which
+sentences have finished? they leave the batch) happens once per ``check_every`` steps,
+and the output does not depend on how often it happens; beam search reads once a step. Counted with the profiler on a CPU, where a read shows
 as ``aten::item`` / ``aten::_local_scalar_dense`` / ``aten::is_nonzero`` / ``aten::nonzero``
 events exactly as a device synchronisation would on a GPU."""
 
@@ -56,30 +56,48 @@ def test_check_every_must_be_positive(model_and_source):
         greedy(model, src, check_every=0)
 
 
-def test_steps_past_the_last_eos_change_nothing(model_and_source):
-    """Rows that end at different steps before their caps: checking every 8 steps runs
-    past the last EOS, which changes no token, no pass count and no cap flag."""
+def test_finished_sentences_leave_the_batch_and_steps_past_eos_change_nothing(model_and_source):
+    """Rows that end at different steps before their caps: a finished row leaves the
+    batch at the next read; checking every 8 steps runs past the last EOS, which changes
+    no token, no pass count and no cap flag."""
     model, src = model_and_source
     ends = torch.tensor([5, 11])  # the step at which each row emits EOS
 
     def finishing():  # noqa: ANN202 - a fresh step counter for each decoding
         step = 0
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
+        def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             nonlocal step
-            chosen = logits.argmax(-1).masked_fill(ends == step, EOS)
+            chosen = logits.argmax(-1).masked_fill(ends[rows] == step, EOS)
             step += 1
             return chosen
 
         return pick
 
-    results = [greedy(model, src, check_every=every, max_len_a=0.0, max_len_b=30, max_len=64, pick=finishing())
-               for every in (1, 8)]
+    widths: dict[int, list[int]] = {}  # rows in each pass, by check_every
+    decode = model.decode
+
+    def counted(tokens: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003
+        widths[every].append(tokens.shape[0])
+        return decode(tokens, *args, **kwargs)
+
+    results = []
+    model.decode = counted
+    try:
+        for every in (1, 8):
+            widths[every] = []
+            results.append(greedy(model, src, check_every=every, max_len_a=0.0, max_len_b=30, max_len=64,
+                                  pick=finishing()))
+    finally:
+        del model.decode
     plain, sparse = results
     assert plain.as_lists(0) == sparse.as_lists(0)
     assert [len(row) for row in plain.as_lists(0)] == [5, 11]
     assert plain.passes == sparse.passes == 12
     assert not plain.hit_cap.any() and not sparse.hit_cap.any()
+    # a finished sentence leaves the batch at the first read after its EOS
+    assert widths[1] == [2] * 6 + [1] * 6
+    assert widths[8] == [2] * 8 + [1] * 8  # to the read after the last EOS
 
 
 def test_beam_search_reads_the_device_about_once_a_step(model_and_source):

@@ -106,8 +106,8 @@ def speculative(
 ) -> DecodeResult:
     """Greedy decoding of ``model`` sped up by ``drafter``'s blocks (see module doc).
     With ``draft_at_rows``, a batch first decodes greedily, one token a sentence a pass,
-    until at most that many of its sentences are still decoding; the finished ones are
-    dropped and the drafter drafts for the rest (drafts cost a full batch more than they
+    each finished sentence leaving the batch, until at most that many are still
+    decoding; the drafter drafts for the rest (drafts cost a full batch more than they
     save; the last few sentences of a batch are where a pass is cheap to widen). 0:
     drafts from the first pass.
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
@@ -238,44 +238,46 @@ def _greedy_until(
     model: Seq2SeqModel, encoded: Any, cache: Any, caps: list[int], out: list[list[int]], hit_cap: list[bool],
     stats: dict[str, int], never: torch.Tensor, ids: SpecialIds, rows_left: int,
 ) -> tuple[list[int], int, Any, torch.Tensor]:
-    """Greedy passes over the whole batch, one token a sentence each, until at most
-    ``rows_left`` sentences are still decoding: fills ``out``, ``hit_cap`` and ``stats``
-    and keeps the rest in the cache. Returns the rows still decoding, the positions the
-    cache holds for each (BOS and all but its last token), their encoder state and the
-    hidden state that chose each one's last token."""
+    """Greedy passes, one token a sentence each, each finished sentence leaving the batch
+    (as in ``greedy``), until at most ``rows_left`` sentences are still decoding: fills
+    ``out``, ``hit_cap`` and ``stats`` and keeps the rest in the cache. Returns the rows
+    still decoding, the positions the cache holds for each (BOS and all but its last
+    token), their encoder state and the hidden state that chose each one's last token."""
     device = encoded.memory.device
     batch = len(out)
+    rows = torch.arange(batch, device=device)  # the rows still decoding, in cache order
     cap = torch.tensor(caps, device=device)
+    chosen = torch.full((batch, max(caps) + 1), ids.pad, dtype=torch.long, device=device)
+    capped = torch.zeros(batch, dtype=torch.bool, device=device)
     token = torch.full((batch,), ids.bos, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    capped = torch.zeros_like(finished)
-    chosen = []
+    step = 0
     while True:
-        step = len(chosen)
         hidden = model.decode_hidden(model.embed_tokens(token[:, None], step), encoded, causal=True, cache=cache)
         logits = model.output_logits(hidden[:, -1]).float()
         logits.index_fill_(-1, never, float("-inf"))
         token = logits.argmax(-1)
-        at_cap = (step >= cap) & ~finished  # greedy's rule: EOS at the cap
-        capped |= at_cap & (token != ids.eos)
-        token = token.masked_fill(at_cap, ids.eos).masked_fill(finished, ids.pad)
-        chosen.append(token)
-        finished = finished | (token == ids.eos)
-        if int((~finished).sum()) <= rows_left:
+        at_cap = step >= cap  # greedy's rule: EOS at the cap
+        capped[rows] = at_cap & (token != ids.eos)
+        token = token.masked_fill(at_cap, ids.eos)
+        chosen[rows, step] = token
+        step += 1
+        ended = token == ids.eos
+        n_ended = int(ended.sum())  # the pass's host read
+        if n_ended:
+            keep = ended.logical_not().nonzero().flatten()
+            cache.reorder(keep)
+            encoded = encoded.index_select(keep)
+            rows, cap, token, hidden = rows[keep], cap[keep], token[keep], hidden[keep]
+        if len(rows) <= rows_left:
             break
-    tokens = torch.stack(chosen, 1)
-    emitted = int((tokens != ids.pad).sum())
-    stats["target_passes"] += len(chosen)
+    emitted = int((chosen != ids.pad).sum())
+    stats["target_passes"] += step
     stats["emitted"] += emitted
     stats["verified"] += emitted
-    for r, (row, hit) in enumerate(zip(tokens.tolist(), capped.tolist())):
+    for r, (row, hit) in enumerate(zip(chosen[:, :step].tolist(), capped.tolist())):
         out[r].extend(row[: row.index(ids.eos)] if ids.eos in row else row)
         hit_cap[r] = hit
-    keep = (~finished).nonzero().flatten()
-    if keep.numel() < batch:
-        cache.reorder(keep)
-        encoded = encoded.index_select(keep)
-    return keep.tolist(), len(chosen), encoded, hidden[keep, -1]
+    return rows.tolist(), step, encoded, hidden[:, -1]
 
 
 class AutoregressiveDrafter:

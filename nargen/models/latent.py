@@ -258,11 +258,12 @@ class LatentModule(Seq2SeqModule):
         counts = counts.to(src.device)
         step = 0
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
+        def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             nonlocal step
+            wanted = counts[rows]
             logits = logits.clone()
-            logits[step < counts, PRIOR_IDS.eos] = float("-inf")
-            chosen = logits.argmax(-1).masked_fill(step >= counts, PRIOR_IDS.eos)
+            logits[step < wanted, PRIOR_IDS.eos] = float("-inf")
+            chosen = logits.argmax(-1).masked_fill(step >= wanted, PRIOR_IDS.eos)
             step += 1
             return chosen
 
