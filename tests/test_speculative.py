@@ -93,9 +93,10 @@ def test_output_equals_greedy_with_a_drafter_that_is_right_then_wrong(ar_and_sou
     assert 0 < out.counts["accepted"] < out.counts["proposed"]  # sentences accept different lengths
 
 
-@pytest.mark.parametrize("rows_left", [1, 5, 23])
+@pytest.mark.parametrize("rows_left, check_every", [(1, 1), (5, 1), (23, 1), (5, 8), (23, 3)])
 def test_a_batch_decoded_greedily_until_few_sentences_are_left_then_drafted_gives_greedy_output(
-        ar_and_sources, rows_left):
+        ar_and_sources, rows_left, check_every):
+    """Reading which sentences have ended every pass, or every few (as on a GPU)."""
     module, src = ar_and_sources
     reference = greedy(module.model, src, **settings(module))
     truth = reference.as_lists(module.ids.pad)
@@ -111,7 +112,8 @@ def test_a_batch_decoded_greedily_until_few_sentences_are_left_then_drafted_give
             asked.append(list(rows))
             return super().propose(rows, prefixes, k)
 
-    out = speculative(module.model, src, Recording(proposals), block=3, draft_at_rows=rows_left, **settings(module))
+    out = speculative(module.model, src, Recording(proposals), block=3, draft_at_rows=rows_left,
+                      check_every=check_every, **settings(module))
     assert out.as_lists(module.ids.pad) == truth
     assert torch.equal(out.hit_cap, reference.hit_cap)
     assert all(len(rows) <= rows_left for rows in asked) and (asked or rows_left == 1)

@@ -99,6 +99,7 @@ def speculative(
     *,
     block: int = 4,
     draft_at_rows: int = 0,
+    check_every: int | None = None,
     ids: SpecialIds = SpecialIds(),
     max_len_a: float = 1.5,
     max_len_b: int = 10,
@@ -109,7 +110,10 @@ def speculative(
     each finished sentence leaving the batch, until at most that many are still
     decoding; the drafter drafts for the rest (drafts cost a full batch more than they
     save; the last few sentences of a batch are where a pass is cheap to widen). 0:
-    drafts from the first pass.
+    drafts from the first pass. ``check_every``: that greedy start's passes between
+    reads of which sentences have ended (as ``greedy``'s: every pass on a CPU, every 8
+    on an accelerator; it may run up to that many passes past the point where few are
+    left).
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
     pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
     model agrees with is kept.
@@ -123,6 +127,10 @@ def speculative(
     if block < 1 or draft_at_rows < 0:
         raise ValueError(f"block must be >= 1 and draft_at_rows >= 0, got {block} and {draft_at_rows}")
     batch, device = src.shape[0], src.device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 8
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
     # BOS and up to ``cap`` tokens: drafts are cut to the room left below each cap, so no
@@ -145,7 +153,7 @@ def speculative(
     drafts_trees = hasattr(drafter, "propose_tree") and getattr(model, "checks_trees", False)
     if 0 < draft_at_rows < batch:
         active, cached, encoded, last = _greedy_until(model, encoded, cache, caps, out, hit_cap, stats, never,
-                                                      ids, draft_at_rows)
+                                                      ids, draft_at_rows, check_every)
         if reads_hidden and active:
             clock = time.perf_counter_ns()
             drafter.observe(active, last, [out[r][-1] for r in active], encoded)
@@ -236,19 +244,22 @@ def speculative(
 
 def _greedy_until(
     model: Seq2SeqModel, encoded: Any, cache: Any, caps: list[int], out: list[list[int]], hit_cap: list[bool],
-    stats: dict[str, int], never: torch.Tensor, ids: SpecialIds, rows_left: int,
+    stats: dict[str, int], never: torch.Tensor, ids: SpecialIds, rows_left: int, check_every: int,
 ) -> tuple[list[int], int, Any, torch.Tensor]:
-    """Greedy passes, one token a sentence each, each finished sentence leaving the batch
-    (as in ``greedy``), until at most ``rows_left`` sentences are still decoding: fills
-    ``out``, ``hit_cap`` and ``stats`` and keeps the rest in the cache. Returns the rows
-    still decoding, the positions the cache holds for each (BOS and all but its last
-    token), their encoder state and the hidden state that chose each one's last token."""
+    """Greedy passes, one token a sentence each, the finished sentences leaving the batch
+    at each read (every ``check_every`` passes, as in ``greedy``), until a read finds at
+    most ``rows_left`` still decoding: fills ``out``, ``hit_cap`` and ``stats`` and keeps
+    the rest in the cache. Returns the rows still decoding, the positions the cache holds
+    for each (BOS and all but its last token), their encoder state and the hidden state
+    that chose each one's last token."""
     device = encoded.memory.device
     batch = len(out)
-    rows = torch.arange(batch, device=device)  # the rows still decoding, in cache order
+    limit = max(caps) + 1  # every sentence has ended by then (EOS at its cap)
+    rows = torch.arange(batch, device=device)  # the rows in the cache, in cache order
     cap = torch.tensor(caps, device=device)
-    chosen = torch.full((batch, max(caps) + 1), ids.pad, dtype=torch.long, device=device)
+    chosen = torch.full((batch, limit), ids.pad, dtype=torch.long, device=device)
     capped = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)  # per row of ``rows``
     token = torch.full((batch,), ids.bos, dtype=torch.long, device=device)
     step = 0
     while True:
@@ -256,18 +267,19 @@ def _greedy_until(
         logits = model.output_logits(hidden[:, -1]).float()
         logits.index_fill_(-1, never, float("-inf"))
         token = logits.argmax(-1)
-        at_cap = step >= cap  # greedy's rule: EOS at the cap
-        capped[rows] = at_cap & (token != ids.eos)
-        token = token.masked_fill(at_cap, ids.eos)
+        at_cap = (step >= cap) & ~finished  # greedy's rule: EOS at the cap
+        capped[rows] |= at_cap & (token != ids.eos)
+        token = token.masked_fill(at_cap, ids.eos).masked_fill(finished, ids.pad)
         chosen[rows, step] = token
         step += 1
-        ended = token == ids.eos
-        n_ended = int(ended.sum())  # the pass's host read
-        if n_ended:
-            keep = ended.logical_not().nonzero().flatten()
+        finished |= token == ids.eos
+        if step % check_every and step < limit:
+            continue
+        if int(finished.sum()):  # the loop's host read
+            keep = finished.logical_not().nonzero().flatten()
             cache.reorder(keep)
             encoded = encoded.index_select(keep)
-            rows, cap, token, hidden = rows[keep], cap[keep], token[keep], hidden[keep]
+            rows, cap, token, hidden, finished = rows[keep], cap[keep], token[keep], hidden[keep], finished[keep]
         if len(rows) <= rows_left:
             break
     emitted = int((chosen != ids.pad).sum())

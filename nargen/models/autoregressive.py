@@ -29,8 +29,9 @@ class AutoregressiveDecoding(LengthCapOptions, SamplingOptions):
     most this many of its sentences are still decoding, then draft for those (0: draft
     from the first pass)."""
     check_every: int | None = None
-    """Greedy and sampling: steps between reads of whether every sentence has ended
-    (default: 1 on a CPU, 8 on a GPU)."""
+    """Greedy, sampling and the greedy start of ``draft_at_rows``: steps between reads of
+    which sentences have ended, where they leave the batch (default: 1 on a CPU, 8 on a
+    GPU)."""
     draft: Any = field(default=None, metadata=CALL_ONLY)
     """A ``nargen.decoding.speculative.Drafter``: greedy runs as speculative decoding."""
 
@@ -83,7 +84,7 @@ class AutoregressiveModule(Seq2SeqModule):
         speculative decoding in blocks of ``block`` (default 4) drafted tokens.
         ``compile``: decoder steps compiled over a cache of fixed shapes
         (``nargen.decoding.compiled``); ``check_every``: greedy's steps between reads of
-        whether every sentence has ended (default: 1 on a CPU, 8 on a GPU)."""
+        which sentences have ended (default: 1 on a CPU, 8 on a GPU)."""
         o = self.decode_options(options)
         beam, common = o["beam"], self.decoder_settings(o)
         if o["sampling"]:
@@ -97,6 +98,7 @@ class AutoregressiveModule(Seq2SeqModule):
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
             return speculative(self.model, src, o["draft"], block=o["block"], draft_at_rows=o["draft_at_rows"],
+                               check_every=o["check_every"],
                                **common)
         if beam <= 1:
             return greedy(self.model, src, compile=o["compile"], check_every=o["check_every"], **common)
