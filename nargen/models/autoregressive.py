@@ -98,8 +98,7 @@ class AutoregressiveModule(Seq2SeqModule):
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
             return speculative(self.model, src, o["draft"], block=o["block"], draft_at_rows=o["draft_at_rows"],
-                               check_every=o["check_every"],
-                               **common)
+                               check_every=o["check_every"], **common)
         if beam <= 1:
             return greedy(self.model, src, compile=o["compile"], check_every=o["check_every"], **common)
         return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"],
