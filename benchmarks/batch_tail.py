@@ -2,13 +2,13 @@
 speculative loop's two parts, on one split: the loop with a drafter that proposes
 nothing (it too drops each sentence as it ends), from the first pass or once at most
 ``--rows`` sentences are left, and a drafter's checkpoint drafting once at most
-``--rows`` are left (``draft_at_rows``): what the loop's own bookkeeping costs, and what
+``--rows`` are left (``draft_at_rows``; several values measure each): what the loop's own bookkeeping costs, and what
 drafting for a batch's last sentences gains. Every output is checked against greedy's,
 text for text; the median of ``--repeats`` alternated runs is printed::
 
     python benchmarks/batch_tail.py --ckpt runs/ar_tiny/checkpoints/averaged.ckpt \\
         --drafter runs/eagle_tiny/checkpoints/best.ckpt --options '{block: 4, tree_width: 1, tree_nodes: 4}' \\
-        --src test_2016_flickr.de.gz --rows 16
+        --src test_2016_flickr.de.gz --rows 16 4 1
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--drafter", help="a checkpoint that drafts for it (eagle, blockwise, specdec)")
     parser.add_argument("--options", default="{}", help="the drafter checkpoint's decoding options (YAML)")
     parser.add_argument("--src", required=True)
-    parser.add_argument("--rows", type=int, default=16, help="draft_at_rows")
+    parser.add_argument("--rows", type=int, nargs="+", default=[16], help="draft_at_rows (one or more)")
     parser.add_argument("--max-tokens", type=int, default=2500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -57,13 +57,15 @@ def main() -> None:
         "greedy": lambda: model.translate(src, beam=1, **budget),
         "no drafts, each sentence dropped as it ends": lambda: model.translate(
             src, draft=NoDrafts(), block=1, **budget),
-        f"no drafts, greedy until <= {args.rows} left": lambda: model.translate(
-            src, draft=NoDrafts(), block=1, draft_at_rows=args.rows, **budget),
     }
-    if args.drafter:
-        drafter, options = load_module(args.drafter, map_location="cpu"), yaml.safe_load(args.options)
-        runs[f"drafter, greedy until <= {args.rows} left"] = lambda: drafter.translate(
-            src, draft_at_rows=args.rows, **options, **budget)
+    drafter = load_module(args.drafter, map_location="cpu") if args.drafter else None
+    options = yaml.safe_load(args.options)
+    for rows in args.rows:
+        runs[f"no drafts, greedy until <= {rows} left"] = lambda rows=rows: model.translate(
+            src, draft=NoDrafts(), block=1, draft_at_rows=rows, **budget)
+        if drafter is not None:
+            runs[f"drafter, greedy until <= {rows} left"] = lambda rows=rows: drafter.translate(
+                src, draft_at_rows=rows, **options, **budget)
     reference = runs["greedy"]().texts
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeats):

@@ -148,6 +148,24 @@ def test_a_missing_checkpoint_is_named_or_left_out_on_request(trained_run, rever
     assert f"NAT k=2 ({absent})" in (out / "bench.md").read_text()
 
 
+def test_systems_chosen_by_name_are_the_only_ones_measured(trained_run, reversal_root, tmp_path, capsys):
+    ar = str(trained_run / "checkpoints" / "best.ckpt")
+    spec = write_spec(tmp_path / "spec.yaml", reversal_root, [
+        {"name": "AR greedy", "ckpt": ar}, {"name": "NAT k=2", "ckpt": str(tmp_path / "absent.ckpt")},
+        {"name": "AR beam 2", "ckpt": ar, "options": {"beam": 2}},
+    ])
+    out = tmp_path / "out"
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--systems", "^AR",
+                 "--latency_sentences", "0"]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["system"] for r in result["records"]] == ["AR greedy", "AR beam 2"]
+    assert "those matching '^AR'" in (out / "bench.md").read_text()
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--systems", "CTC"]) == 2
+    assert "--systems: 'CTC' matches no system name" in capsys.readouterr().err
+    assert main(["bench", "systems", "--spec", str(spec), "--out", str(out), "--systems", "(AR"]) == 2
+    assert "'(AR' is not a regular expression" in capsys.readouterr().err
+
+
 def test_bench_spec_errors_name_the_key(reversal_root, tmp_path, capsys):
     spec = write_spec(tmp_path / "spec.yaml", reversal_root, [{"name": "a", "ckpt": "x", "beam": 4}])
     assert main(["bench", "systems", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 2

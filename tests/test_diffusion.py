@@ -80,6 +80,19 @@ def test_the_threshold_sampler_commits_at_least_one_token_a_pass_and_ends():
     assert confident.passes == 1
 
 
+def test_the_threshold_sampler_with_an_even_floor_is_low_confidence_when_nothing_is_sure():
+    doubtful = ReferenceModel(doubt=3.0)  # every prediction below the threshold
+    even = unmask(doubtful, SRC, sampler="threshold", threshold=0.999, threshold_least="even", steps=4,
+                  mask_id=MASK, ids=IDS)
+    low = unmask(doubtful, SRC, sampler="low_confidence", steps=4, mask_id=MASK, ids=IDS)
+    assert torch.equal(even.schedule, low.schedule) and even.passes == low.passes == 4
+    sure = unmask(ReferenceModel(), SRC, sampler="threshold", threshold=0.9, threshold_least="even", steps=4,
+                  mask_id=MASK, ids=IDS)
+    assert sure.passes == 1 and sure.as_lists(IDS.pad) == [doubtful.reference(r) for r in SRC]
+    with pytest.raises(ValueError, match="threshold_least"):
+        unmask(doubtful, SRC, sampler="threshold", threshold_least="two", mask_id=MASK, ids=IDS)
+
+
 @pytest.mark.parametrize("sampler", ["low_confidence", "margin", "threshold"])
 def test_one_block_is_unblocked_decoding_and_blocks_commit_left_to_right(sampler):
     model = ReferenceModel(doubt=1.5)
@@ -135,10 +148,12 @@ def test_with_the_rate_fixed_the_objective_is_the_masked_cross_entropy_over_the_
         assert math.isclose(float(got[i]), expected, rel_tol=1e-6)
 
 
-def test_the_monte_carlo_mean_of_the_objective_is_its_exact_expectation():
+@pytest.mark.parametrize("stratified", [False, True])
+def test_the_monte_carlo_mean_of_the_objective_is_its_exact_expectation(stratified):
     """Length 3, a token loss that depends on the whole mask pattern: the mean over
     many draws of (rate, mask) equals the sum over all 8 patterns of their probability
-    under U(low, 1) times their weighted loss, integrated exactly."""
+    under U(low, 1) times their weighted loss, integrated exactly (with independent or
+    stratified rates alike)."""
     low = 0.05
 
     def token_loss(pattern: torch.Tensor) -> torch.Tensor:  # [n, 3] bool -> [n, 3]
@@ -162,10 +177,23 @@ def test_the_monte_carlo_mean_of_the_objective_is_its_exact_expectation():
     g = torch.Generator().manual_seed(1)
     n = 400_000
     real = torch.ones(n, 3, dtype=torch.bool)
-    rates = mask_rates(n, low, "cpu", g)
+    rates = mask_rates(n, low, "cpu", g, stratified=stratified)
     masked = draw_masks(real, rates, g)
     estimate = float(weighted_masked_loss(token_loss(masked), masked, rates, real.sum(1)).mean())
     assert abs(estimate - exact) < 0.02 * exact, (estimate, exact)
+
+
+def test_stratified_rates_put_one_sentence_in_each_slice_and_each_sentence_any_rate():
+    """A batch of n stratified rates has exactly one in each of n equal slices of
+    [low, 1); over many batches every row's rate is uniform (mean ~ the midpoint, not
+    tied to its row)."""
+    low, n = 0.1, 16
+    g = torch.Generator().manual_seed(3)
+    batches = torch.stack([mask_rates(n, low, "cpu", g, stratified=True) for _ in range(4000)])
+    slices = ((batches - low) / (1 - low) * n).floor().long()
+    assert all(sorted(row.tolist()) == list(range(n)) for row in slices)
+    means = batches.mean(0)
+    assert ((means - (1 + low) / 2).abs() < 0.03).all(), means
 
 
 def _exact_match(module, pair, **options) -> float:

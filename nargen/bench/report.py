@@ -73,6 +73,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     if drafted:
         notes.append("Speculative decoding at batch 1, per sentence: " + "; ".join(
             f"{r['system']}: {speculative_summary(r)}" for r in drafted) + ".")
+    if result.get("systems_chosen"):
+        notes.append(f"Systems chosen by name: those matching {result['systems_chosen']!r}.")
     if result.get("left_out"):
         notes.append("Left out (checkpoint not there): " + "; ".join(
             f"{r['system']} ({', '.join(r['missing'])})" for r in result["left_out"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -88,6 +89,19 @@ def missing_checkpoints(system: SystemSpec) -> list[str]:
     """The system's checkpoints (its own, reranker, drafter) that are not files."""
     paths = [system.ckpt, system.rerank_ckpt, system.draft_ckpt]
     return [p for p in paths if p and not Path(p).is_file()]
+
+
+def matching_systems(systems: list[SystemSpec], pattern: str, where: str) -> list[SystemSpec]:
+    """The systems whose name the regular expression ``pattern`` matches (anywhere in
+    it); a clear error for a pattern that is not one or matches none."""
+    try:
+        chosen = re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({err})") from None
+    kept = [s for s in systems if chosen.search(s.name)]
+    if not kept:
+        raise ConfigError(f"{where}: {pattern!r} matches no system name")
+    return kept
 
 
 def split_missing(systems: list[SystemSpec]) -> tuple[list[SystemSpec], list[dict[str, Any]]]:

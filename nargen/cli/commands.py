@@ -173,15 +173,20 @@ class BenchSystemsSettings:
     """CPU threads for torch (0: the spec's, else torch's default)."""
     skip_missing: bool = False
     """Leave out systems whose checkpoints are not there yet (named in the table)."""
+    systems: str | None = None
+    """Only the systems whose name this regular expression matches (searched anywhere in
+    the name), e.g. 'from AR'; the table says which were chosen."""
 
 
 def cmd_bench_systems(argv: list[str]) -> int:
     """``nargen bench systems``: every system of a spec in one process: JSON, Markdown, plot."""
     from nargen.bench.report import markdown_table, write_report
-    from nargen.bench.systems import load_bench_spec, run_bench, split_missing
+    from nargen.bench.systems import load_bench_spec, matching_systems, run_bench, split_missing
 
     (b,) = settings_of("nargen bench systems", cmd_bench_systems.__doc__, argv, BenchSystemsSettings)
     spec, systems = load_bench_spec(b.spec)
+    if b.systems is not None:
+        systems = matching_systems(systems, b.systems, f"{b.spec}: --systems")
     left_out: list[dict] = []
     if b.skip_missing:
         systems, left_out = split_missing(systems)
@@ -195,6 +200,7 @@ def cmd_bench_systems(argv: list[str]) -> int:
         spec.threads = b.threads
     result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
     result["left_out"] = left_out
+    result["systems_chosen"] = b.systems
     print(markdown_table(result))
     report_written(*write_report(result, b.out))
     return 0

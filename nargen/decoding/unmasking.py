@@ -14,7 +14,9 @@ anywhere: ``nargen.decoding.mask_predict``). The sampler decides which:
 - ``ancestral`` (MDLM): each masked position independently, with the probability that
   a linear noise schedule unmasks it between two times (``1 / passes left``);
 - ``threshold`` (Fast-dLLM): every prediction above ``threshold``, at least one a pass,
-  all at the last of ``steps`` passes.
+  all at the last of ``steps`` passes; with ``threshold_least="even"`` at least
+  ``low_confidence``'s share a pass (the most confident), so no pass is left a backlog
+  and confident passes end the canvas early.
 
 With ``block_length`` the canvas is decoded in blocks left to right (semi-autoregressive,
 LLaDA's ``block_length``): ``steps`` is spread over the blocks and only the current
@@ -82,6 +84,7 @@ def unmask(
     steps: int = 10,
     length_beam: int = 1,
     threshold: float = 0.9,
+    threshold_least: str = "one",
     block_length: int = 0,
     block_cache: str = "none",
     temperature: float = 0.0,
@@ -107,6 +110,8 @@ def unmask(
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)}, or mask-predict)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if threshold_least not in ("one", "even"):
+        raise ValueError(f"threshold_least must be 'one' or 'even', got {threshold_least!r}")
     if block_cache not in BLOCK_CACHES:
         raise ValueError(f"unknown block_cache {block_cache!r} (known: {', '.join(BLOCK_CACHES)})")
     device = src.device
@@ -172,7 +177,8 @@ def unmask(
                 commit = candidates & (draw < 1.0 / steps_left)
             elif sampler == "threshold":
                 confident = candidates & (logp_full.exp() > threshold)
-                best = top_per_row(logp_full, candidates, torch.ones_like(lengths))
+                least = commit_counts(candidates, steps_left) if threshold_least == "even" else torch.ones_like(lengths)
+                best = top_per_row(logp_full, candidates, least)
                 commit = candidates if steps_left == 1 else confident | best
             else:
                 commit = top_per_row(full(score, float("-inf")), candidates, commit_counts(candidates, steps_left))

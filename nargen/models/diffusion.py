@@ -41,6 +41,11 @@ class DiffusionOptions(CMLMOptions):
     min_mask_rate: float = 1e-3
     """The lowest mask rate drawn: ``t ~ U(min_mask_rate, 1)`` (bounds the ``1 / t``
     weight)."""
+    rate_draws: Literal["independent", "stratified"] = "independent"
+    """How a batch's mask rates are drawn: ``independent`` uniform draws, or
+    ``stratified`` (MDLM's low-discrepancy sampler): one uniform offset shifted by
+    ``i / batch`` for the ``i``-th sentence, in a random order, so the batch covers
+    ``[0, 1]`` evenly; each rate is still uniform, and the loss's variance is lower."""
     bound_samples: int = 4
     """Mask rates per validation sentence for the likelihood bound (the midpoints of as
     many equal slices of ``[0, 1]``)."""
@@ -54,9 +59,16 @@ class DiffusionOptions(CMLMOptions):
 
 
 def mask_rates(n: int, low: float, device: torch.device | str,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """One mask rate per sentence, ``U(low, 1)``."""
-    return low + (1 - low) * torch.rand(n, device=device, generator=generator)
+               generator: torch.Generator | None = None, stratified: bool = False) -> torch.Tensor:
+    """One mask rate per sentence, ``U(low, 1)``: independent draws, or (``stratified``)
+    ``(u + i / n) mod 1`` for one uniform ``u``, in a random order of sentences."""
+    if stratified:
+        u = torch.rand(1, device=device, generator=generator)
+        spread = (u + torch.arange(n, device=device) / n) % 1
+        draws = spread[torch.randperm(n, device=device, generator=generator)]
+    else:
+        draws = torch.rand(n, device=device, generator=generator)
+    return low + (1 - low) * draws
 
 
 def draw_masks(real: torch.Tensor, rates: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -153,7 +165,8 @@ class DiffusionModule(CMLMModule):
         token, plus the length predictor's loss in predictor mode."""
         target, real = self.training_canvas(batch)
         encoded = self.model.encode(batch["src"])
-        rates = mask_rates(target.shape[0], self.options.min_mask_rate, target.device)
+        rates = mask_rates(target.shape[0], self.options.min_mask_rate, target.device,
+                           stratified=self.options.rate_draws == "stratified")
         masked = draw_masks(real, rates)
         loss = self.sentence_bounds(batch, rates, masked, target, real, encoded,
                                     self.optim.label_smoothing).mean()

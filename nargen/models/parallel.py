@@ -235,6 +235,10 @@ class CMLMDecoding(NATDecoding):
     ``threshold``, at least one a pass)."""
     threshold: float = 0.9
     """The threshold sampler's confidence to commit a token."""
+    threshold_least: Literal["one", "even"] = "one"
+    """The threshold sampler's fewest commits a pass: one (Fast-dLLM; what is left, at
+    the last pass), or ``even``: low_confidence's share, the masked positions spread
+    evenly over the passes left (the most confident first)."""
     block_length: int = 0
     """Unmasking samplers: decode the canvas in blocks of this many positions, left to
     right, the passes spread over them (0: one block)."""
@@ -297,7 +301,7 @@ class CMLMModule(ParallelModule):
             raise ValueError("early_stop applies to mask_predict: an unmasking sampler never revisits a token")
         settings = self.decoder_settings()
         return unmask(self, src, sampler=o["sampler"], steps=o["iterations"], length_beam=o["length_beam"],
-                      threshold=o["threshold"], block_length=o["block_length"],
+                      threshold=o["threshold"], threshold_least=o["threshold_least"], block_length=o["block_length"],
                       block_cache=o["block_cache"], temperature=o["temperature"],
                       seed=o["seed"], rerank=o["rerank"], keep_history=o["keep_history"], **settings)
 
