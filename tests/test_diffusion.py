@@ -212,16 +212,17 @@ def _logged(run_dir, name: str) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("length, threshold", [("predictor", 0.7), ("canvas", 0.5)])
+@pytest.mark.parametrize("length, threshold, weighting", [("predictor", 0.7, "elbo"), ("canvas", 0.5, "elbo"),
+                                                       ("predictor", 0.7, "flat")])
 def test_diffusion_learns_to_reverse_and_validation_logs_its_likelihood_bound(
-        length, threshold, reversal_root, tmp_path_factory):
+        length, threshold, weighting, reversal_root, tmp_path_factory):
     from conftest import train_parallel
 
     from nargen.data.corpora import read_split
     from nargen.models import load_module
 
     checkpoint = train_parallel(reversal_root, tmp_path_factory, "diffusion", "--optim.label_smoothing", "0.0",
-                                "--family_options", f"{{length: {length}}}")
+                                "--family_options", f"{{length: {length}, weighting: {weighting}}}")
     module = load_module(checkpoint, family="diffusion")
     test = read_split(reversal_root, "test", "src", "tgt")
     assert _exact_match(module, test, iterations=4) >= threshold

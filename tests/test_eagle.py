@@ -69,7 +69,8 @@ def test_a_drafted_tree_keeps_its_most_probable_nodes_within_its_bounds(sources)
     hidden = model.decode_hidden(model.embed_tokens(torch.full((5, 1), module.ids.bos, device=src.device)), encoded)[:, 0]
     first = model.output_logits(hidden).argmax(-1)
     for width, nodes, depth in ((1, 3, 3), (3, 10, 4), (4, 40, 3)):
-        trees = module.draft_tree(hidden, first, encoded, depth, width, nodes)
+        trees, levels = module.draft_tree(hidden, first, encoded, depth, width, nodes)
+        assert levels == depth
         for tree in trees:
             assert 0 < len(tree.tokens) <= min(nodes, sum(width ** (d + 1) for d in range(depth)))
             depths = []
@@ -82,6 +83,36 @@ def test_a_drafted_tree_keeps_its_most_probable_nodes_within_its_bounds(sources)
             assert len(set(siblings)) == len(siblings)  # no token twice under one parent
             if width == 1:
                 assert tree.parents == list(range(-1, len(tree.tokens) - 1))  # a chain
+
+
+def _paths(tree) -> set[tuple[int, ...]]:
+    """Each node's tokens from the root down."""
+    paths: list[tuple[int, ...]] = []
+    for token, parent in zip(tree.tokens, tree.parents):
+        paths.append((paths[parent] if parent >= 0 else ()) + (token,))
+    return set(paths)
+
+
+@pytest.mark.slow
+def test_a_confidence_floor_prunes_the_tree_and_stops_drafting_when_nothing_is_left(sources):
+    """Each pruned tree is part of the unpruned one (the most probable nodes, above the
+    floor), a higher floor never keeps more or drafts deeper, and decoding still gives
+    the greedy output."""
+    module, src = sources
+    model = module.model
+    encoded = model.encode(src[:5])
+    hidden = model.decode_hidden(model.embed_tokens(torch.full((5, 1), module.ids.bos, device=src.device)), encoded)[:, 0]
+    first = model.output_logits(hidden).argmax(-1)
+    full, _ = module.draft_tree(hidden, first, encoded, 4, 3, 12)
+    sizes, depths = [], []
+    for floor in (0.1, 0.5, 0.9, 0.99999):
+        pruned, levels = module.draft_tree(hidden, first, encoded, 4, 3, 12, min_confidence=floor)
+        assert all(_paths(p) <= _paths(f) for p, f in zip(pruned, full))
+        sizes.append(sum(len(t.tokens) for t in pruned))
+        depths.append(levels)
+    assert sizes == sorted(sizes, reverse=True) and depths == sorted(depths, reverse=True)
+    assert sizes[0] > 0
+    assert_greedy_output(module, src, 16, block=DEPTH, tree_width=3, tree_nodes=8, draft_confidence=0.5)
 
 
 @pytest.mark.slow

@@ -46,6 +46,11 @@ class DiffusionOptions(CMLMOptions):
     ``stratified`` (MDLM's low-discrepancy sampler): one uniform offset shifted by
     ``i / batch`` for the ``i``-th sentence, in a random order, so the batch covers
     ``[0, 1]`` evenly; each rate is still uniform, and the loss's variance is lower."""
+    weighting: Literal["elbo", "flat"] = "elbo"
+    """Training loss: ``elbo`` (each sentence's masked cross-entropy weighted by ``1 / t``
+    and divided by its length: the likelihood bound), or ``flat`` (the mean over the
+    batch's masked tokens, CMLM's weighting, with diffusion's masking; not a bound, which
+    validation still reports)."""
     bound_samples: int = 4
     """Mask rates per validation sentence for the likelihood bound (the midpoints of as
     many equal slices of ``[0, 1]``)."""
@@ -162,14 +167,18 @@ class DiffusionModule(CMLMModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The mean over sentences of the ``1 / t``-weighted masked cross-entropy per
-        token, plus the length predictor's loss in predictor mode."""
+        token (``flat``: the mean over the batch's masked tokens), plus the length predictor's loss in predictor mode."""
         target, real = self.training_canvas(batch)
         encoded = self.model.encode(batch["src"])
         rates = mask_rates(target.shape[0], self.options.min_mask_rate, target.device,
                            stratified=self.options.rate_draws == "stratified")
         masked = draw_masks(real, rates)
-        loss = self.sentence_bounds(batch, rates, masked, target, real, encoded,
-                                    self.optim.label_smoothing).mean()
+        if self.options.weighting == "flat":
+            hidden = self.parallel_hidden(target.masked_fill(masked, self.mask_id), encoded, real, positions=masked)
+            loss = self.model.output_loss(hidden, target[masked], self.optim.label_smoothing)
+        else:
+            loss = self.sentence_bounds(batch, rates, masked, target, real, encoded,
+                                        self.optim.label_smoothing).mean()
         if self.options.length == "predictor":
             loss = loss + self.options.length_loss_weight * self.length_nll(encoded, real).mean()
         return loss

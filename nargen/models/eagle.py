@@ -22,6 +22,7 @@ as FR-Spec, Zhao et al. 2025); the model still checks them against its whole voc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -61,6 +62,10 @@ class EagleDecoding(AutoregressiveDecoding):
     """Paths kept at each depth of the tree, and tokens drafted after each (1: a chain)."""
     tree_nodes: int = 16
     """Drafted tokens checked per pass: the most probable of those drafted."""
+    draft_confidence: float = 0.0
+    """Drop every drafted token whose path (the drafter's probabilities multiplied along
+    it) is less probable than this, and stop drafting deeper once no path is left (a read
+    of the device a level; 0: every tree ``block`` deep, one read a tree)."""
 
 
 @register_family
@@ -81,8 +86,9 @@ class EagleModule(FrozenTargetModule):
         self._draft_vocab: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def own_drafter(self, options: dict[str, Any]) -> "FeatureDrafter":
-        """Trees ``tree_width`` wide of ``tree_nodes`` drafted tokens."""
-        return FeatureDrafter(self, options["tree_width"], options["tree_nodes"])
+        """Trees ``tree_width`` wide of ``tree_nodes`` drafted tokens, pruned at
+        ``draft_confidence``."""
+        return FeatureDrafter(self, options["tree_width"], options["tree_nodes"], options["draft_confidence"])
 
     def _step(self, feature: torch.Tensor, token: torch.Tensor, encoded: Encoded,
               kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -160,14 +166,17 @@ class EagleModule(FrozenTargetModule):
     @torch.no_grad()
     def draft_tree(
         self, feature: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, depth: int, width: int, nodes: int,
-        prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> list[DraftTree]:
+        prepared: tuple[torch.Tensor, torch.Tensor] | None = None, min_confidence: float = 0.0,
+    ) -> tuple[list[DraftTree], int]:
         """A tree of drafts after each of ``tokens`` (``[rows]``, the model's choices at
         the features ``feature``, ``[rows, d_model]``), for the sources ``encoded``: at
         each of ``depth`` levels the ``width`` most probable paths each draft their
         ``width`` best next tokens; the ``nodes`` most probable drafted tokens are kept
         (a path's probability falls along it, so a kept token's parent is kept). EOS has
-        no children. One read of the device, at the end."""
+        no children. With ``min_confidence``, a token whose path is less probable is
+        dropped, and drafting stops at the first level where every one is (a read of the
+        device a level); else one read of the device, at the end. Also returns the levels
+        drafted (the layer's sequential steps)."""
         vocab, weight = self.draft_vocabulary()
         width = min(width, len(vocab))
         rows = len(tokens)
@@ -177,13 +186,19 @@ class EagleModule(FrozenTargetModule):
         parent_ids = torch.full((rows, 1), -1, device=feature.device, dtype=torch.long)
         drafted, parents, scores = [], [], []
         count = 0  # nodes drafted so far per row (their global ids)
+        levels = 0
         for level in range(depth):
             state = self._step(state, token, encoded, kv)
+            levels += 1
             logp = (state @ weight.t()).float().log_softmax(-1)  # [rows, paths, draft vocab]
             best, where = logp.topk(width, dim=-1)
             total = score[..., None] + best - 1e-4  # deeper nodes rank below their parents
             if level:
                 total = total.masked_fill((token == self.ids.eos)[..., None], float("-inf"))
+            if min_confidence > 0:
+                total = total.masked_fill(total < math.log(min_confidence), float("-inf"))
+                if not bool(total.isfinite().any()):  # nothing above the floor: no deeper level
+                    break
             paths = total.shape[1]
             drafted.append(vocab[where].reshape(rows, -1))
             parents.append(parent_ids[..., None].expand(-1, -1, width).reshape(rows, -1))
@@ -196,6 +211,8 @@ class EagleModule(FrozenTargetModule):
             parent_ids = ids[pick]
             token = drafted[-1].gather(1, pick)
             state = state.gather(1, (pick // width)[..., None].expand(-1, -1, state.shape[-1]))
+        if not drafted:
+            return [DraftTree([], []) for _ in range(rows)], levels
         all_tokens, all_parents, all_scores = (torch.cat(x, dim=1) for x in (drafted, parents, scores))
         kept = all_scores.topk(min(nodes, count), dim=-1).indices
         kept = kept.sort(dim=-1).values  # global ids: every parent before its children
@@ -211,7 +228,7 @@ class EagleModule(FrozenTargetModule):
                     tree.tokens.append(token_id)
                     tree.parents.append(-1 if parent < 0 else local[parent])
             trees.append(tree)
-        return trees
+        return trees, levels
 
 
 class FeatureDrafter(ObservingDrafter):
@@ -219,11 +236,13 @@ class FeatureDrafter(ObservingDrafter):
     (``HiddenStateDrafter``, ``TreeDrafter``); the first pass of a batch has no feature
     yet and drafts nothing. ``passes`` counts the layer's sequential steps."""
 
-    def __init__(self, module: EagleModule, width: int, nodes: int) -> None:
+    def __init__(self, module: EagleModule, width: int, nodes: int, min_confidence: float = 0.0) -> None:
         if width < 1 or nodes < 1:
             raise ValueError(f"tree_width and tree_nodes must be >= 1, got {width} and {nodes}")
+        if not 0 <= min_confidence < 1:
+            raise ValueError(f"draft_confidence must be in [0, 1), got {min_confidence}")
         super().__init__(module)
-        self.module, self.width, self.nodes = module, width, nodes
+        self.module, self.width, self.nodes, self.min_confidence = module, width, nodes, min_confidence
 
     def propose_tree(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[DraftTree]:
         return self._draft(rows, k, self.width, self.nodes)
@@ -237,5 +256,6 @@ class FeatureDrafter(ObservingDrafter):
         if seen is None:
             return [DraftTree([], []) for _ in rows]
         hidden, last, encoded, prepared = seen
-        self.passes += k
-        return self.module.draft_tree(hidden, last, encoded, k, width, nodes, prepared)
+        trees, levels = self.module.draft_tree(hidden, last, encoded, k, width, nodes, prepared, self.min_confidence)
+        self.passes += levels
+        return trees
