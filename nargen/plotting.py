@@ -7,6 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy comes with matplotlib, imported where a plot is drawn
+    import numpy as np
 
 
 class PlottingUnavailable(RuntimeError):

@@ -36,7 +36,6 @@ def test_a_family_from_a_test_module_runs_through_every_command(reversal_root, t
 
     # a fresh process imports the family's module from what the checkpoint records
     src = reversal_root / "test.src"
-    lines = src.read_text(encoding="utf-8").splitlines()[:20]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     # translate's help, given the checkpoint, lists the family's own option with its doc
     proc = subprocess.run([sys.executable, "-m", "nargen.cli.main", "translate", "--ckpt", str(ckpt), "--help"],
