@@ -167,7 +167,8 @@ class DiffusionModule(CMLMModule):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The mean over sentences of the ``1 / t``-weighted masked cross-entropy per
-        token (``flat``: the mean over the batch's masked tokens), plus the length predictor's loss in predictor mode."""
+        token (``flat``: the mean over the batch's masked tokens), plus the length
+        predictor's loss in predictor mode."""
         target, real = self.training_canvas(batch)
         encoded = self.model.encode(batch["src"])
         rates = mask_rates(target.shape[0], self.options.min_mask_rate, target.device,
