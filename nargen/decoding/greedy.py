@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 
 from nargen.decoding.compiled import next_logits_pass
-from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps
+from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps, steps_between_reads
 
 
 @torch.inference_mode()
@@ -43,10 +43,7 @@ def greedy(
     then replayed; the same tokens as eager decoding up to float rounding. The batch
     keeps its finished rows then (one shape for every step).
     """
-    if check_every is None:
-        check_every = 1 if src.device.type == "cpu" else 8
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    check_every = steps_between_reads(check_every, src.device)
     batch, device = src.shape[0], src.device
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1)

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 import torch
 
 from nargen.core.tree import is_chain, node_depths, tree_layout
-from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows
+from nargen.decoding.protocol import (
+    DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows, steps_between_reads,
+)
 
 
 class Drafter(Protocol):
@@ -127,10 +129,7 @@ def speculative(
     if block < 1 or draft_at_rows < 0:
         raise ValueError(f"block must be >= 1 and draft_at_rows >= 0, got {block} and {draft_at_rows}")
     batch, device = src.shape[0], src.device
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else 8
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    check_every = steps_between_reads(check_every, device)
     encoded = model.encode(src)
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
     # BOS and up to ``cap`` tokens: drafts are cut to the room left below each cap, so no
