@@ -10,7 +10,7 @@ import torch
 
 from nargen.decoding import SpecialIds
 from nargen.decoding.unmasking import SAMPLERS, unmask
-from nargen.models.diffusion import draw_masks, mask_rates, weighted_masked_loss
+from nargen.models.diffusion import block_causal_mask, draw_masks, mask_rates, weighted_masked_loss
 
 IDS = SpecialIds(pad=0, bos=1, eos=2)
 MASK = 4
@@ -48,8 +48,9 @@ class ReferenceModel:
         for i, row in enumerate(encoded.src):
             ref = self.reference(row) + [IDS.eos] * tokens.shape[1]
             for j in range(tokens.shape[1]):
-                # confidence differs by position, so the samplers' orders differ
-                logits[i, j, ref[j]] = 8.0 - self.doubt * (1 + (7 * j + i) % 5)
+                # confidence differs by position (and by sentence, whatever its row), so
+                # the samplers' orders differ
+                logits[i, j, ref[j]] = 8.0 - self.doubt * (1 + (7 * j + int(row[0])) % 5)
         return logits if positions is None else logits[positions]
 
 
@@ -104,6 +105,26 @@ def test_one_block_is_unblocked_decoding_and_blocks_commit_left_to_right(sampler
         committed = [s for s in row if s >= 0]
         by_block = [committed[i : i + 3] for i in range(0, len(committed), 3)]
         assert all(max(a) < min(b) for a, b in zip(by_block, by_block[1:]))
+
+
+def _order(schedule: torch.Tensor) -> list[int]:
+    """A row's schedule as the rank of the pass that committed each position (passes
+    numbered over a batch count other sentences' passes too)."""
+    row = [s for s in schedule.tolist() if s >= 0]  # padding (-1) only after the output
+    passes = sorted(set(row))
+    return [passes.index(s) for s in row]
+
+
+@pytest.mark.parametrize("sampler", ["low_confidence", "margin", "threshold"])
+@pytest.mark.parametrize("block_length", [0, 2, 4])
+def test_a_sentence_decodes_alone_as_in_a_batch_in_blocks_or_not(sampler, block_length):
+    model = ReferenceModel(doubt=1.5)
+    options = dict(sampler=sampler, steps=5, block_length=block_length, mask_id=MASK, ids=IDS)
+    batch = unmask(model, SRC, **options)
+    for i in range(len(SRC)):
+        alone = unmask(model, SRC[i : i + 1], **options)
+        assert alone.as_lists(IDS.pad)[0] == batch.as_lists(IDS.pad)[i]
+        assert _order(alone.schedule[0]) == _order(batch.schedule[i]), i
 
 
 def test_an_eos_padded_canvas_ends_the_output_at_its_first_eos():
@@ -329,3 +350,80 @@ def test_blocks_reusing_their_kv_still_decode_a_trained_model(block_cache, train
     assert exact >= 0.7 and reused >= exact - 0.1, (exact, reused)
     with pytest.raises(ValueError, match="block_cache"):
         module.translate(["a b"], sampler="mask_predict", block_cache=block_cache)
+
+
+# ---- block diffusion: a block-causal decoder ---------------------------------------------
+def _block_causal(tokenizer, absolute: bool = True, block: int = 3):
+    from nargen.core import TransformerConfig
+    from nargen.models.diffusion import DiffusionModule
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig.from_preset("micro", vocab_size=tokenizer.vocab_size, absolute_positions=absolute)
+    return DiffusionModule(cfg, tokenizer, family_options={"block_size": block}).eval()
+
+
+def test_a_block_causal_column_sees_its_own_block_and_those_before():
+    real = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    mask = block_causal_mask(real, 2, 4, 3)  # columns 2..5 of blocks of 3
+    for i, q, k in itertools.product(range(2), range(4), range(7)):
+        column = 2 + q
+        assert bool(mask[i, q, k]) == (k == column or (bool(real[i, k]) and k // 3 <= column // 3)), (i, q, k)
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+@torch.inference_mode()
+def test_block_diffusion_trains_on_what_decoding_sees_and_no_block_sees_a_later_one(absolute, tokenizer):
+    module = _block_causal(tokenizer, absolute)
+    g = torch.Generator().manual_seed(3)
+    encoded = module.encode(module.encode_batch(["a b c d e f", "g h i", "a c e g i"]))
+    real = torch.arange(11)[None] < torch.tensor([[11], [7], [9]])
+    target = torch.randint(5, module.model_config.vocab_size, (3, 11), generator=g).masked_fill(~real, module.ids.pad)
+    masked = (torch.rand(3, 11, generator=g) < 0.5) & real
+    trained = module.denoised_hidden(target, masked, encoded, real)  # one pass, every block
+    inputs = target.masked_fill(masked, module.mask_id)
+    for b in range(4):
+        in_block = masked & (torch.arange(11) // 3 == b)[None]
+        # blocks before b committed (the target), block b masked, later blocks anything
+        junk = torch.randint(5, module.model_config.vocab_size, (3, 11), generator=g)
+        canvas = torch.where(torch.arange(11)[None] < 3 * b, target, junk)
+        canvas = torch.where((torch.arange(11) // 3 == b)[None], inputs, canvas).masked_fill(~real, module.ids.pad)
+        decoded = module.parallel_hidden(canvas, encoded, real, positions=in_block)
+        assert torch.allclose(decoded, trained[in_block[masked]], atol=1e-5), b
+
+
+@torch.inference_mode()
+def test_a_block_causal_decoder_reuses_committed_blocks_kv_exactly(tokenizer):
+    module = _block_causal(tokenizer)
+    encoded, tokens, real = _canvas(module, width=12)
+    cache = module.new_canvas_cache()
+    module.decode_parallel(tokens, encoded, real, cache=cache)  # the first pass: the whole canvas
+    g = torch.Generator().manual_seed(5)
+    for start, end in ((0, 3), (0, 6), (3, 6), (3, 9), (6, 9)):  # as unmask's passes go
+        tokens = tokens.clone()
+        fresh = torch.randint(5, module.model_config.vocab_size, tokens.shape, generator=g)
+        changed = (torch.arange(12)[None] >= start) & real  # this span and what follows it
+        tokens = torch.where(changed, fresh, tokens)
+        span = module.decode_parallel(tokens[:, start:end], encoded, real, cache=cache, offset=start)
+        whole = module.decode_parallel(tokens, encoded, real)
+        assert torch.allclose(span, whole[:, start:end], atol=1e-4), (start, end)
+
+
+@pytest.mark.slow
+def test_block_diffusion_learns_to_reverse_and_decodes_alike_with_its_kv_reused(reversal_root, tmp_path_factory):
+    from conftest import train_parallel
+
+    from nargen.data.corpora import read_split
+    from nargen.models import load_module
+
+    checkpoint = train_parallel(reversal_root, tmp_path_factory, "diffusion", "--optim.label_smoothing", "0.0",
+                                "--family_options", "{block_size: 3}")
+    module = load_module(checkpoint, family="diffusion", map_location="cpu")
+    test = read_split(reversal_root, "test", "src", "tgt")
+    options = dict(iterations=8, length_beam=2)
+    assert _exact_match(module, test, **options) >= 0.7
+    assert (module.translate(test.source, block_cache="prefix", **options).texts
+            == module.translate(test.source, **options).texts)
+    with pytest.raises(ValueError, match="block-causal in blocks of 3"):
+        module.translate(test.source[:2], block_length=4, **options)
+    bounds = _logged(checkpoint.parent.parent, "val_nll_bound")
+    assert bounds and 0 < bounds[-1] < 0.1 * math.log(module.model_config.vocab_size)

@@ -203,23 +203,30 @@ class Seq2SeqTransformer(nn.Module):
         cache: KVCache | None = None,
         tgt_mask: torch.Tensor | None = None,
         tree: TreeLayout | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the decoder stack on input embeddings ``x``; returns final hidden states.
 
         Causal decoding needs no target mask (padding sits after real tokens); for
-        bidirectional decoding pass ``tgt_mask`` (True = real position). A ``tree``
+        bidirectional decoding pass ``tgt_mask`` (True = real position), ``[batch,
+        keys]``, or ``[batch, queries, keys]`` for what each query sees. A ``tree``
         (with a cache) gives each new position its own position and the cached and new
         positions it sees: the branches of a draft tree checked in one pass (``x``'s
         embeddings must carry the same positions: ``embed_tokens(tokens, tree.positions)``).
+        ``positions`` (``[batch, time]``) rotates each position at its own place (rotary
+        positions), as a tree's do.
         """
         if tree is not None:
             if cache is None or not self.checks_trees:
                 raise ValueError("a tree pass needs a KV cache and a decoder without a window")
             return _decoder_stack(self, x, encoded, tree.mask[:, None], False, cache, tree.positions)
-        self_mask = None if tgt_mask is None else tgt_mask[:, None, None, :]
+        if tgt_mask is None:
+            self_mask = None
+        else:
+            self_mask = tgt_mask[:, None] if tgt_mask.dim() == 3 else tgt_mask[:, None, None, :]
         if cache is None and self.compiled_passes:
-            return _compiled(_decoder_stack)(self, x, encoded, self_mask, causal, None)
-        return _decoder_stack(self, x, encoded, self_mask, causal, cache)
+            return _compiled(_decoder_stack)(self, x, encoded, self_mask, causal, None, positions)
+        return _decoder_stack(self, x, encoded, self_mask, causal, cache, positions)
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states onto the (tied) vocabulary."""

@@ -27,7 +27,11 @@ pass runs over the whole canvas and keeps its K/V; its later passes run over the
 alone (``dual``: the K/V of the columns before and after it reused) or over the block and
 what follows it (``prefix``: the K/V before it reused). The decoder is bidirectional, so
 the reused K/V were computed while the block held other tokens: exact for a one-layer
-decoder only, an approximation above (its cost in BLEU is measured in the bench).
+decoder only, an approximation above (its cost in BLEU is measured in the bench). A
+block-causal decoder (block diffusion, ``causal_blocks``) decodes in its own blocks, and
+with a ``block_cache`` the reuse is exact: a block's first pass runs over the block
+before it, now committed, and the block (the committed block's K/V made anew from its
+final tokens), its later passes over the block alone; no block sees those after it.
 
 Tokens are the argmax, or with ``temperature > 0`` drawn by the Gumbel-max trick with
 noise in float64 (lower precision measurably changes what is drawn) from a seeded
@@ -36,7 +40,6 @@ generator.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -50,12 +53,24 @@ BLOCK_CACHES = ("none", "prefix", "dual")
 """What a block's passes after its first reuse (see the module doc)."""
 
 
-def commit_counts(candidates: torch.Tensor, steps_left: int) -> torch.Tensor:
+def commit_counts(candidates: torch.Tensor, steps_left: int | torch.Tensor) -> torch.Tensor:
     """How many of each row's ``candidates`` to commit now so that ``steps_left``
-    passes (this one included) commit them all, evenly (the first passes take the
-    remainder, as LLaDA's schedule does)."""
+    passes (this one included; an int, or one per row) commit them all, evenly (the
+    first passes take the remainder, as LLaDA's schedule does)."""
     n = candidates.sum(1)
     return torch.div(n + steps_left - 1, steps_left, rounding_mode="floor")
+
+
+def block_passes(lengths: torch.Tensor, block: int, steps: int) -> torch.Tensor:
+    """Each canvas's passes in each block (``[canvases, blocks]``): its own blocks (of
+    ``block`` positions over its ``lengths``) share ``steps`` evenly, the first blocks
+    taking the remainder, at least one pass each; none in a block past its end. A
+    canvas's schedule depends on its own length only, not on the batch it is in."""
+    own = torch.div(lengths + block - 1, block, rounding_mode="floor").clamp(min=1)[:, None]
+    width = int(own.max()) if len(own) else 1
+    b = torch.arange(width, device=lengths.device)[None]
+    share = torch.div(steps, own, rounding_mode="floor") + (b < steps % own).long()
+    return torch.where(b < own, share.clamp(min=1), 0)
 
 
 def top_per_row(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -97,6 +112,7 @@ def unmask(
     rerank: Reranker | None = None,
     keep_history: bool = False,
     lengths: torch.Tensor | None = None,
+    causal_blocks: int = 0,
 ) -> DecodeResult:
     """Decode by committing masked positions pass by pass (see the module doc).
 
@@ -104,8 +120,10 @@ def unmask(
     best by mean token log-probability (or by ``rerank``) is kept. With ``eos_ends`` the
     canvas may hold end-of-sentence tokens and the output ends before the first (a
     model trained on EOS-padded canvases; ``hit_cap``: no EOS on the canvas).
-    ``lengths`` (``[batch]``) gives the canvas lengths instead of predicting them. The
-    result's ``schedule`` holds the pass that committed each position."""
+    ``lengths`` (``[batch]``) gives the canvas lengths instead of predicting them.
+    ``causal_blocks``: the model's decoder is block-causal over blocks of that many
+    positions, which are then the blocks decoded. The result's ``schedule`` holds the
+    pass that committed each position."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)}, or mask-predict)")
     if steps < 1:
@@ -114,6 +132,10 @@ def unmask(
         raise ValueError(f"threshold_least must be 'one' or 'even', got {threshold_least!r}")
     if block_cache not in BLOCK_CACHES:
         raise ValueError(f"unknown block_cache {block_cache!r} (known: {', '.join(BLOCK_CACHES)})")
+    if causal_blocks and block_length not in (0, causal_blocks):
+        raise ValueError(f"this model's decoder is block-causal in blocks of {causal_blocks}: "
+                         f"block_length must be 0 or {causal_blocks}, got {block_length}")
+    block_length = causal_blocks or block_length
     device = src.device
     batch = src.shape[0]
     encoded, lengths, rows = length_candidates(model, src, length_beam, lengths, ids.pad, max_len)
@@ -130,24 +152,30 @@ def unmask(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     block = block_length if block_length > 0 else max(width, 1)
-    n_blocks = max(1, math.ceil(width / block))
-    per_block = [steps // n_blocks + (b < steps % n_blocks) for b in range(n_blocks)]
-    per_block = [max(1, s) for s in per_block]
+    plan = block_passes(lengths, block, steps)  # [n, blocks]: each candidate's passes in each block
+    most = plan.max(0).values.tolist() if n else [1]  # the loop's one read of the plan
     history: list[torch.Tensor] = []
     passes = 0
     cache = canvas_cache(model)
     reuse = block_cache != "none" and cache is not None
-    for b in range(n_blocks):
+    for b, block_steps in enumerate(most):
         lo, hi = b * block, min((b + 1) * block, width)
         in_block = real & (position >= lo) & (position < hi)
-        for step in range(per_block[b]):
-            steps_left = per_block[b] - step
+        for step in range(block_steps):
+            # per candidate: this pass and the passes after it in the block (a candidate
+            # whose passes here are over has nothing masked left in it)
+            steps_left = (plan[:, b] - step).clamp(min=1)
             masked = tokens == mask_id
             candidates = masked & in_block
             if sampler == "threshold" and step > 0 and not bool(candidates.any()):
                 break  # every position of the block committed before its last pass
             # the columns this pass runs over, and the masked positions it predicts
-            start, end = (lo, hi if block_cache == "dual" else width) if reuse and step > 0 else (0, width)
+            if not reuse or (b == 0 and step == 0):
+                start, end = 0, width
+            elif causal_blocks:
+                start, end = (lo - block if step == 0 else lo), hi
+            else:
+                start, end = (0, width) if step == 0 else (lo, hi if block_cache == "dual" else width)
             seen = masked if (start, end) == (0, width) else masked & (position >= start) & (position < end)
             span = {} if cache is None else {"cache": cache, "offset": start}
             logits = model.decode_parallel(tokens[:, start:end], encoded, real, positions=seen[:, start:end],
@@ -174,12 +202,12 @@ def unmask(
             chosen_full, logp_full = full(chosen, ids.pad), full(chosen_logp, 0.0)
             if sampler == "ancestral":
                 draw = torch.rand((n, width), generator=generator, device=device)
-                commit = candidates & (draw < 1.0 / steps_left)
+                commit = candidates & (draw < 1.0 / steps_left[:, None])
             elif sampler == "threshold":
                 confident = candidates & (logp_full.exp() > threshold)
                 least = commit_counts(candidates, steps_left) if threshold_least == "even" else torch.ones_like(lengths)
                 best = top_per_row(logp_full, candidates, least)
-                commit = candidates if steps_left == 1 else confident | best
+                commit = torch.where((steps_left == 1)[:, None], candidates, confident | best)
             else:
                 commit = top_per_row(full(score, float("-inf")), candidates, commit_counts(candidates, steps_left))
             tokens = torch.where(commit, chosen_full, tokens)

@@ -13,6 +13,13 @@ an EOS-padded canvas (as LLaDA): the target is padded with EOS to a canvas of
 needs it), every canvas token is learned, and decoding keeps what comes before the first
 EOS. A separate family, not a CMLM option, because the canvas changes what is learned
 and decoded, and validation reports the likelihood bound.
+
+With ``block_size`` the decoder is block-causal (block diffusion, BD3-LM, Arriola et al.
+2025): a position sees the positions of its own block and of the blocks before it, and
+training sees each block masked after the clean blocks before it, in one pass over the
+masked target and the clean one side by side (``block_causal_mask``). Decoding then goes
+block by block, and the K/V of committed blocks are exact to reuse: a block's passes
+after its first run over the block alone.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from nargen.core import Encoded
+from nargen.core import CanvasKVCache, Encoded
 from nargen.decoding import DecodeResult
 from nargen.models.parallel import CMLMDecoding, CMLMModule, CMLMOptions
 from nargen.models.registry import register_family
@@ -54,6 +61,10 @@ class DiffusionOptions(CMLMOptions):
     bound_samples: int = 4
     """Mask rates per validation sentence for the likelihood bound (the midpoints of as
     many equal slices of ``[0, 1]``)."""
+    block_size: int = 0
+    """Block diffusion: a block-causal decoder over blocks of this many target positions,
+    decoded block by block with the committed blocks' K/V reused exactly (module doc; 0:
+    one bidirectional block, the whole sentence)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +72,8 @@ class DiffusionOptions(CMLMOptions):
             raise ValueError(f"min_mask_rate must be in (0, 1), got {self.min_mask_rate}")
         if self.canvas_ratio <= 0 or self.bound_samples < 1:
             raise ValueError("canvas_ratio must be > 0 and bound_samples >= 1")
+        if self.block_size < 0:
+            raise ValueError(f"block_size must be >= 0, got {self.block_size}")
 
 
 def mask_rates(n: int, low: float, device: torch.device | str,
@@ -80,6 +93,32 @@ def draw_masks(real: torch.Tensor, rates: torch.Tensor, generator: torch.Generat
     """Each real position of row ``i`` masked independently with probability ``rates[i]``."""
     draw = torch.rand(real.shape, device=real.device, generator=generator)
     return (draw < rates[:, None]) & real
+
+
+def block_causal_mask(real: torch.Tensor, start: int, queries: int, block: int) -> torch.Tensor:
+    """What each of the columns ``start .. start + queries - 1`` of a canvas sees
+    (``[batch, queries, keys]``; ``real``: the canvas's real positions, ``[batch,
+    keys]``): the real columns of its own block and of the blocks before it, and itself."""
+    rows = torch.arange(start, start + queries, device=real.device)[:, None]
+    keys = torch.arange(real.shape[1], device=real.device)[None]
+    return ((keys // block <= rows // block)[None] & real[:, None]) | (keys == rows)[None]
+
+
+def blockwise_training_mask(real: torch.Tensor, block: int) -> torch.Tensor:
+    """What each column of block diffusion's training pass sees (``[batch, 2 * len, 2 *
+    len]``), over the masked target (the first ``len`` columns) and the clean one beside
+    it: a masked column sees the masked columns of its block and the clean columns of
+    the blocks before it (what it sees when its block is decoded); a clean column sees
+    the clean columns of its block and the blocks before it (what a committed block's
+    K/V are made from). Each column also sees itself."""
+    length = real.shape[1]
+    block_of = torch.arange(length, device=real.device) // block
+    same = block_of[:, None] == block_of[None]
+    before = block_of[:, None] > block_of[None]
+    masked_sees = torch.cat([same, before], dim=1)
+    clean_sees = torch.cat([torch.zeros_like(same), same | before], dim=1)
+    sees = torch.cat([masked_sees, clean_sees], dim=0)[None] & real.repeat(1, 2)[:, None]
+    return sees | torch.eye(2 * length, dtype=torch.bool, device=real.device)[None]
 
 
 def weighted_masked_loss(token_loss: torch.Tensor, masked: torch.Tensor, rates: torch.Tensor,
@@ -108,6 +147,11 @@ class DiffusionModule(CMLMModule):
     options_class = DiffusionOptions
     decoding_options = DiffusionDecoding
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.options.block_size and self.model_config.decoder_window:
+            raise ValueError("family_options.block_size needs a decoder without a window (model.decoder_window 0)")
+
     # ---- lengths ----------------------------------------------------------------------
     def canvas_lengths(self, src_lengths: torch.Tensor) -> torch.Tensor:
         """The canvas length of each source length (canvas mode)."""
@@ -123,8 +167,45 @@ class DiffusionModule(CMLMModule):
         return lengths, torch.zeros(lengths.shape, device=lengths.device)
 
     def decoder_settings(self) -> dict[str, Any]:
-        """As CMLM's; on a canvas, EOS may be predicted and ends the output."""
-        return {**super().decoder_settings(), "eos_ends": self.options.length == "canvas"}
+        """As CMLM's; on a canvas, EOS may be predicted and ends the output; a
+        block-causal decoder decodes in its own blocks."""
+        return {**super().decoder_settings(), "eos_ends": self.options.length == "canvas",
+                "causal_blocks": self.options.block_size}
+
+    def parallel_hidden(
+        self,
+        tokens: torch.Tensor,
+        encoded: Encoded,
+        tgt_mask: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        reveal: torch.Tensor | None = None,
+        cache: CanvasKVCache | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor:
+        """As CMLM's; with ``block_size``, each column sees only its own block and the
+        blocks before it."""
+        block = self.options.block_size
+        if block:
+            tgt_mask = block_causal_mask(tgt_mask, offset, tokens.shape[1], block)
+        return super().parallel_hidden(tokens, encoded, tgt_mask, positions, reveal, cache, offset)
+
+    def denoised_hidden(self, target: torch.Tensor, masked: torch.Tensor, encoded: Encoded,
+                        real: torch.Tensor) -> torch.Tensor:
+        """The decoder's final hidden states at the ``masked`` positions of ``target``
+        (``[masked tokens, d_model]``), with those positions masked; block-causal: each
+        block after the clean blocks before it, all in one pass over the masked target and
+        the clean one (``blockwise_training_mask``)."""
+        inputs = target.masked_fill(masked, self.mask_id)
+        block = self.options.block_size
+        if not block:
+            return self.parallel_hidden(inputs, encoded, real, positions=masked)
+        length = target.shape[1]
+        places = torch.arange(length, device=target.device).repeat(2)[None].expand(target.shape[0], -1)
+        model = self.model
+        x = model.embed_tokens(torch.cat([inputs, target], dim=1), places)
+        hidden = model.decode_hidden(x, encoded, causal=False, tgt_mask=blockwise_training_mask(real, block),
+                                     positions=places)
+        return hidden[:, :length][masked]
 
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """As CMLM's; on a canvas, only the unmasking samplers (mask-predict has no end of
@@ -152,9 +233,7 @@ class DiffusionModule(CMLMModule):
                         target: torch.Tensor, real: torch.Tensor, encoded: Encoded,
                         label_smoothing: float) -> torch.Tensor:
         """Each sentence's weighted masked loss for one draw (``rates``, ``masked``)."""
-        inputs = target.masked_fill(masked, self.mask_id)
-        hidden = self.parallel_hidden(inputs, encoded, real, positions=masked)
-        logits = self.model.output_logits(hidden).float()
+        logits = self.model.output_logits(self.denoised_hidden(target, masked, encoded, real)).float()
         ce = F.cross_entropy(logits, target[masked], reduction="none", label_smoothing=label_smoothing)
         token_loss = torch.zeros(target.shape, device=target.device, dtype=logits.dtype).masked_scatter(masked, ce)
         return weighted_masked_loss(token_loss, masked, rates, real.sum(1))
@@ -175,7 +254,7 @@ class DiffusionModule(CMLMModule):
                            stratified=self.options.rate_draws == "stratified")
         masked = draw_masks(real, rates)
         if self.options.weighting == "flat":
-            hidden = self.parallel_hidden(target.masked_fill(masked, self.mask_id), encoded, real, positions=masked)
+            hidden = self.denoised_hidden(target, masked, encoded, real)
             loss = self.model.output_loss(hidden, target[masked], self.optim.label_smoothing)
         else:
             loss = self.sentence_bounds(batch, rates, masked, target, real, encoded,
