@@ -425,5 +425,7 @@ def test_block_diffusion_learns_to_reverse_and_decodes_alike_with_its_kv_reused(
             == module.translate(test.source, **options).texts)
     with pytest.raises(ValueError, match="block-causal in blocks of 3"):
         module.translate(test.source[:2], block_length=4, **options)
+    with pytest.raises(ValueError, match="unmasking sampler"):
+        module.translate(test.source[:2], sampler="mask_predict", **options)
     bounds = _logged(checkpoint.parent.parent, "val_nll_bound")
     assert bounds and 0 < bounds[-1] < 0.1 * math.log(module.model_config.vocab_size)

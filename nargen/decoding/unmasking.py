@@ -19,8 +19,10 @@ anywhere: ``nargen.decoding.mask_predict``). The sampler decides which:
   and confident passes end the canvas early.
 
 With ``block_length`` the canvas is decoded in blocks left to right (semi-autoregressive,
-LLaDA's ``block_length``): ``steps`` is spread over the blocks and only the current
-block's positions are committed; the encoder runs once. On a model with a canvas cache
+LLaDA's ``block_length``): each canvas spreads ``steps`` over its own blocks
+(``block_passes``) and only the current block's positions are committed; the encoder
+runs once. A batch runs each block for the most passes any of its canvases gives it
+(a canvas whose passes there are over waits), so a sentence decodes alone as in a batch. On a model with a canvas cache
 (``new_canvas_cache``) every pass reuses the cross-attention K/V, and ``block_cache``
 reuses self-attention K/V within a block (Fast-dLLM, Wu et al. 2025): a block's first
 pass runs over the whole canvas and keeps its K/V; its later passes run over the block
@@ -39,7 +41,6 @@ generator.
 """
 
 from __future__ import annotations
-
 
 import torch
 
@@ -176,7 +177,7 @@ def unmask(
                 start, end = (lo - block if step == 0 else lo), hi
             else:
                 start, end = (0, width) if step == 0 else (lo, hi if block_cache == "dual" else width)
-            seen = masked if (start, end) == (0, width) else masked & (position >= start) & (position < end)
+            seen = candidates  # the positions whose predictions the pass uses, all in [start, end)
             span = {} if cache is None else {"cache": cache, "offset": start}
             logits = model.decode_parallel(tokens[:, start:end], encoded, real, positions=seen[:, start:end],
                                            **span).float()

@@ -17,9 +17,10 @@ and decoded, and validation reports the likelihood bound.
 With ``block_size`` the decoder is block-causal (block diffusion, BD3-LM, Arriola et al.
 2025): a position sees the positions of its own block and of the blocks before it, and
 training sees each block masked after the clean blocks before it, in one pass over the
-masked target and the clean one side by side (``block_causal_mask``). Decoding then goes
-block by block, and the K/V of committed blocks are exact to reuse: a block's passes
-after its first run over the block alone.
+masked target and the clean one side by side (``blockwise_training_mask``); one mask rate
+per sentence, where BD3-LM draws one per block (the bound's expectation is the same).
+Decoding then goes block by block, with an unmasking sampler, and the K/V of committed
+blocks are exact to reuse: a block's passes after its first run over the block alone.
 """
 
 from __future__ import annotations
@@ -112,13 +113,12 @@ def blockwise_training_mask(real: torch.Tensor, block: int) -> torch.Tensor:
     the clean columns of its block and the blocks before it (what a committed block's
     K/V are made from). Each column also sees itself."""
     length = real.shape[1]
+    clean = block_causal_mask(real, 0, length, block)
     block_of = torch.arange(length, device=real.device) // block
-    same = block_of[:, None] == block_of[None]
-    before = block_of[:, None] > block_of[None]
-    masked_sees = torch.cat([same, before], dim=1)
-    clean_sees = torch.cat([torch.zeros_like(same), same | before], dim=1)
-    sees = torch.cat([masked_sees, clean_sees], dim=0)[None] & real.repeat(1, 2)[:, None]
-    return sees | torch.eye(2 * length, dtype=torch.bool, device=real.device)[None]
+    same = (block_of[:, None] == block_of[None])[None]
+    masked = torch.cat([(same & real[:, None]) | torch.eye(length, dtype=torch.bool, device=real.device),
+                        clean & ~same], dim=2)
+    return torch.cat([masked, torch.cat([torch.zeros_like(clean), clean], dim=2)], dim=1)
 
 
 def weighted_masked_loss(token_loss: torch.Tensor, masked: torch.Tensor, rates: torch.Tensor,
@@ -210,8 +210,12 @@ class DiffusionModule(CMLMModule):
     def generate(self, src: torch.Tensor, **options: Any) -> DecodeResult:
         """As CMLM's; on a canvas, only the unmasking samplers (mask-predict has no end of
         sentence on a canvas to keep)."""
-        if self.options.length == "canvas" and self.decode_options(options)["sampler"] == "mask_predict":
-            raise ValueError("a canvas-trained diffusion model decodes with an unmasking sampler, not mask_predict")
+        if self.decode_options(options)["sampler"] == "mask_predict":
+            if self.options.length == "canvas":
+                raise ValueError("a canvas-trained diffusion model decodes with an unmasking sampler, not mask_predict")
+            if self.options.block_size:
+                raise ValueError("a block-causal diffusion model decodes with an unmasking sampler, not mask_predict "
+                                 "(re-masking anywhere would show a block earlier blocks still masked)")
         return super().generate(src, **options)
 
     # ---- training ---------------------------------------------------------------------
@@ -295,7 +299,7 @@ class DiffusionModule(CMLMModule):
         from nargen.decoding.unmasking import SAMPLERS
         from nargen.diagnose import likelihood_rows, sampler_rows
 
-        if self.options.length == "predictor":
+        if self.options.length == "predictor" and not self.options.block_size:
             report, samplers = super().diagnostics(run), ("mask_predict", *SAMPLERS)
         else:
             report, samplers = {"iterations": list(run.iterations)}, SAMPLERS
