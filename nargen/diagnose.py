@@ -275,7 +275,7 @@ def sampler_rows(module: Seq2SeqModule, run: DiagnosticRun, samplers: tuple[str,
     """Each of ``samplers`` (the ``sampler`` decoder option: mask-predict, the unmasking
     samplers of ``nargen.decoding.unmasking``) at each of ``run.iterations`` steps, with
     the predicted length (threshold: its mean passes are what it used, at most the
-    steps)."""
+    steps; a model decoding in blocks runs at least one pass a block)."""
     rows = []
     for sampler in samplers:
         for t in run.iterations:

@@ -21,9 +21,10 @@ anywhere: ``nargen.decoding.mask_predict``). The sampler decides which:
 With ``block_length`` the canvas is decoded in blocks left to right (semi-autoregressive,
 LLaDA's ``block_length``): each canvas spreads ``steps`` over its own blocks
 (``block_passes``) and only the current block's positions are committed; the encoder
-runs once. A batch runs each block for the most passes any of its canvases gives it
-(a canvas whose passes there are over waits), so a sentence decodes alone as in a batch. On a model with a canvas cache
-(``new_canvas_cache``) every pass reuses the cross-attention K/V, and ``block_cache``
+runs once. A batch runs each block for the most passes any of its canvases gives it (a
+canvas whose passes there are over waits), so a sentence decodes alone as in a batch.
+On a model with a canvas cache (``new_canvas_cache``) every pass reuses the
+cross-attention K/V, and ``block_cache``
 reuses self-attention K/V within a block (Fast-dLLM, Wu et al. 2025): a block's first
 pass runs over the whole canvas and keeps its K/V; its later passes run over the block
 alone (``dual``: the K/V of the columns before and after it reused) or over the block and
@@ -62,14 +63,13 @@ def commit_counts(candidates: torch.Tensor, steps_left: int | torch.Tensor) -> t
     return torch.div(n + steps_left - 1, steps_left, rounding_mode="floor")
 
 
-def block_passes(lengths: torch.Tensor, block: int, steps: int) -> torch.Tensor:
-    """Each canvas's passes in each block (``[canvases, blocks]``): its own blocks (of
-    ``block`` positions over its ``lengths``) share ``steps`` evenly, the first blocks
-    taking the remainder, at least one pass each; none in a block past its end. A
-    canvas's schedule depends on its own length only, not on the batch it is in."""
+def block_passes(lengths: torch.Tensor, block: int, steps: int, blocks: int) -> torch.Tensor:
+    """Each canvas's passes in each of ``blocks`` blocks (``[canvases, blocks]``): its
+    own blocks (of ``block`` positions over its ``lengths``) share ``steps`` evenly, the
+    first blocks taking the remainder, at least one pass each; none in a block past its
+    end. A canvas's schedule depends on its own length only, not on the batch it is in."""
     own = torch.div(lengths + block - 1, block, rounding_mode="floor").clamp(min=1)[:, None]
-    width = int(own.max()) if len(own) else 1
-    b = torch.arange(width, device=lengths.device)[None]
+    b = torch.arange(blocks, device=lengths.device)[None]
     share = torch.div(steps, own, rounding_mode="floor") + (b < steps % own).long()
     return torch.where(b < own, share.clamp(min=1), 0)
 
@@ -153,7 +153,7 @@ def unmask(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     block = block_length if block_length > 0 else max(width, 1)
-    plan = block_passes(lengths, block, steps)  # [n, blocks]: each candidate's passes in each block
+    plan = block_passes(lengths, block, steps, -(-width // block) or 1)  # [n, blocks]: passes in each
     most = plan.max(0).values.tolist() if n else [1]  # the loop's one read of the plan
     history: list[torch.Tensor] = []
     passes = 0
