@@ -388,7 +388,7 @@ def test_block_diffusion_trains_on_what_decoding_sees_and_no_block_sees_a_later_
         canvas = torch.where(torch.arange(11)[None] < 3 * b, target, junk)
         canvas = torch.where((torch.arange(11) // 3 == b)[None], inputs, canvas).masked_fill(~real, module.ids.pad)
         decoded = module.parallel_hidden(canvas, encoded, real, positions=in_block)
-        assert torch.allclose(decoded, trained[in_block[masked]], atol=1e-5), b
+        assert torch.allclose(decoded, trained[in_block[masked]], atol=1e-4), b
 
 
 @torch.inference_mode()
