@@ -119,15 +119,20 @@ def evaluate(
         record["draft_acceptance"] = acceptance_rate(c)
         record["target_passes"], record["draft_passes"] = c["target_passes"], c["draft_passes"]
         record["tokens_per_pass"] = round(c["emitted"] / max(c["verified"], 1), 2)  # per sentence checked
+        record["compiled_passes"] = c.get("compiled_passes", 0)
     n = len(sources) if latency_sentences is None else min(latency_sentences, len(sources))
-    times, passes, counts = [], 0, Counter()
+    times, passes, counts, differ = [], 0, Counter(), 0
     bar.close()
-    for sentence in tqdm(sources[:n], desc="batch-1", unit="sent", disable=not progress, file=sys.stderr):
+    if n:  # a compiled decoder traces its batch-1 shapes here, not in the timed loop
+        for sentence in dict.fromkeys([*sources[:min(warmup, n)], max(sources[:n], key=len)]):
+            module.translate([sentence], **options)
+    for i, sentence in enumerate(tqdm(sources[:n], desc="batch-1", unit="sent", disable=not progress, file=sys.stderr)):
         start = time.perf_counter()
         one = module.translate([sentence], **options)
         times.append(time.perf_counter() - start)
         passes += one.passes
         counts.update(one.counts)
+        differ += one.texts[0] != result.texts[i]
     if times:
         record["latency_by_length"] = latency_by_length([t * 1000 for t in times], [len(x) for x in tokens[:n]])
         times_ms = sorted(t * 1000 for t in times)
@@ -135,12 +140,14 @@ def evaluate(
         record["batch1_ms_p90"] = round(times_ms[int(0.9 * (len(times_ms) - 1))], 2)
         record["batch1_sentences"] = n
         record["mean_passes_per_sentence"] = round(passes / n, 2)
+        record["batch1_differ_from_batched"] = differ
         if "proposed" in counts:  # speculative decoding, one sentence at a time
             record["batch1_draft_acceptance"] = acceptance_rate(counts)
             record["batch1_target_passes"] = round(counts["target_passes"] / n, 2)
             record["batch1_draft_passes"] = round(counts["draft_passes"] / n, 2)
             record["batch1_tokens_per_pass"] = round(counts["emitted"] / max(counts["verified"], 1), 2)
             record["batch1_draft_time_share"] = round(counts["draft_ns"] / 1e9 / sum(times), 3)
+            record["batch1_compiled_passes"] = round(counts["compiled_passes"] / n, 2)
     return record, result.texts
 
 
@@ -152,6 +159,13 @@ def speculative_summary(record: dict[str, Any]) -> str:
     if "batch1_tokens_per_pass" in record:  # records written before these were measured lack them
         words += (f", {record['batch1_tokens_per_pass']:.2f} tokens per verification pass, "
                   f"{100 * record['batch1_draft_time_share']:.0f}% of the time drafting")
+    if record.get("batch1_compiled_passes"):
+        words += f", {record['batch1_compiled_passes']:.2f} passes compiled"
+    if "differ_from_greedy" in record:  # a bench run compared it with its greedy baseline
+        words += f"; {record['differ_from_greedy']} of {record['sentences']} batched outputs differ from greedy's"
+    if "batch1_differ_from_batched" in record:
+        words += (f", {record['batch1_differ_from_batched']} of {record['batch1_sentences']} at batch 1 "
+                  "from its own batched ones")
     return words
 
 

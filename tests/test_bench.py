@@ -115,6 +115,22 @@ def test_bench_baselines_follow_the_options_used_and_skip_drafted_systems(traine
     assert records["AR own beam"]["decode_options"]["beam"] == 2
     assert {r["greedy_baseline"] for r in records.values()} == {"AR greedy"}
     assert {r["beam_baseline"] for r in records.values()} == {"AR own beam"}
+    # speculative decoding of the baseline's model gives its greedy output, every sentence
+    assert records["AR speculative"]["differ_from_greedy"] == 0
+    assert "differ_from_greedy" not in records["AR sampled"]
+
+
+def test_bench_counts_the_speculative_outputs_that_differ_from_greedy():
+    from nargen.bench.systems import BenchSpec, count_greedy_differences
+    records = [
+        {"system": "greedy", "decode_options": {"beam": 1}, "draft_ckpt": None, "speed_baseline": True},
+        {"system": "drafted", "decode_options": {"beam": 1}, "draft_ckpt": "d.ckpt", "draft_acceptance": 0.5},
+        {"system": "beam", "decode_options": {"beam": 4}, "draft_ckpt": None, "speed_baseline": True},
+    ]
+    outputs = [["a b", "c", "d e"], ["a b", "c d", "d"], ["x", "c", "d e"]]
+    count_greedy_differences(records, outputs, BenchSpec())
+    assert records[1]["differ_from_greedy"] == 2
+    assert "differ_from_greedy" not in records[0] and "differ_from_greedy" not in records[2]
 
 
 def test_bench_names_the_system_whose_option_does_not_apply(trained_run, reversal_root, tmp_path, capsys):

@@ -10,8 +10,8 @@ import torch
 from nargen.decoding import greedy
 
 from drafting import (
-    assert_greedy_output, assert_it_drafts_for_the_plain_model, assert_only_the_drafter_trained, reversal_sources,
-    train_drafter,
+    assert_greedy_output, assert_it_drafts_for_the_plain_model, assert_only_the_drafter_trained, greedy_lists,
+    reversal_sources, train_drafter,
 )
 
 DEPTH = 4
@@ -83,6 +83,24 @@ def test_a_drafted_tree_keeps_its_most_probable_nodes_within_its_bounds(sources)
             assert len(set(siblings)) == len(siblings)  # no token twice under one parent
             if width == 1:
                 assert tree.parents == list(range(-1, len(tree.tokens) - 1))  # a chain
+
+
+def test_compiled_drafting_and_verification_give_the_greedy_output(sources):
+    """With ``compile``, each sentence alone drafts its trees through the compiled levels
+    (the same trees as eagerly) and is checked in compiled passes, and its output is
+    still the model's greedy output."""
+    module, src = sources
+    model = module.model
+    encoded = model.encode(src[:1])
+    hidden = model.decode_hidden(model.embed_tokens(torch.full((1, 1), module.ids.bos, device=src.device)), encoded)[:, 0]
+    first = model.output_logits(hidden).argmax(-1)
+    eager = module.draft_tree(hidden, first, encoded, DEPTH, 3, 10)
+    assert module.draft_tree(hidden, first, encoded, DEPTH, 3, 10, compile=True) == eager
+    reference = greedy_lists(module, src[:6])
+    for row, answer in enumerate(reference):
+        out = module.generate(src[[row]], block=DEPTH, tree_width=3, tree_nodes=10, compile=True)
+        assert out.as_lists(module.ids.pad) == [answer]
+        assert out.counts["compiled_passes"] == out.counts["target_passes"] > 0
 
 
 def _paths(tree) -> set[tuple[int, ...]]:

@@ -213,6 +213,8 @@ def test_evaluate_command_reports_acceptance(trained_run, trained_cmlm, reversal
     assert record["batch1_target_passes"] == record["batch1_draft_passes"] == round(counts["target_passes"] / 3, 2)
     assert record["batch1_tokens_per_pass"] == round(counts["emitted"] / counts["verified"], 2) > 1
     assert 0 < record["batch1_draft_time_share"] < 1
+    # each sentence decoded alone gives what it gave in its batch (greedy's output both times)
+    assert record["batch1_differ_from_batched"] == 0 and record["batch1_compiled_passes"] == 0
 
 
 def _model_that_runs_to_its_cap(max_len: int, seed: int) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from nargen.core import Seq2SeqTransformer, TransformerConfig
 from nargen.core.tree import node_depths, tree_layout
 from nargen.data.batching import pad_sequences
 from nargen.decoding import SpecialIds, greedy
+from nargen.decoding.compiled import tree_pass
 from nargen.decoding.speculative import DraftTree, speculative
 
 EOS = 2
@@ -183,6 +184,55 @@ def test_the_cache_keeps_the_accepted_branch_as_if_it_had_been_fed_alone():
             model.decode(torch.tensor(fed), encoded.index_select(torch.tensor([row])), cache=alone)
             for held, expected in zip(cache.keys + cache.values, alone.keys + alone.values):
                 torch.testing.assert_close(held[row], expected[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_fixed_shape_cache_checks_a_tree_and_keeps_its_branch_as_the_growing_cache_does():
+    """The pass a compiled speculative decoder runs (``tree_pass`` over a
+    ``StaticKVCache``, its tree padded to a fixed width) computes the growing cache's
+    hidden states, and keeps the accepted branch's K/V as it does."""
+    model = _model(4)
+    src = _sources([8, 5])
+    encoded = model.encode(src)
+    trees = [DraftTree([5, 6, 7, 8, 9], [-1, -1, 1, 0, 2]), DraftTree([10, 11, 12], [-1, -1, 1])]
+    tails = [[22], [23]]
+    columns = torch.tensor([[0, 2, 3, 5], [0, 2, 3, 3]])  # the tail and two accepted nodes (row 1 repeats)
+    tokens, parents = [t.tokens for t in trees], [t.parents for t in trees]
+    with torch.inference_mode():
+        growing = model.new_cache(encoded, 32)
+        model.decode(torch.tensor([[1, 20], [1, 21]]), encoded, cache=growing)
+        layout = tree_layout(2, tails, tokens, parents, 0, "cpu")
+        expected = model.decode_hidden(model.embed_tokens(layout.tokens, layout.positions), encoded,
+                                       cache=growing, tree=layout)
+        growing.keep_columns(2, columns)
+        growing.truncate(5)
+        fixed = model.new_cache(encoded, 32, fixed_shapes=True)
+        model.decode(torch.tensor([[1, 20], [1, 21]]), encoded, cache=fixed)
+        padded = tree_layout(0, tails, tokens, parents, 0, "cpu", width=8)
+        _, hidden = tree_pass(model, torch.device("cpu"), compiled=False)(padded, encoded, fixed, torch.tensor([0]))
+        fixed.keep_columns(2, columns)
+        fixed.truncate(5)
+    width = layout.tokens.shape[1]
+    torch.testing.assert_close(hidden[:, :width], expected, atol=1e-5, rtol=1e-5)
+    for held, grown in zip(fixed.keys + fixed.values, growing.keys + growing.values):
+        torch.testing.assert_close(held[:, :, :5], grown, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_verification_of_one_sentence_gives_greedy_output_up_to_the_cap():
+    max_len = 32  # the fixed-shape cache holds a pass's padding past it
+    model = _model(1, max_len=max_len)
+    with torch.no_grad():
+        model.embed.weight[EOS].mul_(3.0)  # some sentences end early, others run to their cap
+    src = _sources([max_len - 8, 3, 5, 2, 7])
+    settings = {"max_len": max_len, "max_len_b": 6}
+    reference = greedy(model, src, **settings)
+    truth = reference.as_lists(0)
+    assert bool(reference.hit_cap.any()) and not bool(reference.hit_cap.all())
+    for width in (1, 3):
+        for row, answer in enumerate(truth):
+            out = speculative(model, src[[row]], TreeListDrafter([answer], width), block=4, compile=True, **settings)
+            assert out.as_lists(0) == [answer], (width, row)
+            assert bool(out.hit_cap[0]) == bool(reference.hit_cap[row])
+            assert out.counts["compiled_passes"] == out.counts["target_passes"]
 
 
 @pytest.mark.slow

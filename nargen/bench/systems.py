@@ -152,6 +152,21 @@ def add_speedups(records: list[dict[str, Any]], spec: BenchSpec) -> None:
             record[f"{label}_baseline"] = base["system"]
 
 
+def count_greedy_differences(records: list[dict[str, Any]], outputs: list[list[str]], spec: BenchSpec) -> None:
+    """For every speculative system (one that counts drafted tokens), the number of
+    sentences whose batched translation differs from the greedy baseline's
+    (``differ_from_greedy``): speculative decoding promises the greedy output of the
+    model it verifies with, so this is 0 when that model is the baseline's and nothing
+    rounds differently."""
+    base = _baseline(records, spec.greedy_baseline, False)
+    if base is None:
+        return
+    greedy_texts = outputs[records.index(base)]
+    for record, texts in zip(records, outputs):
+        if "draft_acceptance" in record:
+            record["differ_from_greedy"] = sum(a != b for a, b in zip(texts, greedy_texts))
+
+
 def cpu_name() -> str:
     """The processor's model name where the system says it, else its architecture."""
     try:
@@ -202,11 +217,11 @@ def run_bench(
             options["draft"] = load_drafter(system.draft_ckpt, module, system.ckpt)
         prepared.append((system, module, options))
 
-    records = []
+    records, outputs = [], []
     for system, module, options in prepared:
         log(f"{system.name}: {len(test.source)} sentences batched, "
             f"{spec.latency_sentences or len(test.source)} at batch 1")
-        record, _ = evaluate(
+        record, texts = evaluate(
             module, test.source, test.target, latency_sentences=spec.latency_sentences,
             max_tokens=spec.max_tokens, **options,
         )
@@ -223,9 +238,11 @@ def run_bench(
             "speed_baseline": type(module).speed_baseline,
         })
         records.append(record)
+        outputs.append(texts)
         log(f"  BLEU {record['bleu']:.2f}, {record.get('batch1_ms_mean', '-')} ms at batch 1, "
             f"{record['sentences_per_s']} sentences/s")
     add_speedups(records, spec)
+    count_greedy_differences(records, outputs, spec)
     return {
         "split": f"{spec.corpus} {spec.split} {spec.src_lang}-{spec.tgt_lang}",
         "sentences": len(test.source),

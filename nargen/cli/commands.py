@@ -171,6 +171,8 @@ class BenchSystemsSettings:
     """Sentences timed at batch size 1 (default: the spec's, else all)."""
     threads: int = 0
     """CPU threads for torch (0: the spec's, else torch's default)."""
+    dtype: str | None = None
+    """Weights and activations of every system: auto, fp32, bf16 or fp16 (default: the spec's)."""
     skip_missing: bool = False
     """Leave out systems whose checkpoints are not there yet (named in the table)."""
     systems: str | None = None
@@ -198,6 +200,8 @@ def cmd_bench_systems(argv: list[str]) -> int:
         spec.latency_sentences = b.latency_sentences
     if b.threads:
         spec.threads = b.threads
+    if b.dtype is not None:
+        spec.dtype = b.dtype
     result = run_bench(spec, systems, log=lambda message: print(message, file=sys.stderr))
     result["left_out"] = left_out
     result["systems_chosen"] = b.systems

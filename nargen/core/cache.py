@@ -200,6 +200,25 @@ class StaticKVCache:
         """Forget the K/V beyond the first ``length`` positions (later passes overwrite them)."""
         self.position.fill_(length)
 
+    def tree_mask(self, within: torch.Tensor) -> torch.Tensor:
+        """``[batch, queries, capacity]``: what each query of a pass over a draft tree
+        sees (``nargen.core.tree``), from ``within`` (``[batch, queries, queries]``, what
+        each query sees of the pass itself): every slot written before ``position``, and
+        the pass's own slots ``within`` lets it see. Read nothing back."""
+        queries = within.shape[1]
+        offset = self._slots - self.position  # each slot's place in the pass, negative before it
+        inside = (offset >= 0) & (offset < queries)
+        seen = within.index_select(2, offset.clamp(0, queries - 1)) & inside
+        return seen | (offset < 0)
+
+    def keep_columns(self, start: int, columns: torch.Tensor) -> None:
+        """Move row ``i``'s K/V at slots ``start + columns[i]`` to slots ``start, start +
+        1, ...``, in place, as ``KVCache.keep_columns``; call ``truncate`` after."""
+        for buffer in (*self._keys, *self._values):
+            shape = buffer.shape
+            index = (columns + start)[:, None, :, None].expand(shape[0], shape[1], -1, shape[3])
+            buffer[:, :, start : start + columns.shape[1]] = buffer.gather(2, index)
+
     def reorder(self, indices: torch.Tensor, cross: bool | torch.Tensor = True) -> None:
         """Keep batch rows ``indices``, as ``KVCache.reorder``. On a GPU the buffers keep
         their addresses (rows are gathered, then copied back in place) while the batch

@@ -34,6 +34,18 @@ class Encoded:
         """Rows ``indices`` of the batch (for beam expansion and pruning)."""
         return Encoded(*(t.index_select(0, indices) for t in (self.memory, self.mask, self.embeddings)))
 
+    def padded(self, multiple: int) -> "Encoded":
+        """The source axis padded past its length to a multiple of ``multiple`` (at least
+        one padding position, masked): compiled passes then see a few source lengths
+        instead of every one, and always a mask. What attends to it computes the same,
+        to float rounding."""
+        width = self.memory.shape[1]
+        extra = -(-(width + 1) // multiple) * multiple - width
+        memory, embeddings = (nn.functional.pad(t, (0, 0, 0, extra)) for t in (self.memory, self.embeddings))
+        padded = Encoded(memory, nn.functional.pad(self.mask, (0, extra), value=False), embeddings)
+        padded.__dict__["_attention_mask"] = padded.mask[:, None, None, :]  # known to hold padding
+        return padded
+
     @property
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(dim=1)
@@ -274,14 +286,16 @@ class Seq2SeqTransformer(nn.Module):
         return self.cfg.decoder_layers // 2 if self.cfg.share_decoder_kv else self.cfg.decoder_layers
 
     def new_cache(self, encoded: Encoded, capacity: int, *, fixed_shapes: bool = False,
-                  rows: int | None = None) -> KVCache | StaticKVCache:
+                  rows: int | None = None, overflow: int = 0) -> KVCache | StaticKVCache:
         """An empty cache for ``encoded``'s batch (``capacity``: steps it may grow to).
 
         ``fixed_shapes``: a ``StaticKVCache`` of exactly ``capacity`` positions for
         ``rows`` target rows (default: one per source), in the dtype the decoder computes
         in (autocast's, if on), for passes compiled once and replayed; a decoder with a
-        sliding window keeps the growing cache, whose window drops old positions."""
-        if capacity > self.cfg.max_len:
+        sliding window keeps the growing cache, whose window drops old positions.
+        ``overflow``: slots such a cache may hold past ``max_len`` (a compiled pass over
+        a draft tree pads to a fixed width; its nodes' own positions stay below)."""
+        if capacity > self.cfg.max_len + (overflow if fixed_shapes else 0):
             raise ValueError(f"capacity {capacity} exceeds max_len={self.cfg.max_len}")
         slots = self.kv_slots
         if not fixed_shapes or self.cfg.decoder_window:

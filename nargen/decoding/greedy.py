@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from nargen.decoding.compiled import next_logits_pass
+from nargen.decoding.compiled import CAPACITY_BUCKET, SOURCE_BUCKET, next_logits_pass
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps, steps_between_reads
 
 
@@ -41,7 +41,8 @@ def greedy(
     ``compile``: each step is one decoder pass compiled with ``torch.compile`` over a
     cache of fixed shapes (``nargen.decoding.compiled``): traced on first use (seconds),
     then replayed; the same tokens as eager decoding up to float rounding. The batch
-    keeps its finished rows then (one shape for every step).
+    keeps its finished rows then (one shape for every step), and its source and cache
+    are padded to a few sizes (``nargen.decoding.compiled``).
     """
     check_every = steps_between_reads(check_every, src.device)
     batch, device = src.shape[0], src.device
@@ -51,8 +52,12 @@ def greedy(
     steps_needed = max(cap_list, default=0) + 1
     if compile and not use_cache:
         raise ValueError("compile decodes through the cache: use_cache must be true")
+    capacity = steps_needed
+    if compile:  # a few shapes for every sentence
+        encoded = encoded.padded(SOURCE_BUCKET)
+        capacity = min(-(-steps_needed // CAPACITY_BUCKET) * CAPACITY_BUCKET, max_len)
     fixed = {"fixed_shapes": True} if compile else {}
-    cache = model.new_cache(encoded, steps_needed, **fixed) if use_cache else None
+    cache = model.new_cache(encoded, capacity, **fixed) if use_cache else None
     step_logits = next_logits_pass(model, device, compile)
     out = torch.full((batch, steps_needed + 1), ids.pad, dtype=torch.long, device=device)
     out[:, 0] = ids.bos

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from nargen.core.tree import is_chain, node_depths, tree_layout
+from nargen.decoding.compiled import CAPACITY_BUCKET, SOURCE_BUCKET, tree_pass
 from nargen.decoding.protocol import (
     DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows, steps_between_reads,
 )
@@ -102,6 +103,7 @@ def speculative(
     block: int = 4,
     draft_at_rows: int = 0,
     check_every: int | None = None,
+    compile: bool = False,
     ids: SpecialIds = SpecialIds(),
     max_len_a: float = 1.5,
     max_len_b: int = 10,
@@ -119,13 +121,20 @@ def speculative(
     A drafter with ``propose_tree`` drafts trees up to ``block`` deep, checked in one
     pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
     model agrees with is kept.
+    ``compile``: a single sentence's verification passes run compiled over a cache of
+    fixed shapes (``nargen.decoding.compiled.tree_pass``: every pass a tree, padded to a
+    multiple of 8 slots; a few traces, then replays, CUDA graphs on a GPU); the same
+    output up to float rounding. (A drafter compiles its own steps where it was built
+    to: the feature-level drafter with the decoder option ``compile``.) A batch of more
+    sentences and a model that cannot check trees decode eagerly.
     ``passes`` counts both models' sequential passes; ``counts`` holds
     ``target_passes``, ``draft_passes``, the draft tokens ``proposed`` and
     ``accepted``, ``emitted``, the output tokens (EOS included) the passes chose,
     ``verified``, the sentences the passes checked (a pass over a batch checks each
     sentence still decoding: ``emitted / verified`` is the tokens a sentence gets per
-    verification), and ``draft_ns``, the nanoseconds spent in the drafter's calls (each ends reading its
-    drafts to the host, so on a GPU too the time is its own)."""
+    verification), ``compiled_passes``, the passes that ran compiled, and ``draft_ns``,
+    the nanoseconds spent in the drafter's calls (each ends reading its drafts to the
+    host, so on a GPU too the time is its own)."""
     if block < 1 or draft_at_rows < 0:
         raise ValueError(f"block must be >= 1 and draft_at_rows >= 0, got {block} and {draft_at_rows}")
     batch, device = src.shape[0], src.device
@@ -134,14 +143,21 @@ def speculative(
     caps = length_caps((src != ids.pad).sum(1), max_len_a, max_len_b, max_len - 1).tolist()
     # BOS and up to ``cap`` tokens: drafts are cut to the room left below each cap, so no
     # pass reads a position greedy would not
-    cache = model.new_cache(encoded, max(caps, default=0) + 1)
+    static = compile and batch == 1 and getattr(model, "checks_trees", False)
+    if static:  # room for the widest pass after the longest output; few distinct shapes
+        encoded = encoded.padded(SOURCE_BUCKET)
+        capacity = _round_up(caps[0] + 1 + COMPILED_SLACK, CAPACITY_BUCKET)
+        cache = model.new_cache(encoded, capacity, fixed_shapes=True, overflow=max(capacity - max_len, 0))
+        verify = tree_pass(model, device, compiled=True)
+    else:
+        cache = model.new_cache(encoded, max(caps, default=0) + 1)
     drafted_before = drafter.passes
     clock = time.perf_counter_ns()
     drafter.start(src)
     if hasattr(drafter, "attach"):  # it drafts from the model's own encoder output
         drafter.attach(encoded)
     stats = {"target_passes": 0, "draft_passes": 0, "proposed": 0, "accepted": 0, "emitted": 0,
-             "verified": 0, "draft_ns": time.perf_counter_ns() - clock}
+             "verified": 0, "compiled_passes": 0, "draft_ns": time.perf_counter_ns() - clock}
     never = banned_ids((ids.pad, ids.bos), device)
     out: list[list[int]] = [[] for _ in range(batch)]
     hit_cap = [False] * batch
@@ -172,23 +188,33 @@ def speculative(
         stats["draft_ns"] += time.perf_counter_ns() - clock
         trees = [t.within(min(block, left)) for t, left in zip(trees, room)]
         stats["proposed"] += sum(len(t.tokens) for t in trees)
-        if all(is_chain(t.parents) for t in trees):  # contiguous positions, causal attention
-            layout = None
-            x = pad_rows([tail + t.tokens for tail, t in zip(tails, trees)], ids.pad, device)
-            offset = cache.length
+        tree_pass_used = static or not all(is_chain(t.parents) for t in trees)
+        if static:  # one sentence: its tail is its last token
+            width = _round_up(1 + len(trees[0].tokens), 8)
+            if cached + width > cache.capacity:
+                raise ValueError(f"a compiled pass holds at most {COMPILED_SLACK - 1} drafted tokens, "
+                                 f"got {len(trees[0].tokens)}")
+            layout = tree_layout(0, tails, [trees[0].tokens], [trees[0].parents], ids.pad, device, width)
+            chosen, hidden = verify(layout, encoded, cache, never)
+            stats["compiled_passes"] += 1
         else:
-            layout = tree_layout(cached, tails, [t.tokens for t in trees], [t.parents for t in trees], ids.pad, device)
-            x, offset = layout.tokens, layout.positions
-        if layout is None and not reads_hidden:
-            logits = model.decode(x, encoded, causal=True, cache=cache).float()
-        else:  # the hidden states or the tree's layout: a model like ``nargen.core.Seq2SeqTransformer``
-            tree = {} if layout is None else {"tree": layout}
-            hidden = model.decode_hidden(model.embed_tokens(x, offset), encoded, causal=True, cache=cache, **tree)
-            logits = model.output_logits(hidden).float()
+            if tree_pass_used:
+                layout = tree_layout(cached, tails, [t.tokens for t in trees], [t.parents for t in trees],
+                                     ids.pad, device)
+                x, offset = layout.tokens, layout.positions
+            else:  # chains: contiguous positions, causal attention
+                x = pad_rows([tail + t.tokens for tail, t in zip(tails, trees)], ids.pad, device)
+                offset = cache.length
+            if not tree_pass_used and not reads_hidden:
+                logits = model.decode(x, encoded, causal=True, cache=cache).float()
+            else:  # the hidden states or the tree's layout: a model like ``nargen.core.Seq2SeqTransformer``
+                tree = {"tree": layout} if tree_pass_used else {}
+                hidden = model.decode_hidden(model.embed_tokens(x, offset), encoded, causal=True, cache=cache, **tree)
+                logits = model.output_logits(hidden).float()
+            chosen = logits.index_fill_(-1, never, float("-inf")).argmax(-1)
         stats["target_passes"] += 1
         stats["verified"] += len(active)
-        logits.index_fill_(-1, never, float("-inf"))
-        choice = logits.argmax(-1).tolist()
+        choice = chosen.tolist()
         keep_rows, valid, chosen_at, columns = [], [], [], []
         for i, r in enumerate(active):
             n_tail, tree = len(tails[i]), trees[i]
@@ -220,7 +246,7 @@ def speculative(
                 chosen_at.append(at)
         if not keep_rows:
             break
-        if layout is not None and any(c != list(range(len(c))) for c in columns):
+        if tree_pass_used and any(c != list(range(len(c))) for c in columns):
             width = max(len(c) for c in columns)  # shorter rows repeat a column past what they keep
             cache.keep_columns(cached, pad_rows([c + c[-1:] * (width - len(c)) for c in columns], 0, device))
         if len(keep_rows) < len(active):
@@ -239,6 +265,14 @@ def speculative(
         tokens=pad_rows(out, ids.pad, device), passes=stats["target_passes"] + stats["draft_passes"],
         hit_cap=torch.tensor(hit_cap, dtype=torch.bool, device=device), counts=stats,
     )
+
+
+COMPILED_SLACK = 64
+"""Slots a compiled speculative pass may hold past a sentence's cap: its widest pass."""
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _greedy_until(

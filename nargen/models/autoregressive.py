@@ -83,7 +83,8 @@ class AutoregressiveModule(Seq2SeqModule):
         With ``draft`` (a ``nargen.decoding.speculative.Drafter``), greedy runs as
         speculative decoding in blocks of ``block`` (default 4) drafted tokens.
         ``compile``: decoder steps compiled over a cache of fixed shapes
-        (``nargen.decoding.compiled``); ``check_every``: greedy's steps between reads of
+        (``nargen.decoding.compiled``; with a draft, a single sentence's verification
+        passes); ``check_every``: greedy's steps between reads of
         which sentences have ended (default: 1 on a CPU, 8 on a GPU)."""
         o = self.decode_options(options)
         beam, common = o["beam"], self.decoder_settings(o)
@@ -93,12 +94,10 @@ class AutoregressiveModule(Seq2SeqModule):
             return sample(self.model, src, temperature=o["temperature"], top_k=o["top_k"],
                           seed=o["seed"], compile=o["compile"], check_every=o["check_every"], **common)
         if o["draft"] is not None:
-            if o["compile"]:
-                raise ValueError("compile applies to greedy, sampling and beam search, not to a draft")
             if beam > 1:
                 raise ValueError("speculative decoding reproduces greedy output: use beam 1 with a draft")
             return speculative(self.model, src, o["draft"], block=o["block"], draft_at_rows=o["draft_at_rows"],
-                               check_every=o["check_every"], **common)
+                               check_every=o["check_every"], compile=o["compile"], **common)
         if beam <= 1:
             return greedy(self.model, src, compile=o["compile"], check_every=o["check_every"], **common)
         return beam_search(self.model, src, beam=beam, length_penalty=o["length_penalty"],

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nargen.core import Encoded
+from nargen.decoding.compiled import compiled_function
 from nargen.decoding.speculative import DraftTree, ObservingDrafter
 from nargen.models.autoregressive import AutoregressiveDecoding
 from nargen.models.base import FamilyOptions
@@ -88,7 +89,8 @@ class EagleModule(FrozenTargetModule):
     def own_drafter(self, options: dict[str, Any]) -> "FeatureDrafter":
         """Trees ``tree_width`` wide of ``tree_nodes`` drafted tokens, pruned at
         ``draft_confidence``."""
-        return FeatureDrafter(self, options["tree_width"], options["tree_nodes"], options["draft_confidence"])
+        return FeatureDrafter(self, options["tree_width"], options["tree_nodes"], options["draft_confidence"],
+                              options["compile"])
 
     def _step(self, feature: torch.Tensor, token: torch.Tensor, encoded: Encoded,
               kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -167,6 +169,7 @@ class EagleModule(FrozenTargetModule):
     def draft_tree(
         self, feature: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, depth: int, width: int, nodes: int,
         prepared: tuple[torch.Tensor, torch.Tensor] | None = None, min_confidence: float = 0.0,
+        compile: bool = False,
     ) -> tuple[list[DraftTree], int]:
         """A tree of drafts after each of ``tokens`` (``[rows]``, the model's choices at
         the features ``feature``, ``[rows, d_model]``), for the sources ``encoded``: at
@@ -176,11 +179,39 @@ class EagleModule(FrozenTargetModule):
         no children. With ``min_confidence``, a token whose path is less probable is
         dropped, and drafting stops at the first level where every one is (a read of the
         device a level); else one read of the device, at the end. Also returns the levels
-        drafted (the layer's sequential steps)."""
+        drafted (the layer's sequential steps). ``compile``: without a confidence floor,
+        a single row's levels run as one compiled function (``torch.compile``; a CUDA
+        graph on a GPU), the same tree up to float rounding."""
         vocab, weight = self.draft_vocabulary()
         width = min(width, len(vocab))
-        rows = len(tokens)
         kv = prepared if prepared is not None else self.prepare(encoded)
+        if compile and not min_confidence and len(tokens) == 1:
+            grow = compiled_function(EagleModule._grow_tree, feature.device)
+            if feature.is_cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+        else:
+            grow = EagleModule._grow_tree
+        picked, levels = grow(self, feature, tokens, encoded, kv, vocab, weight, depth, width, nodes, min_confidence)
+        trees = []
+        for row_tokens, row_parents, row_ids, finite in picked.tolist():
+            local: dict[int, int] = {}  # global id -> index in the tree
+            tree = DraftTree([], [])
+            for token_id, parent, node, ok in zip(row_tokens, row_parents, row_ids, finite):
+                if ok and (parent < 0 or parent in local):
+                    local[node] = len(tree.tokens)
+                    tree.tokens.append(token_id)
+                    tree.parents.append(-1 if parent < 0 else local[parent])
+            trees.append(tree)
+        return trees, levels
+
+    def _grow_tree(
+        self, feature: torch.Tensor, tokens: torch.Tensor, encoded: Encoded, kv: tuple[torch.Tensor, torch.Tensor],
+        vocab: torch.Tensor, weight: torch.Tensor, depth: int, width: int, nodes: int, min_confidence: float,
+    ) -> tuple[torch.Tensor, int]:
+        """``draft_tree``'s levels: the kept nodes as ``[rows, 4, kept]`` (token, global
+        parent id, global id, whether the path is above the floor), global ids in
+        increasing order, and the levels drafted."""
+        rows = len(tokens)
         state, token = feature[:, None], tokens[:, None]  # the frontier: [rows, paths, ...]
         score = torch.zeros(rows, 1, device=feature.device)
         parent_ids = torch.full((rows, 1), -1, device=feature.device, dtype=torch.long)
@@ -212,37 +243,31 @@ class EagleModule(FrozenTargetModule):
             token = drafted[-1].gather(1, pick)
             state = state.gather(1, (pick // width)[..., None].expand(-1, -1, state.shape[-1]))
         if not drafted:
-            return [DraftTree([], []) for _ in range(rows)], levels
+            return torch.zeros(rows, 4, 0, dtype=torch.long, device=feature.device), levels
         all_tokens, all_parents, all_scores = (torch.cat(x, dim=1) for x in (drafted, parents, scores))
         kept = all_scores.topk(min(nodes, count), dim=-1).indices
         kept = kept.sort(dim=-1).values  # global ids: every parent before its children
         picked = torch.stack([all_tokens.gather(1, kept), all_parents.gather(1, kept), kept,
-                              all_scores.gather(1, kept).isfinite().long()], dim=1).tolist()
-        trees = []
-        for row_tokens, row_parents, row_ids, finite in picked:
-            local: dict[int, int] = {}  # global id -> index in the tree
-            tree = DraftTree([], [])
-            for token_id, parent, node, ok in zip(row_tokens, row_parents, row_ids, finite):
-                if ok and (parent < 0 or parent in local):
-                    local[node] = len(tree.tokens)
-                    tree.tokens.append(token_id)
-                    tree.parents.append(-1 if parent < 0 else local[parent])
-            trees.append(tree)
-        return trees, levels
+                              all_scores.gather(1, kept).isfinite().long()], dim=1)
+        return picked, levels
 
 
 class FeatureDrafter(ObservingDrafter):
     """Drafts trees with an ``EagleModule``'s layer from the verifier's own features
     (``HiddenStateDrafter``, ``TreeDrafter``); the first pass of a batch has no feature
-    yet and drafts nothing. ``passes`` counts the layer's sequential steps."""
+    yet and drafts nothing. ``passes`` counts the layer's sequential steps. ``compile``:
+    a single sentence's levels run compiled (``EagleModule.draft_tree``), always as deep
+    as the deepest tree asked for so far (the verifier cuts what has no room)."""
 
-    def __init__(self, module: EagleModule, width: int, nodes: int, min_confidence: float = 0.0) -> None:
+    def __init__(self, module: EagleModule, width: int, nodes: int, min_confidence: float = 0.0,
+                 compile: bool = False) -> None:
         if width < 1 or nodes < 1:
             raise ValueError(f"tree_width and tree_nodes must be >= 1, got {width} and {nodes}")
         if not 0 <= min_confidence < 1:
             raise ValueError(f"draft_confidence must be in [0, 1), got {min_confidence}")
         super().__init__(module)
         self.module, self.width, self.nodes, self.min_confidence = module, width, nodes, min_confidence
+        self.compile, self.deepest = compile, 0
 
     def propose_tree(self, rows: list[int], prefixes: list[list[int]], k: int) -> list[DraftTree]:
         return self._draft(rows, k, self.width, self.nodes)
@@ -256,6 +281,9 @@ class FeatureDrafter(ObservingDrafter):
         if seen is None:
             return [DraftTree([], []) for _ in rows]
         hidden, last, encoded, prepared = seen
-        trees, levels = self.module.draft_tree(hidden, last, encoded, k, width, nodes, prepared, self.min_confidence)
+        if self.compile:  # one depth for every call, so the compiled levels are traced once
+            k = self.deepest = max(k, self.deepest)
+        trees, levels = self.module.draft_tree(hidden, last, encoded, k, width, nodes, prepared, self.min_confidence,
+                                               self.compile)
         self.passes += levels
         return trees
