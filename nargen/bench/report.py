@@ -62,7 +62,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"Batch 1 over {first.get('batch1_sentences')} sentences; batched with "
         f"{result['spec']['max_tokens']} source tokens per batch. Speed-ups against "
         f"{first.get('greedy_baseline', '(no greedy baseline)')} and "
-        f"{first.get('beam_baseline', '(no beam baseline)')}; a reranker's time is in its system's.",
+        f"{first.get('beam_baseline', '(no beam baseline)')}; a reranker's time is in its system's; "
+        "a compiled system is timed after decoding the same sentences once untimed (its traces).",
         "BLEU: " + "; ".join(signatures),
         "chrF: " + "; ".join(chrf),
         f"Peak MB: {first.get('peak_memory_kind', 'peak memory')} of the batched pass. "

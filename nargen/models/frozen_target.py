@@ -95,8 +95,10 @@ class FrozenTargetModule(AutoregressiveModule):
         common = self.decoder_settings(o)
         if o["block"] < 1:
             return greedy(self.model, src, check_every=o["check_every"], compile=o["compile"], **common)
-        return speculative(self.model, src, self.own_drafter(o), block=o["block"], draft_at_rows=o["draft_at_rows"],
-                           check_every=o["check_every"], compile=o["compile"], **common)
+        # compiled decoding is for one sentence (the verifier's passes and the drafter's)
+        single = {**o, "compile": o["compile"] and src.shape[0] == 1}
+        return speculative(self.model, src, self.own_drafter(single), block=o["block"],
+                           draft_at_rows=o["draft_at_rows"], check_every=o["check_every"], compile=o["compile"], **common)
 
     def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, int]]:
         """``val_loss``, the drafter's own loss (the frozen model's likelihood does not
