@@ -188,8 +188,8 @@ def test_the_cache_keeps_the_accepted_branch_as_if_it_had_been_fed_alone():
 
 def test_a_fixed_shape_cache_checks_a_tree_and_keeps_its_branch_as_the_growing_cache_does():
     """The pass a compiled speculative decoder runs (``tree_pass`` over a
-    ``StaticKVCache``, its tree padded to a fixed width) computes the growing cache's
-    hidden states, and keeps the accepted branch's K/V as it does."""
+    ``StaticKVCache``, rows padded to one width) computes the growing cache's hidden
+    states, and keeps the accepted branch's K/V as it does."""
     model = _model(4)
     src = _sources([8, 5])
     encoded = model.encode(src)
@@ -207,12 +207,11 @@ def test_a_fixed_shape_cache_checks_a_tree_and_keeps_its_branch_as_the_growing_c
         growing.truncate(5)
         fixed = model.new_cache(encoded, 32, fixed_shapes=True)
         model.decode(torch.tensor([[1, 20], [1, 21]]), encoded, cache=fixed)
-        padded = tree_layout(0, tails, tokens, parents, 0, "cpu", width=8)
-        _, hidden = tree_pass(model, torch.device("cpu"), compiled=False)(padded, encoded, fixed, torch.tensor([0]))
+        own = tree_layout(0, tails, tokens, parents, 0, "cpu")
+        _, hidden = tree_pass(model, torch.device("cpu"), compiled=False)(own, encoded, fixed, torch.tensor([0]))
         fixed.keep_columns(2, columns)
         fixed.truncate(5)
-    width = layout.tokens.shape[1]
-    torch.testing.assert_close(hidden[:, :width], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
     for held, grown in zip(fixed.keys + fixed.values, growing.keys + growing.values):
         torch.testing.assert_close(held[:, :, :5], grown, atol=1e-5, rtol=1e-5)
 

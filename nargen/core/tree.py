@@ -41,16 +41,15 @@ def is_chain(parents: list[int]) -> bool:
 
 def tree_layout(
     cached: int, tails: list[list[int]], tokens: list[list[int]], parents: list[list[int]], pad: int,
-    device: torch.device | str, width: int = 0,
+    device: torch.device | str,
 ) -> TreeLayout:
     """The layout of rows ``[tail | tree nodes | padding]`` after ``cached`` positions
     every row holds in the cache: tail token ``j`` of row ``i`` at position
     ``cached + j``, seeing the cache and the tail up to itself; a node at its parent's
     position plus one (the root is the tail's last token), seeing the cache, the whole
-    tail, its ancestors and itself. A padding slot sees only itself. ``width``: at least
-    that many slots a row (a compiled pass keeps a few widths). Built on the host and
-    sent to ``device`` in one transfer."""
-    width = max(width, *(len(t) + len(n) for t, n in zip(tails, tokens)))
+    tail, its ancestors and itself. A padding slot sees only itself. Built on the host
+    and sent to ``device`` in one transfer."""
+    width = max(len(t) + len(n) for t, n in zip(tails, tokens))
     rows = len(tails)
     packed = np.zeros((rows, width, width + 2), dtype=np.int64)  # token, position, mask over the pass
     packed[:, :, 0] = pad

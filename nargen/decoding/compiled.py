@@ -78,8 +78,8 @@ def tree_pass(model: torch.nn.Module, device: torch.device, compiled: bool) -> T
     from the cache's write position, ``layout.mask`` is what each slot sees of the pass),
     over a ``StaticKVCache``; returns each slot's choice (the argmax with ``banned`` at
     -inf, ``[batch, width]``) and final hidden state. Compiled (``compiled``) or eager,
-    as ``next_logits_pass``: one trace per width, a replay's outputs used before the
-    next call."""
+    as ``next_logits_pass``: widths become dynamic after the second (a CUDA graph per
+    width on a GPU), a replay's outputs used before the next call."""
     step = _compiled(device.type, _tree_choices) if compiled else _tree_choices
 
     def run(layout: TreeLayout, encoded: Encoded, cache: StaticKVCache,

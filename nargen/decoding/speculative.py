@@ -122,9 +122,10 @@ def speculative(
     pass (``nargen.core.tree``) where the model ``checks_trees``; the longest branch the
     model agrees with is kept.
     ``compile``: a single sentence's verification passes run compiled over a cache of
-    fixed shapes (``nargen.decoding.compiled.tree_pass``: every pass a tree, padded to a
-    multiple of 8 slots; a few traces, then replays, CUDA graphs on a GPU); the same
-    output up to float rounding. (A drafter compiles its own steps where it was built
+    fixed shapes (``nargen.decoding.compiled.tree_pass``: every pass a tree, as wide as
+    its tail and nodes, padding no slot whose logits it would compute for nothing; a few
+    traces, then replays, a CUDA graph per width on a GPU); the same output up to float
+    rounding. (A drafter compiles its own steps where it was built
     to: the feature-level drafter with the decoder option ``compile``.) A batch of more
     sentences and a model that cannot check trees decode eagerly.
     ``passes`` counts both models' sequential passes; ``counts`` holds
@@ -190,11 +191,10 @@ def speculative(
         stats["proposed"] += sum(len(t.tokens) for t in trees)
         tree_pass_used = static or not all(is_chain(t.parents) for t in trees)
         if static:  # one sentence: its tail is its last token
-            width = _round_up(1 + len(trees[0].tokens), 8)
-            if cached + width > cache.capacity:
+            if cached + 1 + len(trees[0].tokens) > cache.capacity:
                 raise ValueError(f"a compiled pass holds at most {COMPILED_SLACK - 1} drafted tokens, "
                                  f"got {len(trees[0].tokens)}")
-            layout = tree_layout(0, tails, [trees[0].tokens], [trees[0].parents], ids.pad, device, width)
+            layout = tree_layout(0, tails, [trees[0].tokens], [trees[0].parents], ids.pad, device)
             chosen, hidden = verify(layout, encoded, cache, never)
             stats["compiled_passes"] += 1
         else:
