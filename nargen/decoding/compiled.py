@@ -22,6 +22,11 @@ SOURCE_BUCKET = 16
 CAPACITY_BUCKET = 64
 """A compiled pass's cache holds a multiple of this many positions."""
 
+
+def bucketed_capacity(positions: int) -> int:
+    """``positions`` rounded up to a multiple of ``CAPACITY_BUCKET``."""
+    return -(-positions // CAPACITY_BUCKET) * CAPACITY_BUCKET
+
 DecoderPass = Callable[[torch.Tensor, Encoded, StaticKVCache, torch.Tensor], torch.Tensor]
 TreePass = Callable[[TreeLayout, Encoded, StaticKVCache, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from nargen.decoding.compiled import CAPACITY_BUCKET, SOURCE_BUCKET, next_logits_pass
+from nargen.decoding.compiled import SOURCE_BUCKET, bucketed_capacity, next_logits_pass
 from nargen.decoding.protocol import DecodeResult, Seq2SeqModel, SpecialIds, length_caps, steps_between_reads
 
 
@@ -55,7 +55,7 @@ def greedy(
     capacity = steps_needed
     if compile:  # a few shapes for every sentence
         encoded = encoded.padded(SOURCE_BUCKET)
-        capacity = min(-(-steps_needed // CAPACITY_BUCKET) * CAPACITY_BUCKET, max_len)
+        capacity = min(bucketed_capacity(steps_needed), max_len)
     fixed = {"fixed_shapes": True} if compile else {}
     cache = model.new_cache(encoded, capacity, **fixed) if use_cache else None
     step_logits = next_logits_pass(model, device, compile)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from nargen.core.tree import is_chain, node_depths, tree_layout
-from nargen.decoding.compiled import CAPACITY_BUCKET, SOURCE_BUCKET, tree_pass
+from nargen.decoding.compiled import SOURCE_BUCKET, bucketed_capacity, tree_pass
 from nargen.decoding.protocol import (
     DecodeResult, Seq2SeqModel, SpecialIds, banned_ids, length_caps, pad_rows, steps_between_reads,
 )
@@ -147,7 +147,7 @@ def speculative(
     static = compile and batch == 1 and getattr(model, "checks_trees", False)
     if static:  # room for the widest pass after the longest output; few distinct shapes
         encoded = encoded.padded(SOURCE_BUCKET)
-        capacity = _round_up(caps[0] + 1 + COMPILED_SLACK, CAPACITY_BUCKET)
+        capacity = bucketed_capacity(caps[0] + 1 + COMPILED_SLACK)
         cache = model.new_cache(encoded, capacity, fixed_shapes=True, overflow=max(capacity - max_len, 0))
         verify = tree_pass(model, device, compiled=True)
     else:
@@ -269,10 +269,6 @@ def speculative(
 
 COMPILED_SLACK = 64
 """Slots a compiled speculative pass may hold past a sentence's cap: its widest pass."""
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def _greedy_until(
